@@ -1,0 +1,107 @@
+"""``covidlib`` command line: data management and the book build.
+
+    covidlib data list | synthetic | fetch NAME | stats NAME
+    covidlib book [--profile cpu] [--results-dir results] [--only CHAPTER ...] [--no-html]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from covidlib.data.errors import DataError
+
+
+def _repo_root() -> Path:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "book" / "plan.yml").exists():
+        raise SystemExit(f"error: {root} is not a covidlib checkout (book/plan.yml missing); "
+                         "the book commands run from the source tree")
+    return root
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from covidlib.data import manifest as mf
+
+    root = Path(args.root) if args.root else None
+    if args.action == "list":
+        for name in mf.list_datasets():
+            m = mf.load_manifest(name)
+            try:
+                where = str(mf.locate(m, root))
+            except DataError:
+                where = "not present"
+            print(f"{name:<16} {m.access:<9} {where}")
+        return 0
+    if args.action == "synthetic":
+        from covidlib.data.phantom import ensure_synthetic
+
+        target = root or mf.data_search_path()[0]
+        print(f"synthetic phantom ready in {ensure_synthetic(target)}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"error: 'covidlib data {args.action}' needs a dataset name; "
+                         f"known: {', '.join(mf.list_datasets())}")
+    if args.action == "fetch":
+        from covidlib.data.fetch import fetch
+
+        print(f"{args.name} ready in {fetch(args.name, root)}")
+        return 0
+    if args.action == "stats":
+        from covidlib.data.api import open_dataset
+
+        ds = open_dataset(args.name, root)
+        for key, value in ds.stats().items():
+            print(f"{key:<24} {value}")
+        return 0
+    raise AssertionError(args.action)
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from covidlib.report import book
+
+    repo = _repo_root()
+    results = Path(args.results_dir).resolve()
+    outcomes = book.execute_plan(repo, args.profile, results, args.device, args.only or None)
+    print(book.report(outcomes))
+    failed = [o.entry.output for o in outcomes if o.status == "failed"]
+    if not args.no_html:
+        html = book.build_html(repo)
+        print(f"HTML book: {html / 'index.html'}")
+    if failed:
+        print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covidlib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="list, generate, download or describe datasets")
+    data.add_argument("action", choices=["list", "synthetic", "fetch", "stats"])
+    data.add_argument("name", nargs="?", help="dataset name (a manifest in data_manifests/)")
+    data.add_argument("--root", help="data root (default: first entry of COVIDLIB_DATA_PATH)")
+    data.set_defaults(func=_cmd_data)
+    bk = sub.add_parser("book", help="execute the notebooks with papermill and build the book")
+    bk.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "paper"])
+    bk.add_argument("--results-dir", default="results")
+    bk.add_argument("--device", default="auto")
+    bk.add_argument("--only", nargs="*", help="chapter outputs to (re-)execute")
+    bk.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    bk.set_defaults(func=_cmd_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""One call from a dataset name to its cases: manifest -> folder -> cases -> statistics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from covidlib.data.errors import DataError
+from covidlib.data.manifest import Manifest, load_manifest, locate
+from covidlib.data.readers import load_cases
+from covidlib.data.stats import dataset_stats
+from covidlib.data.types import Case
+
+
+@dataclass
+class Dataset:
+    """A located dataset: its manifest, folder and (lazily read) labelled cases."""
+
+    manifest: Manifest
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def is_real(self) -> bool:
+        """True for expert-labelled data, False for the generated phantom."""
+        return self.manifest.access != "generated"
+
+    @property
+    def labelled_groups(self) -> list[str]:
+        """Groups whose masks are ground truth (a noisy teacher's pool is excluded)."""
+        return [g.name for g in self.manifest.layout.groups if g.labels == "expert"]
+
+    def cases(self, group: str | list[str] | None = None, progress: bool = False) -> list[Case]:
+        """The labelled cases (all labelled groups by default), read once and kept."""
+        groups = self.labelled_groups if group is None else group
+        key = tuple([groups] if isinstance(groups, str) else groups)
+        if key not in self._cases:
+            self._cases[key] = load_cases(self.manifest, self.root, list(key), progress=progress)
+        return self._cases[key]
+
+    @cached_property
+    def _cases(self) -> dict[tuple[str, ...], list[Case]]:
+        return {}
+
+    def stats(self, connectivity: int = 2) -> dict[str, Any]:
+        """P1/P2 Table 1 statistics over the labelled groups.
+
+        ``cases`` (patients) is ``None`` for slice sets whose files carry no patient id
+        (COVID-SemiSeg): counting slices as patients would be wrong.
+        """
+        stats = dataset_stats(self.cases(), self.manifest.infection_labels, connectivity)
+        if self.manifest.layout.format == "image-slices" and not any(
+                "patient" in c.meta for c in self.cases()):
+            stats["cases"] = None
+        return stats
+
+    def generator_info(self) -> dict | None:
+        """The phantom's ``phantom.json`` (config, per-case site and spacing), if any."""
+        path = self.root / "phantom.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def open_dataset(name: str, data_root: str | Path | None = None, generate: bool = True
+                 ) -> Dataset:
+    """Locate ``name`` (generating the synthetic phantom on first use when ``generate``)."""
+    manifest = load_manifest(name)
+    try:
+        root = locate(manifest, data_root)
+    except DataError:
+        if manifest.access != "generated" or not generate:
+            raise
+        from covidlib.data.manifest import data_search_path
+        from covidlib.data.phantom import ensure_synthetic
+
+        root = ensure_synthetic(Path(data_root) if data_root else data_search_path()[0])
+    return Dataset(manifest, Path(root))

@@ -1,0 +1,544 @@
+"""Readers: NIfTI volumes in Hounsfield units and 8-bit PNG/JPEG slice sets.
+
+Array convention (every reader, the phantom and the oracle share it)
+--------------------------------------------------------------------
+Volumes are returned as ``(Z, H, W)`` float32 arrays indexed ``image[z, y, x]`` with
+spacing ``(z, y, x)`` in millimetres. A NIfTI file is first brought to the closest
+canonical (RAS+) orientation with :func:`nibabel.as_closest_canonical` and its voxel
+axes ``(i, j, k)`` are then transposed to ``(k, j, i)``. Hence
+
+* ``z`` runs inferior -> superior, ``y`` posterior -> anterior and ``x`` from the patient's
+  left to the patient's right (RAS+: each axis grows towards R, A and S);
+* a file written with the affine ``diag(sx, sy, sz, 1)`` (already RAS+, as the phantom
+  writes it) round-trips exactly: ``read_nifti(p)[0] == data_xyz.transpose(2, 1, 0)``;
+* for the usual radiological display (patient's right on the viewer's left, anterior at the
+  top) show ``image[z, ::-1, ::-1]``.
+
+Intensities are ``get_fdata()`` values, i.e. with ``scl_slope`` / ``scl_inter`` applied.
+Every problem raises :class:`~covidlib.data.errors.DataError` naming the file and the reason;
+nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from covidlib.data.errors import DataError
+from covidlib.data.types import Case
+
+__all__ = [
+    "CaseRef",
+    "iter_case_refs",
+    "iter_cases",
+    "load_cases",
+    "read_nifti",
+    "read_nifti_labels",
+    "read_slice_image",
+]
+
+TEMPLATES = ("image", "mask", "lung", "organs", "teacher")
+_MISSING = object()
+
+
+# --------------------------------------------------------------------------- NIfTI
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError)
+
+
+def _read_failure(e: BaseException, stage: str) -> str:
+    """A readable reason for an exception raised by nibabel / gzip while reading."""
+    if isinstance(e, EOFError):
+        what = "truncated file (compressed stream ends early)"
+    elif isinstance(e, zlib.error | gzip.BadGzipFile):
+        what = "corrupt gzip stream"
+    elif isinstance(e, OSError) and "Expected" in str(e):
+        what = "truncated file (fewer data bytes than the header declares)"
+    elif stage == "header":
+        what = "not a readable NIfTI file"
+    else:
+        what = "corrupt NIfTI data"
+    detail = " ".join(str(e).split())
+    return f"{what} while reading the {stage} ({type(e).__name__}: {detail})"
+
+
+def _load_nifti_array(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Shared NIfTI loading: canonical orientation, (z, y, x) axes, float32, all checks."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+    except _READ_ERRORS as e:
+        raise DataError(path, _read_failure(e, "header")) from e
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(path, f"expected a 3D volume (or 4D with a trailing 1), got shape {shape}")
+    if 0 in shape:
+        raise DataError(path, f"empty volume (shape {shape})")
+    try:
+        canon = nib.as_closest_canonical(img)
+        data = np.asarray(canon.get_fdata(dtype=np.float32))
+    except _READ_ERRORS as e:
+        raise DataError(path, _read_failure(e, "data")) from e
+    bad = ~np.isfinite(data)
+    if bad.any():
+        n_nan = int(np.isnan(data).sum())
+        raise DataError(
+            path, f"{int(bad.sum())} non-finite voxels ({n_nan} NaN, {int(bad.sum()) - n_nan} inf)"
+        )
+    sx, sy, sz = (float(v) for v in nib.affines.voxel_sizes(canon.affine))
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), (sz, sy, sx)
+
+
+def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read a 3D NIfTI volume as ``(Z, H, W)`` float32 and its ``(z, y, x)`` spacing in mm.
+
+    See the module docstring for the orientation convention. Raises ``DataError`` for a
+    missing file, a corrupt gzip stream, truncated data, a non-3D array, an empty volume
+    and NaN/inf values.
+    """
+    return _load_nifti_array(Path(path))
+
+
+def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read a NIfTI label map (``(Z, H, W)`` int32) with the checks of :func:`read_nifti`.
+
+    Non-integer or negative values raise ``DataError`` (a label map stored as float
+    must hold exact integers).
+    """
+    p = Path(path)
+    data, spacing = _load_nifti_array(p)
+    return _as_labels(data, p), spacing
+
+
+def _as_labels(data: np.ndarray, path: Path) -> np.ndarray:
+    rounded = np.rint(data)
+    frac = rounded != data
+    if frac.any():
+        vals = np.unique(data[frac])[:5].tolist()
+        raise DataError(path, f"label map holds non-integer values, e.g. {vals}")
+    if data.min() < 0:
+        raise DataError(path, f"label map holds negative values (min {data.min():g})")
+    return rounded.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- 8-bit slices
+def _open_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        im = Image.open(path)
+        im.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+    return im
+
+
+def _single_channel(im: Image.Image, path: Path, what: str) -> np.ndarray:
+    """An (H, W) uint8 array from an 8-bit image; colour channels must agree for masks."""
+    mode = im.mode
+    if mode in ("L", "P") and what == "mask":
+        return np.asarray(im, dtype=np.uint8)  # palette masks: the indices are the labels
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8)
+    if mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("LA", "RGB", "RGBA"):
+        arr = np.asarray(im, dtype=np.uint8)
+        chans = arr[..., :1] if mode == "LA" else arr[..., :3]
+        if (chans == chans[..., :1]).all():
+            return np.ascontiguousarray(chans[..., 0])
+        if what == "mask":
+            raise DataError(path, f"{mode} mask has colour channels that differ")
+        return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)  # ITU-R 601 luma
+    raise DataError(path, f"expected an 8-bit grayscale/RGB image, got PIL mode {mode!r}")
+
+
+def read_slice_image(
+    path: str | Path,
+    kind: Literal["image", "mask"] = "image",
+    mask_scale: int = 1,
+) -> np.ndarray:
+    """Read one 2D PNG/JPEG slice.
+
+    ``kind="image"``: an (H, W) float32 array of 0..255 (RGB/RGBA made grayscale: equal
+    channels are taken as is, true colour by ITU-R 601 luma). ``kind="mask"``: an (H, W)
+    uint8 label array, ``value // mask_scale``; every value must be a multiple of
+    ``mask_scale`` (so a {0, 255} mask with ``mask_scale=255`` gives {0, 1} and a lossy
+    JPEG-style mask with in-between values raises ``DataError`` naming the values).
+    Palette ("P") masks give their palette indices.
+    """
+    p = Path(path)
+    if kind not in ("image", "mask"):
+        raise ValueError(f"kind must be 'image' or 'mask', got {kind!r}")
+    if int(mask_scale) < 1:
+        raise ValueError(f"mask_scale must be a positive integer, got {mask_scale!r}")
+    im = _open_image(p)
+    arr = _single_channel(im, p, kind)
+    if arr.size == 0:
+        raise DataError(p, f"empty image (shape {arr.shape})")
+    if kind == "image":
+        return arr.astype(np.float32)
+    scale = int(mask_scale)
+    if scale != 1:
+        values = np.unique(arr)
+        off = values[values % scale != 0]
+        if off.size:
+            shown = off[:10].tolist()
+            more = f" and {off.size - 10} more" if off.size > 10 else ""
+            raise DataError(
+                p,
+                f"mask values {shown}{more} are not multiples of mask_scale={scale} "
+                f"(expected only {sorted({0, scale})} etc.; a lossy/soft mask?)",
+            )
+        arr = arr // scale
+    return arr.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- manifests
+def _get(obj: Any, key: str, default: Any = _MISSING) -> Any:
+    """Field of a manifest-like object: attribute or mapping access (both are accepted)."""
+    if isinstance(obj, Mapping):
+        if key in obj:
+            return obj[key]
+    elif hasattr(obj, key):
+        return getattr(obj, key)
+    if default is _MISSING:
+        raise KeyError(key)
+    return default
+
+
+def _natural_key(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _manifest_label(manifest: Any) -> str:
+    name = _get(manifest, "name", "?")
+    src = _get(manifest, "path", None) or _get(manifest, "source", None)
+    return f"manifest '{name}'" + (f" ({src})" if src else "")
+
+
+class CaseRef:
+    """Where one case (or one nifti-stack of cases) lives on disk, before loading."""
+
+    __slots__ = ("case_id", "files", "group", "intensity", "labels", "site")
+
+    def __init__(
+        self,
+        case_id: str,
+        group: str,
+        files: dict[str, Path],
+        site: str | None = None,
+        intensity: str | None = None,
+        labels: str = "expert",
+    ):
+        self.case_id = case_id
+        self.group = group
+        self.files = files  # keys: image and optional mask / lung / organs / teacher
+        self.site = site
+        self.intensity = intensity  # the group's override of the manifest's intensity
+        self.labels = labels  # expert | noisy-teacher | none
+
+    def __repr__(self) -> str:
+        return f"CaseRef({self.case_id!r}, group={self.group!r}, image={self.files['image']})"
+
+
+def _dataset_dir(manifest: Any, root: str | Path) -> Path:
+    """The dataset folder: ``root`` itself, or ``root / local_dir`` when root is a data root."""
+    local = str(_get(manifest, "local_dir", None) or _get(manifest, "name"))
+    root = Path(root)
+    if root.name != local and (root / local).is_dir():
+        return root / local
+    return root
+
+
+def _select_groups(manifest: Any, group: str | Sequence[str] | None) -> list[Any]:
+    groups = list(_get(_get(manifest, "layout"), "groups"))
+    names = [str(_get(g, "name")) for g in groups]
+    if group is None:
+        return groups
+    wanted = [group] if isinstance(group, str) else list(group)
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise DataError(
+            _manifest_label(manifest), f"unknown group(s) {unknown}; known groups: {names}"
+        )
+    return [g for g in groups if str(_get(g, "name")) in wanted]
+
+
+def _group_case_ids(manifest: Any, g: Any, ddir: Path) -> list[str]:
+    ids = _get(g, "cases", None)
+    if ids:
+        return [str(c) for c in ids]
+    pattern = _get(g, "case_glob", None)
+    if not pattern:
+        raise DataError(
+            _manifest_label(manifest), f"group '{_get(g, 'name')}' has neither cases nor case_glob"
+        )
+    pattern = str(pattern)
+    if pattern.count("*") != 1:
+        raise DataError(_manifest_label(manifest), f"case_glob {pattern!r} needs exactly one '*'")
+    pre, post = pattern.split("*")
+    found = []
+    for p in ddir.glob(pattern):
+        rel = p.relative_to(ddir).as_posix()
+        if rel.startswith(pre) and rel.endswith(post) and len(rel) > len(pre) + len(post):
+            found.append(rel[len(pre) : len(rel) - len(post)])  # the text matched by '*'
+    found = sorted(set(found), key=_natural_key)
+    if not found:
+        raise DataError(
+            ddir / pattern,
+            f"no files match case_glob of group '{_get(g, 'name')}' in {_manifest_label(manifest)}",
+        )
+    return found
+
+
+def _alt_mask(manifest: Any, g: Any, alt_mask: str) -> Any:
+    alts = _get(g, "alt_masks", None) or {}
+    if alt_mask not in alts:
+        raise DataError(
+            _manifest_label(manifest),
+            f"group '{_get(g, 'name')}' has no alt mask {alt_mask!r}; it has {sorted(alts)}",
+        )
+    return alts[alt_mask]
+
+
+def iter_case_refs(
+    manifest: Any,
+    root: str | Path,
+    group: str | Sequence[str] | None = None,
+    cases: Iterable[str] | None = None,
+    alt_mask: str | None = None,
+) -> Iterator[CaseRef]:
+    """Resolve the manifest layout to file paths, checking that every file exists.
+
+    ``root`` is the dataset folder, or a data root (one entry of ``COVIDLIB_DATA_PATH``)
+    holding it as ``root / manifest.local_dir``. ``cases`` filters by case id (for
+    ``nifti-stack`` either the stack's id or a slice id ``{stack}_{z:03d}`` selects it).
+    Unknown case ids and missing files raise ``DataError``. ``alt_mask`` picks a group's
+    alternative mask (e.g. the multi-class masks of COVID-SemiSeg) instead of ``mask``.
+    """
+    ddir = _dataset_dir(manifest, root)
+    label = _manifest_label(manifest)
+    if not ddir.is_dir():
+        raise DataError(ddir, f"dataset folder not found ({label}); see its manual_instructions")
+    fmt = _get(_get(manifest, "layout"), "format")
+    wanted = None if cases is None else {str(c) for c in cases}
+    matched: set[str] = set()
+    refs: list[CaseRef] = []
+    for g in _select_groups(manifest, group):
+        gname = str(_get(g, "name"))
+        for cid in _group_case_ids(manifest, g, ddir):
+            if wanted is not None:
+                hits = {cid} if cid in wanted else set()
+                if fmt == "nifti-stack":
+                    hits |= {w for w in wanted if re.fullmatch(re.escape(cid) + r"_\d{3,}", w)}
+                if not hits:
+                    continue
+                matched |= hits
+            files: dict[str, Path] = {}
+            for key in TEMPLATES:
+                tpl = _get(g, key, None)
+                if key == "mask" and alt_mask is not None:
+                    tpl = _get(_alt_mask(manifest, g, alt_mask), "path")
+                if not tpl:
+                    continue
+                p = ddir / str(tpl).format(case=cid)
+                if not p.is_file():
+                    raise DataError(
+                        p, f"missing {key} file of case '{cid}' (group '{gname}', {label})"
+                    )
+                files[key] = p
+            if "image" not in files:
+                raise DataError(label, f"group '{gname}' has no image template")
+            refs.append(
+                CaseRef(cid, gname, files, _get(g, "site", None), _get(g, "intensity", None),
+                        str(_get(g, "labels", "expert")))
+            )
+    if wanted is not None:
+        missing = sorted(wanted - matched, key=_natural_key)
+        if missing:
+            raise DataError(label, f"unknown case id(s) {missing[:10]} in the selected groups")
+    yield from refs
+
+
+def _check_shape(other: np.ndarray, ref_shape: tuple, other_path: Path, image_path: Path) -> None:
+    if tuple(other.shape) != tuple(ref_shape):
+        raise DataError(
+            other_path,
+            f"shape {tuple(other.shape)} differs from image {image_path} shape {tuple(ref_shape)}",
+        )
+
+
+def _check_labels(
+    mask: np.ndarray, allowed: set[int] | None, path: Path, label: str, what: str = "label_map"
+) -> None:
+    if allowed is None:
+        return
+    values = set(np.unique(mask).tolist())
+    unknown = sorted(values - allowed)
+    if unknown:
+        raise DataError(
+            path, f"unknown label values {unknown[:10]}; {what} of {label} allows {sorted(allowed)}"
+        )
+
+
+def _mask_dtype(allowed: set[int] | None) -> type:
+    if allowed is not None and max(allowed, default=0) <= 255:
+        return np.uint8
+    return np.int32
+
+
+def _read_ref(ref: CaseRef, manifest: Any, alt_mask: str | None = None) -> Iterator[Case]:
+    """Load one CaseRef into one Case (or Z Cases for nifti-stack)."""
+    fmt = _get(_get(manifest, "layout"), "format")
+    label = _manifest_label(manifest)
+    label_map = _get(manifest, "label_map", None)
+    scale = int(_get(manifest, "mask_scale", 1) or 1)
+    inf = _get(manifest, "infection_labels", None)
+    if alt_mask is not None:
+        groups = _get(_get(manifest, "layout"), "groups")
+        alt = _alt_mask(manifest, next(g for g in groups if _get(g, "name") == ref.group), alt_mask)
+        label_map = _get(alt, "label_map")
+        scale = int(_get(alt, "mask_scale", 1) or 1)
+        inf = [int(k) for k in label_map if int(k) != 0]  # every non-zero class of the alt map
+    allowed = None if not label_map else {int(k) for k in label_map}
+    organ_map = _get(manifest, "organ_map", None)
+    organs_allowed = None if not organ_map else {0} | {int(k) for k in organ_map}
+    mdtype = _mask_dtype(allowed)
+    intensity = str(ref.intensity or _get(manifest, "intensity", "hu"))
+    meta_base = {
+        "dataset": _get(manifest, "name", None),
+        "group": ref.group,
+        "labels": ref.labels,
+        "infection_labels": None if inf is None else tuple(int(v) for v in inf),
+        **{f"{k}_path": str(v) for k, v in ref.files.items()},
+    }
+    if alt_mask is not None:
+        meta_base["alt_mask"] = alt_mask
+    f = ref.files
+    if fmt == "image-slices":
+        image = read_slice_image(f["image"], "image")[None]
+        arrays: dict[str, np.ndarray] = {}
+        for key in ("mask", "lung", "organs"):
+            if key in f:
+                arr = read_slice_image(f[key], "mask", mask_scale=scale)[None]
+                _check_shape(arr, image.shape, f[key], f["image"])
+                arrays[key] = arr
+        if "mask" in arrays:
+            _check_labels(arrays["mask"], allowed, f["mask"], label)
+            arrays["mask"] = arrays["mask"].astype(mdtype)
+        if "organs" in arrays:
+            _check_labels(arrays["organs"], organs_allowed, f["organs"], label, "organ_map")
+        if "lung" in arrays:
+            arrays["lung"] = (arrays["lung"] != 0).astype(np.uint8)
+        yield Case(
+            case_id=ref.case_id,
+            image=image,
+            spacing=(math.nan, math.nan, math.nan),
+            intensity="uint8",
+            site=ref.site,
+            meta=meta_base,
+            **arrays,
+        )
+        return
+    if fmt not in ("nifti-volumes", "nifti-stack"):
+        raise DataError(
+            label,
+            f"layout format {fmt!r} is not readable by covidlib.data.readers "
+            "(it reads nifti-volumes, nifti-stack and image-slices; convert the data first)",
+        )
+    image, spacing = read_nifti(f["image"])
+    arrays = {}
+    for key in ("mask", "lung", "organs"):
+        if key in f:
+            arr, _ = read_nifti_labels(f[key])
+            _check_shape(arr, image.shape, f[key], f["image"])
+            arrays[key] = arr
+    if "mask" in arrays:
+        _check_labels(arrays["mask"], allowed, f["mask"], label)
+        arrays["mask"] = arrays["mask"].astype(mdtype)
+    if "lung" in arrays:
+        arrays["lung"] = (arrays["lung"] != 0).astype(np.uint8)
+    if "organs" in arrays:
+        _check_labels(arrays["organs"], organs_allowed, f["organs"], label, "organ_map")
+        if arrays["organs"].max() <= 255:
+            arrays["organs"] = arrays["organs"].astype(np.uint8)
+    if fmt == "nifti-volumes":
+        yield Case(ref.case_id, image, spacing=spacing, intensity=intensity, site=ref.site,
+                   meta=meta_base, **arrays)
+        return
+    for z in range(image.shape[0]):
+        yield Case(
+            case_id=f"{ref.case_id}_{z:03d}",
+            image=image[z : z + 1].copy(),
+            spacing=spacing,
+            intensity=intensity,
+            site=ref.site,
+            meta={**meta_base, "stack": ref.case_id, "source_z": z},
+            **{k: v[z : z + 1].copy() for k, v in arrays.items()},
+        )
+
+
+def iter_cases(
+    manifest: Any,
+    root: str | Path,
+    group: str | Sequence[str] | None = None,
+    cases: Iterable[str] | None = None,
+    progress: bool = True,
+    alt_mask: str | None = None,
+) -> Iterator[Case]:
+    """Yield the manifest's cases one at a time (constant memory; see :func:`load_cases`).
+
+    All paths are resolved and checked for existence before the first case is read.
+    """
+    wanted = None if cases is None else [str(c) for c in cases]
+    refs = list(iter_case_refs(manifest, root, group, wanted, alt_mask))
+    fmt = _get(_get(manifest, "layout"), "format")
+    keep = None if wanted is None or fmt != "nifti-stack" else set(wanted)
+    name = _get(manifest, "name", "dataset")
+    for ref in tqdm(refs, desc=f"reading {name}", unit="file", disable=not progress):
+        for case in _read_ref(ref, manifest, alt_mask):
+            if keep is None or case.case_id in keep or ref.case_id in keep:
+                yield case
+
+
+def load_cases(
+    manifest: Any,
+    root: str | Path,
+    group: str | Sequence[str] | None = None,
+    cases: Iterable[str] | None = None,
+    progress: bool = True,
+    alt_mask: str | None = None,
+) -> list[Case]:
+    """Read the cases a manifest describes (all groups, or ``group``; all cases or ``cases``).
+
+    Layouts: ``nifti-volumes`` (one Case per file), ``nifti-stack`` (each z-slice of each
+    file is a Case ``{stack}_{z:03d}`` with Z == 1) and ``image-slices`` (one Case per 8-bit
+    image, Z == 1, ``intensity="uint8"``, spacing NaN). Checks: files exist, image and mask
+    shapes agree, mask labels are keys of ``label_map`` (organ labels of ``organ_map``).
+    ``alt_mask`` reads a group's alternative mask (its own label map and mask scale).
+    ``meta["infection_labels"]`` carries the manifest's ``infection_labels`` (for an alt mask:
+    all its non-zero labels); :class:`~covidlib.data.torch_datasets.SliceDataset` and
+    :func:`~covidlib.data.stats.dataset_stats` use it when not told otherwise.
+    Noisy-teacher predictions (template ``teacher``) are never read as masks: their path is
+    in ``meta["teacher_path"]`` and ``meta["labels"]`` tells expert / noisy-teacher / none.
+    Use :func:`iter_cases` to stream large pools: the 1600-slice COVID-SemiSeg pseudo-label
+    pool reads in about 1 s but holds 0.6 GB as float32.
+    """
+    return list(iter_cases(manifest, root, group, cases, progress, alt_mask))

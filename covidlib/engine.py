@@ -1,0 +1,903 @@
+"""Training engine shared by the experiments of the four papers.
+
+:func:`fit` trains any model with any loss on any dataset of dicts (2-D slices or 3-D
+volumes) with Adam (P2 Sec. 4.2: lr 1e-4, batch size 8) and keeps the weights of the epoch
+with the best validation score (the papers report test scores at the best validation epoch).
+
+* The loss owns the forward pass: ``loss_fn(model, batch) -> (loss, parts)`` with ``parts`` a
+  dict of floats for the history, so point loss, consistency loss (two forward passes),
+  structure loss or combo loss all plug in; :func:`supervised_loss` adapts a plain
+  ``criterion(logits, target)``.
+* Deterministic: :func:`set_determinism` seeds Python, NumPy and torch and asks torch for
+  deterministic algorithms; the training order of epoch ``e`` comes from a generator seeded
+  with ``(seed, e)``.
+* Resumable: after every epoch ``checkpoint_dir/checkpoint.pt`` is replaced atomically
+  (temporary file in the same folder + ``os.replace``); a later call with the same
+  configuration continues from it and ends with bit-identical weights on CPU.
+* ``device="auto"`` picks CUDA when present; there the forward pass runs under bf16 autocast
+  and tensors use channels_last (channels_last_3d for volumes); on CPU everything is float32.
+
+Checkpoint format (``torch.save`` of a dict, loaded with ``weights_only=True``): ``format``,
+``config`` and ``config_hash`` (see :func:`run_config`), ``epoch`` (epochs completed),
+``model``, ``optimizer``, ``history``, ``best_epoch``, ``best_score``, ``best_file`` (name of
+``best-epochNNNN.pt`` in the same folder, holding ``{"epoch", "score", "model"}``), ``rng``
+(torch, CUDA, NumPy and Python states), ``loss_fn`` (its ``state_dict()`` when it has one, e.g.
+the transform generator of the consistency loss) and ``torch_version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from covidlib.metrics import SegmentationMeter
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointMismatchError",
+    "FitResult",
+    "SupervisedLoss",
+    "amp_settings",
+    "atomic_save",
+    "autocast",
+    "binarize",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "predict",
+    "resolve_device",
+    "run_config",
+    "set_determinism",
+    "supervised_loss",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "covidlib.engine.checkpoint/1"
+_BEST_PREFIX = "best-epoch"
+
+LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, Mapping[str, Any]]]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """An existing checkpoint was written by a different run configuration."""
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, precision, determinism
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; otherwise the named device."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r}: CUDA was requested but torch.cuda.is_available() is False; "
+            "use device='auto' or 'cpu'"
+        )
+    return dev
+
+
+def amp_settings(
+    device: str | torch.device, spatial_dims: int = 2
+) -> tuple[torch.dtype | None, torch.memory_format]:
+    """Autocast dtype and memory format for ``device``: pure, needs no GPU to call.
+
+    CUDA: ``(torch.bfloat16, channels_last)`` for 2-D, ``channels_last_3d`` for 3-D data.
+    Anything else: ``(None, contiguous_format)``, i.e. plain float32.
+    """
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None, torch.contiguous_format
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(
+        spatial_dims, torch.contiguous_format
+    )
+    return torch.bfloat16, fmt
+
+
+def autocast(
+    device: str | torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) and request deterministic kernels.
+
+    Calls ``torch.use_deterministic_algorithms(True, warn_only=True)`` (a warning, not an
+    error, for ops without a deterministic kernel) and disables the cuDNN autotuner. For
+    deterministic cuBLAS on CUDA, ``CUBLAS_WORKSPACE_CONFIG`` must be set before CUDA is first
+    used; this sets it to ``:4096:8`` when unset (set it in the environment to be safe).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    # the legacy global NumPy generator is what third-party augmentation code draws from
+    np.random.seed(seed)  # noqa: NPY002
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Well-mixed 32-bit seed of the data order of ``epoch`` (independent of other epochs)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: derive NumPy/Python seeds from the worker's torch seed."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)  # noqa: NPY002
+    random.seed(s)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": random.getstate(),
+    }
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and batches
+# --------------------------------------------------------------------------------------------
+
+
+class SupervisedLoss(nn.Module):
+    """``loss_fn`` for a plain criterion: ``criterion(model(batch[image]), batch[target])``."""
+
+    def __init__(
+        self,
+        criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        image_key: str = "image",
+        target_key: str = "mask",
+    ) -> None:
+        super().__init__()
+        if not callable(criterion):
+            raise TypeError(f"criterion must be callable, got {type(criterion).__name__}")
+        self.criterion = criterion
+        self.image_key = image_key
+        self.target_key = target_key
+
+    def forward(
+        self, model: nn.Module, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        for key in (self.image_key, self.target_key):
+            if key not in batch:
+                raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)})")
+        logits = model(batch[self.image_key])
+        loss = self.criterion(logits, batch[self.target_key])
+        return loss, {"loss": float(loss.detach())}
+
+
+def supervised_loss(
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    image_key: str = "image",
+    target_key: str = "mask",
+) -> SupervisedLoss:
+    """Adapt ``criterion(logits, target)`` to the ``loss_fn(model, batch)`` protocol."""
+    return SupervisedLoss(criterion, image_key=image_key, target_key=target_key)
+
+
+def _to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device, non_blocking) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def _prepare(
+    batch: Any, device: torch.device, fmt: torch.memory_format, where: str
+) -> dict[str, Any]:
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"{where}: datasets must yield dicts, got a {type(batch).__name__}")
+    if "image" not in batch:
+        raise KeyError(f"{where}: batch has no 'image' (keys: {sorted(batch)})")
+    out = _to_device(batch, device, non_blocking=device.type == "cuda")
+    img = out["image"]
+    if fmt is not torch.contiguous_format and isinstance(img, torch.Tensor):
+        if img.ndim == (4 if fmt is torch.channels_last else 5):
+            out["image"] = img.contiguous(memory_format=fmt)
+    return out
+
+
+def _spatial_dims(dataset: Dataset, where: str) -> int:
+    item = dataset[0]
+    if not isinstance(item, Mapping) or "image" not in item:
+        raise KeyError(f"{where}: items must be dicts with an 'image' entry")
+    return int(torch.as_tensor(item["image"]).ndim) - 1  # (C, H, W) or (C, D, H, W)
+
+
+def _floats(parts: Mapping[str, Any], where: str) -> dict[str, float]:
+    if not isinstance(parts, Mapping):
+        raise TypeError(f"{where}: loss_fn must return (loss, dict), got {type(parts).__name__}")
+    out = {}
+    for k, v in parts.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"{where}: loss part {k!r} has {v.numel()} elements, expected 1")
+            v = v.detach().item()
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: loss part {k!r} is not a number: {v!r}") from None
+    return out
+
+
+def _describe(obj: Any) -> str:
+    """Stable description of a model/loss for the run configuration (no memory addresses)."""
+    if isinstance(obj, SupervisedLoss):
+        return f"SupervisedLoss({_describe(obj.criterion)}, {obj.image_key}, {obj.target_key})"
+    name = getattr(obj, "__qualname__", None)
+    if isinstance(name, str):
+        return f"{getattr(obj, '__module__', '?')}.{name}"
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Inference and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    if logits.ndim < 3:
+        raise ValueError(f"model output: expected (B, C, ...) logits, got {tuple(logits.shape)}")
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else F.softmax(logits, dim=1)
+
+
+def binarize(probs: torch.Tensor) -> torch.Tensor:
+    """Foreground of probabilities ``(B, C, ...)``: ``argmax > 0`` (C >= 2) or ``p > 0.5``."""
+    return probs[:, 0] > 0.5 if probs.shape[1] == 1 else probs.argmax(1) > 0
+
+
+def predict(
+    model: nn.Module,
+    dataset: Dataset,
+    device: str | torch.device = "auto",
+    batch_size: int = 8,
+    *,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+    """Yield ``(probabilities, batch)`` per batch, in dataset order.
+
+    ``probabilities`` is float32 on the CPU: softmax over channels, or sigmoid for a
+    single-channel model. The model is moved to ``device`` and left in eval mode.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    model.to(dev)
+    model.eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=dev.type == "cuda",
+    )
+    fmt: torch.memory_format | None = None
+    dtype: torch.dtype | None = None
+    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        if fmt is None:
+            if not isinstance(batch, Mapping) or "image" not in batch:
+                raise KeyError("predict: dataset items must be dicts with an 'image' entry")
+            dtype, fmt = amp_settings(dev, batch["image"].ndim - 2)
+            if fmt is not torch.contiguous_format:
+                model.to(memory_format=fmt)
+        image = _prepare({"image": batch["image"]}, dev, fmt, "predict")["image"]
+        with torch.no_grad(), autocast(dev, dtype):
+            logits = model(image)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"predict: model returned {type(logits).__name__}, expected a tensor")
+        # the contexts end before yielding so that grad mode does not leak into the caller
+        yield _probabilities(logits).cpu(), batch
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    device: str | torch.device = "auto",
+    batch_size: int = 8,
+    *,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    progress: bool = False,
+    mask_key: str = "mask",
+) -> dict[str, float]:
+    """Overlap scores of ``model`` on ``dataset`` (P2 Sec. 4.1.2), via :mod:`covidlib.metrics`.
+
+    Prediction = ``argmax > 0`` of the logits (``p > 0.5`` for one channel); truth =
+    ``batch[mask_key] > 0`` (any infection label). Returns
+    :meth:`~covidlib.metrics.SegmentationMeter.compute`: ``dice``, ``iou``, ``ppv``,
+    ``sens``, ``spec`` from counts summed over the split, plus per-volume ``<name>_mean``,
+    ``<name>_std``, ``<name>_n`` grouped by ``batch["case_id"]`` (each item its own unit when
+    the dataset has no case ids) and ``n_volumes``.
+    """
+    meter = SegmentationMeter()
+    for probs, batch in predict(
+        model,
+        dataset,
+        device,
+        batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        progress=progress,
+    ):
+        if mask_key not in batch:
+            raise KeyError(f"evaluate: batch has no {mask_key!r} (keys: {sorted(batch)})")
+        pred = binarize(probs)
+        mask = torch.as_tensor(batch[mask_key])
+        if mask.ndim == pred.ndim + 1 and mask.shape[1] == 1:
+            mask = mask[:, 0]
+        if mask.shape != pred.shape:
+            raise ValueError(
+                f"evaluate: batch[{mask_key!r}] has shape {tuple(mask.shape)}, the prediction "
+                f"{tuple(pred.shape)}"
+            )
+        if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+            raise ValueError(f"evaluate: batch[{mask_key!r}] holds nan/inf values")
+        if bool((mask < 0).any()):
+            raise ValueError(f"evaluate: batch[{mask_key!r}] holds negative labels")
+        ids = batch.get("case_id")
+        if ids is not None:
+            ids = [str(i.item() if isinstance(i, torch.Tensor) else i) for i in ids]
+        meter.update(pred, mask > 0, ids)
+    if meter.counts.total == 0:
+        raise ValueError("evaluate: the dataset is empty")
+    return meter.compute()
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, fsync, then ``os.replace``.
+
+    A crash or error leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`fit` (``weights_only=True``) and check its format."""
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); delete it or pass "
+            "overwrite=True to start again"
+        ) from exc
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise RuntimeError(f"{path}: not a covidlib.engine checkpoint ({CHECKPOINT_FORMAT})")
+    return ck
+
+
+def run_config(
+    model: nn.Module,
+    loss_fn: Any,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    batch_size: int,
+    seed: int,
+    val_every: int,
+    metric: str,
+    max_steps_per_epoch: int | None,
+    num_workers: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything that changes the training trajectory (not ``epochs``: a run may be extended)."""
+    cfg = {
+        "model": _describe(model),
+        "parameters": [[k, list(v.shape)] for k, v in model.state_dict().items()],
+        "loss": _describe(loss_fn),
+        "n_train": len(train_data),  # type: ignore[arg-type]
+        "n_val": None if val_data is None else len(val_data),  # type: ignore[arg-type]
+        "lr": float(lr),
+        "betas": [float(b) for b in betas],
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "val_every": int(val_every),
+        "metric": metric,
+        "max_steps_per_epoch": max_steps_per_epoch,
+        "num_workers": int(num_workers),
+        "extra": dict(extra or {}),
+    }
+    try:
+        json.dumps(cfg, sort_keys=True, allow_nan=True)
+    except TypeError as exc:
+        raise TypeError(f"config: values must be JSON-serialisable ({exc})") from None
+    return cfg
+
+
+def _config_hash(cfg: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key == "parameters":
+                diffs.append("model parameter names/shapes differ")
+            else:
+                diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return "; ".join(diffs) or "configuration hash differs"
+
+
+def _best_name(epoch: int) -> str:
+    return f"{_BEST_PREFIX}{epoch:04d}.pt"
+
+
+def _remove_stale_best(directory: Path, keep: str | None) -> None:
+    for f in directory.glob(f"{_BEST_PREFIX}*.pt"):
+        if f.name != keep:
+            f.unlink(missing_ok=True)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    ``history`` has one dict per epoch: ``epoch``, ``steps``, ``train_loss``,
+    ``train_<part>`` (means over the epoch's steps), ``val_<score>`` on validated epochs,
+    ``seconds`` (wall time, the only entry that differs between identical runs).
+    ``best_epoch`` is None (and ``best_score`` nan, ``best_state`` the final weights) when
+    no validation produced a finite score.
+    """
+
+    best_epoch: int | None
+    best_score: float
+    history: list[dict[str, float]]
+    final_state: dict[str, torch.Tensor]
+    best_state: dict[str, torch.Tensor]
+    epochs_completed: int
+    stopped_early: bool
+    device: torch.device
+    checkpoint_path: Path | None = None
+    best_path: Path | None = None
+
+
+def _should_stop(epoch: int, best_epoch: int | None, patience: int | None) -> bool:
+    return patience is not None and epoch - (best_epoch or 0) >= patience
+
+
+def _check_positive_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_data: Dataset,
+    val_data: Dataset | None = None,
+    *,
+    epochs: int,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    val_every: int = 1,
+    metric: str = "dice",
+    early_stopping_patience: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    max_steps_per_epoch: int | None = None,
+    val_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    overwrite: bool = False,
+    restore_best: bool = True,
+    collate_fn: Callable | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` with Adam, select the epoch with the best validation ``metric``.
+
+    Args:
+        loss_fn: ``loss_fn(model, batch) -> (loss, parts)``; ``batch`` is the collated dict on
+            the device. If it has ``state_dict``/``load_state_dict`` (e.g. a random generator
+            for transforms) that state is checkpointed too.
+        train_data, val_data: datasets of dicts with ``"image"`` (and ``"mask"`` for val,
+            scored by :func:`evaluate`; optional ``"case_id"`` for per-volume scores).
+        epochs: total number of epochs (a resumed run continues up to it).
+        lr, betas: Adam hyper-parameters (P2: lr 1e-4).
+        seed: for :func:`set_determinism` and the per-epoch data order.
+        checkpoint_dir: where ``checkpoint.pt`` and ``best-epochNNNN.pt`` go; resumes from
+            an existing checkpoint of the same configuration. A checkpoint of another
+            configuration raises :class:`CheckpointMismatchError` unless ``overwrite=True``
+            (which deletes it and starts again).
+        val_every: validate on epochs that are multiples of it.
+        metric: validation key to maximise (``"dice"``: Dice of the summed counts).
+        early_stopping_patience: stop once this many epochs passed without improvement.
+        max_steps_per_epoch: cap on optimizer steps per epoch (smoke tests).
+        val_fn: custom validation ``val_fn(model) -> scores`` (called in eval mode, no grad)
+            used instead of :func:`evaluate` on ``val_data``.
+        on_epoch_end: ``callback(epoch, record)`` after the epoch's checkpoint was written;
+            it must not draw from the global random generators.
+        restore_best: load the best weights into ``model`` before returning.
+        config: extra JSON-serialisable settings that belong to the run identity (dataset,
+            split, ...); they are part of the checkpoint's configuration hash.
+
+    Returns:
+        :class:`FitResult`. The model stays on the chosen device (in eval mode when the
+        last epoch was validated).
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("val_every", val_every)
+    _check_positive_int("num_workers", num_workers, minimum=0)
+    _check_positive_int("early_stopping_patience", early_stopping_patience, allow_none=True)
+    _check_positive_int("max_steps_per_epoch", max_steps_per_epoch, allow_none=True)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise ValueError("train_data is empty")
+    if val_fn is None and val_data is not None:
+        if len(val_data) == 0:  # type: ignore[arg-type]
+            raise ValueError("val_data is empty")
+        first = val_data[0]
+        if not isinstance(first, Mapping) or not {"image", "mask"} <= set(first):
+            keys = sorted(first) if isinstance(first, Mapping) else type(first).__name__
+            raise KeyError(f"val_data: items must be dicts with 'image' and 'mask', got {keys}")
+
+    dev = resolve_device(device)
+    set_determinism(seed)
+    spatial = _spatial_dims(train_data, "train_data") if dev.type == "cuda" else 2
+    amp_dtype, fmt = amp_settings(dev, spatial)
+    model.to(dev)
+    if fmt is not torch.contiguous_format:
+        model.to(memory_format=fmt)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
+    validate = val_fn is not None or val_data is not None
+
+    cfg = run_config(
+        model,
+        loss_fn,
+        train_data,
+        val_data,
+        lr=lr,
+        betas=betas,
+        batch_size=batch_size,
+        seed=seed,
+        val_every=val_every,
+        metric=metric,
+        max_steps_per_epoch=max_steps_per_epoch,
+        num_workers=num_workers,
+        extra=config,
+    )
+    cfg_hash = _config_hash(cfg)
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    best_epoch: int | None = None
+    best_score = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_file: str | None = None
+    ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    ck_path = ck_dir / CHECKPOINT_NAME if ck_dir is not None else None
+
+    if ck_dir is not None and ck_path is not None:
+        if ck_dir.exists() and not ck_dir.is_dir():
+            raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
+        ck_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ck_dir.glob(".*.pt.*.tmp"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
+        if overwrite:
+            ck_path.unlink(missing_ok=True)
+            _remove_stale_best(ck_dir, keep=None)
+        elif ck_path.exists():
+            ck = load_checkpoint(ck_path)
+            if ck.get("config_hash") != cfg_hash:
+                raise CheckpointMismatchError(
+                    f"{ck_path}: written by a different configuration "
+                    f"({_config_diff(ck.get('config', {}), cfg)}); use another checkpoint_dir "
+                    "or pass overwrite=True to discard it"
+                )
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            history = list(ck["history"])
+            start_epoch = int(ck["epoch"])
+            best_epoch = ck["best_epoch"]
+            best_score = float(ck["best_score"])
+            best_file = ck["best_file"]
+            if best_file is not None:
+                bpath = ck_dir / best_file
+                if not bpath.exists():
+                    raise FileNotFoundError(
+                        f"{bpath}: best weights named by {ck_path} are missing; "
+                        "pass overwrite=True to start again"
+                    )
+                best = torch.load(bpath, map_location="cpu", weights_only=True)
+                if best.get("epoch") != best_epoch:
+                    raise RuntimeError(
+                        f"{bpath}: holds epoch {best.get('epoch')}, {ck_path} expects "
+                        f"{best_epoch}; pass overwrite=True to start again"
+                    )
+                best_state = best["model"]
+            if ck.get("loss_fn") is not None:
+                if not hasattr(loss_fn, "load_state_dict"):
+                    raise RuntimeError(f"{ck_path}: holds loss state but loss_fn cannot load it")
+                loss_fn.load_state_dict(ck["loss_fn"])  # type: ignore[attr-defined]
+            _restore_rng(ck["rng"])
+            log.info("resuming from %s after epoch %d", ck_path, start_epoch)
+
+    stopped = bool(
+        history
+        and any(k.startswith("val_") for k in history[-1])
+        and _should_stop(start_epoch, best_epoch, early_stopping_patience)
+    )
+    if start_epoch > epochs:
+        warnings.warn(
+            f"{ck_path}: already holds {start_epoch} epochs, more than epochs={epochs}; "
+            "returning the checkpointed model without training",
+            stacklevel=2,
+        )
+
+    epoch_bar = tqdm(
+        total=epochs,
+        initial=min(start_epoch, epochs),
+        desc="fit",
+        unit="epoch",
+        disable=not progress,
+    )
+    try:
+        epoch = start_epoch
+        while not stopped and epoch < epochs:
+            epoch += 1
+            t0 = time.perf_counter()
+            model.train()
+            gen = torch.Generator()
+            gen.manual_seed(_epoch_seed(seed, epoch))
+            loader = DataLoader(
+                train_data,
+                batch_size=batch_size,
+                shuffle=True,
+                generator=gen,
+                num_workers=num_workers,
+                collate_fn=collate_fn,
+                worker_init_fn=_seed_worker if num_workers else None,
+                pin_memory=dev.type == "cuda",
+            )
+            n_steps = len(loader)
+            if max_steps_per_epoch is not None:
+                n_steps = min(n_steps, max_steps_per_epoch)
+            sums: dict[str, float] = {}
+            loss_sum = 0.0
+            steps = 0
+            bar = tqdm(
+                loader,
+                total=n_steps,
+                desc=f"epoch {epoch}/{epochs}",
+                leave=False,
+                disable=not progress,
+            )
+            for raw in bar:
+                if steps >= n_steps:
+                    break
+                where = f"epoch {epoch} step {steps + 1}"
+                batch = _prepare(raw, dev, fmt, where)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(dev, amp_dtype):
+                    out = loss_fn(model, batch)
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(f"{where}: loss_fn must return (loss, dict of floats)")
+                loss, parts = out
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(f"{where}: loss must be a scalar tensor, got {loss!r}")
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"{where}: loss is {value}; lower lr or check the inputs/labels"
+                    )
+                loss.backward()
+                optimizer.step()
+                loss_sum += value
+                for k, v in _floats(parts, where).items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+            bar.close()
+
+            record: dict[str, float] = {"epoch": epoch, "steps": steps}
+            record.update({f"train_{k}": v / steps for k, v in sums.items()})
+            record["train_loss"] = loss_sum / steps
+            improved = False
+            validated = validate and epoch % val_every == 0
+            if validated:
+                if val_fn is not None:
+                    model.eval()
+                    with torch.no_grad():
+                        val_scores = dict(val_fn(model))
+                else:
+                    val_scores = evaluate(
+                        model,
+                        val_data,  # type: ignore[arg-type]
+                        dev,
+                        batch_size,
+                        num_workers=num_workers,
+                        collate_fn=collate_fn,
+                        progress=progress,
+                    )
+                if metric not in val_scores:
+                    raise KeyError(
+                        f"metric={metric!r} is not among the validation scores "
+                        f"{sorted(val_scores)}"
+                    )
+                record.update({f"val_{k}": float(v) for k, v in val_scores.items()})
+                score = float(val_scores[metric])
+                if not math.isnan(score) and score > best_score:
+                    best_score, best_epoch = score, epoch
+                    best_state = _cpu_state(model)
+                    improved = True
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+
+            if ck_dir is not None and ck_path is not None:
+                if improved:
+                    best_file = _best_name(epoch)
+                    atomic_save(
+                        {"epoch": epoch, "score": best_score, "model": best_state},
+                        ck_dir / best_file,
+                    )
+                atomic_save(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "config": cfg,
+                        "config_hash": cfg_hash,
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "history": history,
+                        "best_epoch": best_epoch,
+                        "best_score": best_score,
+                        "best_file": best_file,
+                        "rng": _rng_state(),
+                        "loss_fn": loss_fn.state_dict()  # type: ignore[attr-defined]
+                        if hasattr(loss_fn, "state_dict")
+                        else None,
+                        "torch_version": str(torch.__version__),
+                    },
+                    ck_path,
+                )
+                _remove_stale_best(ck_dir, keep=best_file)
+
+            epoch_bar.update(1)
+            postfix = {"loss": f"{record['train_loss']:.4g}"}
+            if validated:
+                postfix[f"val_{metric}"] = f"{record[f'val_{metric}']:.4g}"
+            epoch_bar.set_postfix(postfix)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            if validated and _should_stop(epoch, best_epoch, early_stopping_patience):
+                stopped = True
+                log.info("early stopping after epoch %d (best epoch %s)", epoch, best_epoch)
+    finally:
+        epoch_bar.close()
+
+    final_state = _cpu_state(model)
+    if best_state is None:
+        best_state = final_state
+    elif restore_best:
+        model.load_state_dict(best_state)
+    return FitResult(
+        best_epoch=best_epoch,
+        best_score=best_score if best_epoch is not None else math.nan,
+        history=history,
+        final_state=final_state,
+        best_state=best_state,
+        epochs_completed=len(history),
+        stopped_early=stopped,
+        device=dev,
+        checkpoint_path=ck_path,
+        best_path=ck_dir / best_file if ck_dir is not None and best_file else None,
+    )
+
