@@ -35,6 +35,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from covidlib.cache import atomic_write_text
 from covidlib.data.errors import DataError
 from covidlib.data.manifest import (
     FileSpec,
@@ -81,14 +82,7 @@ def read_lock(folder: str | Path) -> dict[str, Any]:
 
 
 def _write_lock(folder: Path, lock: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".checksums-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(lock, f, indent=1, sort_keys=True)
-        os.replace(tmp, folder / LOCK_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(folder / LOCK_NAME, json.dumps(lock, indent=1, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- download
