@@ -1,6 +1,7 @@
 # The two commands a newcomer runs (see README.md):
 #   make book   -> builds the Jupyter Book (cpu profile, embedded synthetic data) into book/_build/html
 #   make test   -> ruff + pytest (what CI runs, via .ci/run)
+#   make test-browser -> headless Chromium tests of the built book and of the widget in JupyterLab
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export COVIDLIB_SHARED_DATA ?= $(abspath $(CURDIR)/../shared/data)
 PROFILE ?= cpu
 RESULTS ?= $(CURDIR)/results
 
-.PHONY: venv data book test lint clean help
+.PHONY: venv data book test lint clean help vendor chromium test-browser bench
 
 help:
 	@sed -n '1,4p' Makefile
@@ -33,16 +34,55 @@ venv: $(VENV)/.installed
 data: venv
 	$(BIN)/covidlib data synthetic
 
-book: data
+# The JavaScript the book's pages load (widget manager, RequireJS, anywidget, MathJax) comes
+# from the npm registry (package.json + package-lock.json) and is served from
+# book/_assets/vendor, never from a CDN. Debian's nodejs/npm are installed when npm is missing.
+NPM ?= npm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+node_modules/.covidlib-installed: package.json package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "npm not found: installing Debian's nodejs and npm"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	$(NPM) ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+book/_assets/vendor/.installed: node_modules/.covidlib-installed | venv
+	$(BIN)/python -m covidlib.report.offline node_modules book/_assets/vendor
+
+vendor: book/_assets/vendor/.installed
+
+book: data vendor
 	$(BIN)/covidlib book --profile $(PROFILE) --results-dir $(RESULTS)
 	@echo "Book built: open file://$(CURDIR)/book/_build/html/index.html"
+
+# Benchmarks (<= 10 min on 2 CPU cores; run on a quiet machine): speed, memory and scaling in
+# one run -> bench_results/bench.json, then the book's Performance page is executed from it.
+bench: venv
+	$(BIN)/python -m covidlib.bench --out bench_results/bench.json --page --results-dir $(RESULTS)
 
 lint: venv
 	$(BIN)/ruff check .
 
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/browser
+
+# Real-browser tests: Debian's chromium + chromium-driver (apt-get, once) driven by Playwright
+# (never `playwright install`). Without COVIDLIB_BOOK_HTML they build a small book of their
+# own; `make book && COVIDLIB_BOOK_HTML=book/_build/html make test-browser` checks the whole one.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  start=$$(date +%s); \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null && \
+	  echo "chromium installed in $$(( $$(date +%s) - start )) s"; \
+	fi
+
+test-browser: venv data vendor chromium
+	$(BIN)/python -m pytest tests/browser
 
 clean:
-	rm -rf book/_build book/_generated build .pytest_cache .ruff_cache
+	rm -rf book/_build book/_generated book/_assets/vendor build .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
     covidlib data list | synthetic | fetch NAME | stats NAME
     covidlib book [--profile cpu] [--results-dir results] [--only CHAPTER ...] [--no-html]
+                  [--workers N] [--scheduler tcp://host:port]
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
     repo = _repo_root()
     results = Path(args.results_dir).resolve()
-    outcomes = book.execute_plan(repo, args.profile, results, args.device, args.only or None)
+    outcomes = book.execute_plan(repo, args.profile, results, args.device, args.only or None,
+                                 workers=args.workers, scheduler=args.scheduler)
     print(book.report(outcomes))
     failed = [o.entry.output for o in outcomes if o.status == "failed"]
     if not args.no_html:
@@ -90,15 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--device", default="auto")
     bk.add_argument("--only", nargs="*", help="chapter outputs to (re-)execute")
     bk.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    bk.add_argument("--workers", type=int, default=None,
+                    help="local Dask workers (default: one per GPU, else one per core)")
+    bk.add_argument("--scheduler", default=None,
+                    help="existing Dask scheduler, e.g. tcp://host:8786 "
+                         "(default: $COVIDLIB_SCHEDULER; none: a local cluster)")
     bk.set_defaults(func=_cmd_book)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from covidlib.report.book import BookError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as exc:
+    except (DataError, BookError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

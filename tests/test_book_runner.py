@@ -6,7 +6,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from covidlib.report.book import BookError, execute_plan, load_plan, report
+from covidlib.report.book import (
+    BookError,
+    PlanEntry,
+    execute_plan,
+    load_plan,
+    longest_first,
+    previous_seconds,
+    report,
+    worker_env,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,3 +93,92 @@ def test_a_chapter_whose_data_is_absent_becomes_a_page_saying_so(tmp_path, monke
     text = page.cells[0].source
     assert text.startswith("# Real data") and "not executed" in text
     assert "covid-semiseg" in text and str(tmp_path / "empty") in text
+
+
+def test_stage_must_be_a_non_negative_integer(tmp_path):
+    plan = tmp_path / "plan.yml"
+    plan.write_text("- {notebook: a, output: b, title: t, stage: -1}\n")
+    with pytest.raises(BookError, match="'stage' must be an integer >= 0, got -1"):
+        load_plan(plan)
+    plan.write_text("- {notebook: a, output: b, title: t, stage: 2}\n")
+    assert load_plan(plan)[0].stage == 2
+
+
+def test_worker_env_gives_each_worker_its_gpu_and_thread_share():
+    assert worker_env(3, 2, 2, cpus=16, environ={}) == {
+        "CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8"}
+    assert worker_env(0, 3, 0, cpus=2, environ={}) == {"OMP_NUM_THREADS": "1",
+                                                       "MKL_NUM_THREADS": "1"}
+    # what the user fixed stays fixed
+    assert worker_env(1, 2, 4, cpus=8, environ={"CUDA_VISIBLE_DEVICES": "3",
+                                                "OMP_NUM_THREADS": "2"}) == {
+        "MKL_NUM_THREADS": "4"}
+
+
+def test_one_worker_runs_in_this_process_in_plan_order(tmp_path):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "plan.yml").write_text(
+        "- {notebook: n1, output: o1, title: One, stage: 1}\n"
+        "- {notebook: n2, output: o2, title: Two}\n")
+    outcomes = execute_plan(tmp_path, "cpu", tmp_path / "r", workers=1, log=lambda s: None)
+    assert [(o.entry.output, o.status, o.worker) for o in outcomes] == [
+        ("o1", "failed", "local"), ("o2", "failed", "local")]
+    assert "n1.ipynb: notebook not found" in outcomes[0].error
+    with pytest.raises(BookError, match="workers=0"):
+        execute_plan(tmp_path, "cpu", tmp_path / "r", workers=0)
+
+
+def test_a_bad_scheduler_address_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "plan.yml").write_text("- {notebook: a, output: a, title: A}\n")
+    monkeypatch.setenv("COVIDLIB_SCHEDULER", "localhost:8786")
+    with pytest.raises(BookError, match="COVIDLIB_SCHEDULER='localhost:8786': expected"):
+        execute_plan(tmp_path, "cpu", tmp_path / "r", log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_an_existing_scheduler_runs_the_stages_in_order(tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    # the workers run in this process here: keep their thread settings out of os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "plan.yml").write_text(
+        "- {notebook: last, output: last_out, title: Last, stage: 1}\n"
+        "- {notebook: first, output: first_out, title: First}\n"
+        "- {notebook: bad, output: bad_out, title: Bad}\n")
+    flag = tmp_path / "first.done"
+    _notebook(tmp_path / "notebooks" / "first.ipynb",
+              f"import time, pathlib\ntime.sleep(1)\npathlib.Path({str(flag)!r}).write_text('1')")
+    _notebook(tmp_path / "notebooks" / "bad.ipynb", "1 / 0")
+    _notebook(tmp_path / "notebooks" / "last.ipynb",
+              f"import pathlib\nprint('first finished:', pathlib.Path({str(flag)!r}).exists())")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        monkeypatch.setenv("COVIDLIB_SCHEDULER", cluster.scheduler_address)
+        outcomes = execute_plan(tmp_path, "cpu", tmp_path / "results", log=lambda s: None)
+        addresses = {w.address for w in cluster.workers.values()}
+    assert [(o.entry.output, o.status) for o in outcomes] == [
+        ("last_out", "ok"), ("first_out", "ok"), ("bad_out", "failed")]
+    assert {o.worker for o in outcomes} <= addresses
+    assert "ZeroDivisionError" in outcomes[2].error
+    executed = nbformat.read(tmp_path / "book" / "_generated" / "last_out.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "first finished: True\n"
+    timings = json.loads((tmp_path / "results" / "book_timings_cpu.json").read_text())
+    assert timings["bad_out"]["status"] == "failed"
+    assert timings["first_out"]["worker"] in addresses
+
+
+def test_the_longest_chapters_are_submitted_first(tmp_path):
+    (tmp_path / "book_timings_cpu.json").write_text(
+        '{"a": {"status": "ok", "seconds": 5.0}, "b": {"status": "ok", "seconds": 50.0},'
+        ' "c": {"status": "failed", "seconds": 5.0}}')
+    seconds = previous_seconds(tmp_path, "cpu")
+    assert seconds == {"a": 5.0, "b": 50.0, "c": 5.0}
+    entries = [PlanEntry(n, n, n) for n in ("a", "b", "c", "new")]
+    assert [e.output for e in longest_first(entries, seconds)] == ["new", "b", "a", "c"]
+    assert previous_seconds(tmp_path, "gpu") == {}
+    (tmp_path / "book_timings_gpu.json").write_text("[1, 2")
+    assert previous_seconds(tmp_path, "gpu") == {}

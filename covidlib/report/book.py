@@ -7,12 +7,27 @@ contents points to) and its papermill parameters. ``profile``, ``device`` and
 when that data cannot be found, a short page saying so replaces the chapter instead of
 failing the build. A failing notebook is reported by name with its traceback; the other
 notebooks still run and the command exits non-zero.
+
+Parallel execution (:func:`execute_plan`): the notebooks run on a Dask cluster, one notebook
+per worker at a time. By default a ``distributed.LocalCluster`` on 127.0.0.1 with one worker
+per GPU (each worker's kernels see only their GPU through ``CUDA_VISIBLE_DEVICES``), or one
+worker per CPU core when there is no GPU (each kernel then gets ``cores // workers`` torch
+threads). ``COVIDLIB_SCHEDULER=tcp://host:port`` (or ``scheduler=``) sends the notebooks to an
+existing Dask scheduler instead, so a sweep can use many machines: every worker must see the
+checkout at the same path and share ``results_dir`` (a network file system), so that finished
+configurations are reused from the results cache (:class:`covidlib.cache.ResultCache`). With
+one worker or one notebook everything runs in this process, in plan order.
+
+Plan entries may set ``stage`` (an integer, default 0): stage ``n + 1`` starts once every
+notebook of stage ``n`` has finished (the scorecard page, which reads what the chapters
+recorded, is the last stage).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +43,10 @@ import yaml
 from covidlib.cache import atomic_write_text
 
 PROFILES = ("cpu", "gpu", "paper")
-_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires"}
+_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires", "stage"}
+_SCHEDULER = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
+SCHEDULER_ENV = "COVIDLIB_SCHEDULER"
+KERNEL_START_TIMEOUT = 300  # seconds; kernels start slowly on a busy 2-core machine
 
 
 class BookError(Exception):
@@ -42,6 +60,7 @@ class PlanEntry:
     title: str
     parameters: dict[str, Any] = field(default_factory=dict)
     requires: str | None = None
+    stage: int = 0
 
 
 @dataclass
@@ -50,6 +69,7 @@ class RunOutcome:
     status: str  # "ok" | "failed" | "missing-data"
     seconds: float
     error: str = ""
+    worker: str = "local"  # the Dask worker address, or "local" when run in this process
 
 
 def load_plan(path: Path) -> list[PlanEntry]:
@@ -79,8 +99,11 @@ def load_plan(path: Path) -> list[PlanEntry]:
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
             raise BookError(f"{where}: 'parameters' must be a mapping")
+        stage = item.get("stage", 0)
+        if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
+            raise BookError(f"{where}: 'stage' must be an integer >= 0, got {stage!r}")
         entries.append(PlanEntry(item["notebook"], item["output"], item["title"], params,
-                                 item.get("requires")))
+                                 item.get("requires"), stage))
     return entries
 
 
@@ -125,7 +148,8 @@ def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
     try:
         papermill.execute_notebook(str(src), str(tmp), parameters=params, kernel_name="python3",
                                    language="python",
-                                   cwd=str(src.parent), progress_bar=False)
+                                   cwd=str(src.parent), progress_bar=False,
+                                   start_timeout=KERNEL_START_TIMEOUT)
     except Exception as exc:  # the notebook's own error: report it, keep going
         if hasattr(exc, "ename"):
             detail = f"{exc.ename}: {exc.evalue}\n" + "\n".join(exc.traceback)
@@ -142,12 +166,101 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
+def default_workers(device: str = "auto") -> tuple[int, int]:
+    """``(workers, gpus)``: one worker per GPU, else one per CPU core."""
+    gpus = 0
+    if device != "cpu":
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            gpus = 0
+    return (gpus if gpus else max(1, os.cpu_count() or 1)), gpus
+
+
+def worker_env(worker_index: int, n_workers: int, n_gpus: int, cpus: int | None = None,
+               environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the kernels a worker starts: its GPU, and its share of the CPU threads.
+
+    Worker ``i`` of ``n`` sees GPU ``i mod n_gpus`` alone (``CUDA_VISIBLE_DEVICES``) and gets
+    ``max(1, cpus // n)`` OpenMP/MKL threads, unless the environment already fixes them.
+    """
+    environ = os.environ if environ is None else environ
+    if cpus is None:
+        cpus = os.cpu_count() or 1
+    out: dict[str, str] = {}
+    if n_gpus > 0 and "CUDA_VISIBLE_DEVICES" not in environ:
+        out["CUDA_VISIBLE_DEVICES"] = str(worker_index % n_gpus)
+    threads = str(max(1, cpus // max(1, n_workers)))
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if key not in environ:
+            out[key] = threads
+    return out
+
+
+def _run_on_worker(entry: PlanEntry, repo: str, profile: str, results_dir: str, device: str,
+                   n_workers: int, n_gpus: int) -> RunOutcome:
+    """Dask task: one notebook, with this worker's GPU and thread share in the environment."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    try:
+        index = int(worker.name)
+    except (TypeError, ValueError):  # workers of a remote cluster may have any name
+        index = int.from_bytes(str(worker.name).encode(), "little") % max(1, n_workers)
+    os.environ.update(worker_env(index, n_workers, n_gpus))
+    outcome = run_entry(entry, Path(repo), profile, Path(results_dir), device,
+                        log=lambda s: None)
+    outcome.worker = str(worker.address)
+    return outcome
+
+
+def _connect(scheduler: str | None, n_workers: int, log: Callable[[str], None]):
+    """A ``distributed.Client`` on ``scheduler`` or on a new LocalCluster; and the cluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        if not _SCHEDULER.match(scheduler):
+            raise BookError(f"{SCHEDULER_ENV}={scheduler!r}: expected a Dask scheduler address "
+                            "such as tcp://host:8786")
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise BookError(f"{SCHEDULER_ENV}={scheduler!r}: cannot reach the Dask scheduler "
+                            f"({exc})") from exc
+        log(f"[book] running on the Dask scheduler {scheduler} "
+            f"({len(client.scheduler_info()['workers'])} workers)")
+        return client, None
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=0)
+    log(f"[book] running on a local Dask cluster of {n_workers} workers")
+    return Client(cluster), cluster
+
+
+def _dask_failure(entry: PlanEntry, exc: BaseException, seconds: float) -> RunOutcome:
+    detail = "".join(traceback.format_exception(exc))
+    return RunOutcome(entry, "failed", seconds,
+                      f"the Dask task running this notebook failed:\n{_strip_ansi(detail)}",
+                      worker="dask")
+
+
 def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "auto",
-                 only: list[str] | None = None, log: Callable[[str], None] = print
+                 only: list[str] | None = None, log: Callable[[str], None] = print, *,
+                 workers: int | None = None, scheduler: str | None = None
                  ) -> list[RunOutcome]:
-    """Run every (or the ``only``) plan entries in order; never stops at a failure."""
+    """Run every (or the ``only``) plan entries; never stops at a failure.
+
+    ``workers``: size of the local Dask cluster (default: one per GPU, else one per core).
+    ``scheduler``: address of an existing Dask scheduler (default: ``$COVIDLIB_SCHEDULER``).
+    Outcomes come back in plan order; ``<results_dir>/book_timings_<profile>.json`` records
+    each notebook's status, seconds and worker (the next run starts the longest first).
+    """
     if profile not in PROFILES:
         raise BookError(f"profile {profile!r} is not one of {PROFILES}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise BookError(f"workers={workers!r}: expected a positive integer")
     entries = load_plan(repo / "book" / "plan.yml")
     if only:
         unknown = set(only) - {e.output for e in entries}
@@ -155,28 +268,129 @@ def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "aut
             raise BookError(f"unknown chapters {sorted(unknown)}; "
                             f"known: {[e.output for e in entries]}")
         entries = [e for e in entries if e.output in only]
-    outcomes = [run_entry(e, repo, profile, results_dir, device, log) for e in entries]
-    timings = {o.entry.output: {"status": o.status, "seconds": round(o.seconds, 2)}
-               for o in outcomes}
+    scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
+    n_default, n_gpus = default_workers(device)
+    n_workers = min(workers or n_default, len(entries))
+    results_dir = Path(results_dir).resolve()
+    if scheduler is None and n_workers <= 1:
+        outcomes = [run_entry(e, repo, profile, results_dir, device, log) for e in entries]
+    else:
+        outcomes = _execute_dask(entries, Path(repo).resolve(), profile, results_dir, device,
+                                 scheduler, n_workers, n_gpus, log)
+    timings_path = results_dir / f"book_timings_{profile}.json"
+    try:  # chapters not run this time keep their last timing
+        timings = json.loads(timings_path.read_text())
+        timings = timings if isinstance(timings, dict) else {}
+    except (OSError, ValueError):
+        timings = {}
+    timings.update({o.entry.output: {"status": o.status, "seconds": round(o.seconds, 2),
+                                     "worker": o.worker} for o in outcomes})
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / f"book_timings_{profile}.json",
-                      json.dumps(timings, indent=1))
+    atomic_write_text(timings_path, json.dumps(timings, indent=1))
     return outcomes
 
 
+def previous_seconds(results_dir: Path, profile: str) -> dict[str, float]:
+    """Each chapter's time in the last run (``book_timings_<profile>.json``), if any."""
+    path = Path(results_dir) / f"book_timings_{profile}.json"
+    try:
+        data = json.loads(path.read_text())
+        return {k: float(v["seconds"]) for k, v in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def longest_first(entries: list[PlanEntry], seconds: dict[str, float]) -> list[PlanEntry]:
+    """Submission order: chapters never timed first, then by their last time, longest first
+    (so the longest notebooks do not start last); ties keep the plan order."""
+    return sorted(entries, key=lambda e: -seconds.get(e.output, float("inf")))
+
+
+def _execute_dask(entries: list[PlanEntry], repo: Path, profile: str, results_dir: Path,
+                  device: str, scheduler: str | None, n_workers: int, n_gpus: int,
+                  log: Callable[[str], None]) -> list[RunOutcome]:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    client, cluster = _connect(scheduler, n_workers, log)
+    if scheduler:
+        n_workers = max(1, len(client.scheduler_info()["workers"]))
+    before = previous_seconds(results_dir, profile)
+    done: dict[str, RunOutcome] = {}
+    try:
+        with tqdm(total=len(entries), desc="book", unit="notebook") as bar:
+            for stage in sorted({e.stage for e in entries}):
+                batch = [e for e in entries if e.stage == stage]
+                started = time.perf_counter()
+                futures = {}
+                for e in longest_first(batch, before):
+                    log(f"[book] {e.output}: queued {e.notebook}.ipynb (stage {stage})")
+                    fut = client.submit(_run_on_worker, e, str(repo), profile, str(results_dir),
+                                        device, n_workers, n_gpus, pure=False,
+                                        priority=-len(futures),
+                                        key=f"book-{e.output}-{time.time_ns()}")
+                    futures[fut] = e
+                for fut in as_completed(list(futures)):
+                    e = futures[fut]
+                    try:
+                        outcome = fut.result()
+                    except Exception as exc:  # worker died, task lost: report, keep going
+                        outcome = _dask_failure(e, exc, time.perf_counter() - started)
+                    done[e.output] = outcome
+                    log(f"[book] {e.output}: {outcome.status} in {outcome.seconds:.1f} s "
+                        f"on {outcome.worker}")
+                    bar.update(1)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return [done[e.output] for e in entries]
+
+
+def ensure_offline_assets(repo: Path, log: Callable[[str], None] = print) -> Path:
+    """``book/_assets/vendor`` (the JavaScript pages load), copied from ``node_modules``."""
+    from covidlib.report import offline
+
+    dest = repo / "book" / "_assets" / "vendor"
+    if offline.assets_ready(dest):
+        return dest
+    node_modules = repo / "node_modules"
+    if not node_modules.is_dir():
+        raise BookError(f"{dest}: the book's JavaScript is not installed; run `npm ci` in "
+                        f"{repo} (make book does) so the pages need no network")
+    try:
+        offline.install_assets(node_modules, dest)
+    except offline.AssetError as exc:
+        raise BookError(str(exc)) from exc
+    log(f"[book] offline assets copied to {dest}")
+    return dest
+
+
 def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
-    """``jupyter-book build book`` (Sphinx, offline); returns the HTML folder."""
+    """``jupyter-book build book`` (Sphinx, offline); returns the HTML folder.
+
+    Fails (``BookError``) when a page would fetch anything from another host.
+    """
+    from covidlib.report.offline import external_references
+
     exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which(
         "jupyter-book")
     if exe is None:
         raise BookError("jupyter-book is not installed: run `make book` (installs the book extra)")
+    ensure_offline_assets(repo, log)
     cmd = [exe, "build", str(repo / "book"), "--builder", "html"]
     log(f"[book] {' '.join(cmd)}")
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n"
                         f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return repo / "book" / "_build" / "html"
+    html = repo / "book" / "_build" / "html"
+    external = external_references(html)
+    if external:
+        listing = "\n".join(f"  {page}: {', '.join(urls[:5])}" for page, urls in external.items())
+        raise BookError(f"{html}: pages reference other hosts (the book must work offline):\n"
+                        f"{listing}")
+    return html
 
 
 def report(outcomes: list[RunOutcome]) -> str:

@@ -1,0 +1,17 @@
+"""Benchmarks of covidlib: speed, memory and scaling, measured side by side in one run.
+
+``python -m covidlib.bench --out bench_results/bench.json [--quick]`` (``make bench``) runs
+:func:`covidlib.bench.run.run_suite`; the book's "Performance" page
+(``notebooks/performance.ipynb``, helpers in :mod:`covidlib.bench.report`) renders the file.
+
+* :mod:`~covidlib.bench.mc`: MC-dropout acquisition speed (P1 Eq. 2), head-only vs naive vs baal.
+* :mod:`~covidlib.bench.train`: training images/s, fp32 eager vs bf16 + channels_last (CUDA).
+* :mod:`~covidlib.bench.scaling`: AL cycle time vs pool size and K, 3D scoring vs volume size.
+* :mod:`~covidlib.bench.determinism`: a seeded experiment run twice gives identical results.
+* :mod:`~covidlib.bench.endtoend`: the book's per-chapter times recorded by ``covidlib book``.
+* :mod:`~covidlib.bench.measure`: timers, peak memory (RSS, CUDA) and the machine's name.
+"""
+
+from covidlib.bench.run import SCHEMA, SECTIONS, run_suite
+
+__all__ = ["SCHEMA", "SECTIONS", "run_suite"]

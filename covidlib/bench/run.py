@@ -1,0 +1,223 @@
+"""``python -m covidlib.bench --out bench_results/bench.json [--quick]``: the benchmark suite.
+
+Runs the sections in one process, on one machine, and writes one JSON file (atomically):
+``machine`` (name, CPU, cores, torch threads, GPU or none, date), ``settings``, one entry per
+section (``mc``, ``train``, ``al_scaling``, ``volume_scaling``, ``determinism``), ``checks``
+(pass/fail of the correctness checks) and ``total_seconds``. Every ratio in the file is computed
+from times measured in this run. The suite does not resume: a partial rerun would mix two
+machines' states, so an interrupted run starts again.
+
+Exit status 1 when a check fails (head-only and naive MC samples select different regions, or
+two seeded runs differ); the file is written first so the failure can be inspected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from covidlib.bench import determinism, mc, scaling, train
+from covidlib.bench.measure import load_average, machine_info
+from covidlib.cache import atomic_write_text
+from covidlib.engine import resolve_device
+
+SCHEMA = "covidlib.bench/1"
+SECTIONS = ("mc", "train", "al_scaling", "volume_scaling", "determinism")
+
+FULL: dict[str, dict[str, Any]] = {
+    # P1's network at P1's resolution; one slice per batch on CPU (about a minute per sampler)
+    "mc": {"image_size": 352, "fc_channels": 4096, "batch": 1, "samples": [5, 10, 20],
+           "n_regions": 64, "seed": 0, "baal": True},
+    "train": {"networks": ["fcn8_vgg16", "unet2d", "resunet3d_p4"], "image_size": 352,
+              "volume_size": 96, "fc_channels": 4096, "unet_width": 32, "batch_2d": 1,
+              "batch_3d": 1, "warmup": 1, "steps": 2, "seed": 0},
+    "al_scaling": {"pools": [100, 400, 1600], "regions": [16, 64, 256, 1024],
+                   "default_regions": 64, "k_pool": 400, "al_image_size": 64, "al_width": 8,
+                   "al_samples": 5, "al_select": 5, "al_batch": 50, "train_steps": 5,
+                   "train_batch": 8, "seed": 0},
+    "volume_scaling": {"volume_sizes": [16, 24, 32, 48, 64], "volume_width": 32,
+                       "volume_samples": 5, "seed": 0},
+    "determinism": {"seed": 0},
+}
+CUDA: dict[str, dict[str, Any]] = {
+    # what changes on a GPU: batches that fill it, more timed steps, larger volumes
+    "mc": {"batch": 8},
+    "train": {"batch_2d": 8, "batch_3d": 2, "warmup": 3, "steps": 10},
+    "volume_scaling": {"volume_sizes": [32, 48, 64, 96, 128]},
+}
+QUICK: dict[str, dict[str, Any]] = {
+    # tiny sizes for the test suite: checks the plumbing, the figures mean nothing
+    "mc": {"image_size": 32, "fc_channels": 16, "batch": 1, "samples": [2, 3],
+           "n_regions": 16, "seed": 0, "baal": True},
+    "train": {"networks": ["fcn8_vgg16", "unet2d", "resunet3d_p4"], "image_size": 32,
+              "volume_size": 16, "fc_channels": 16, "unet_width": 4, "batch_2d": 1,
+              "batch_3d": 2, "warmup": 0, "steps": 1, "seed": 0},
+    "al_scaling": {"pools": [4, 8, 16], "regions": [4, 16, 64], "default_regions": 16,
+                   "k_pool": 8, "al_image_size": 32, "al_width": 4, "al_samples": 3,
+                   "al_select": 2, "al_batch": 8, "train_steps": 1, "train_batch": 2,
+                   "seed": 0},
+    "volume_scaling": {"volume_sizes": [8, 16], "volume_width": 4, "volume_samples": 2,
+                       "seed": 0},
+    "determinism": {"seed": 0, "slices": 8, "size": 32, "epochs": 1, "steps": 2},
+}
+
+_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "mc": mc.bench_mc,
+    "train": train.bench_train,
+    "al_scaling": scaling.bench_al_scaling,
+    "volume_scaling": scaling.bench_volume_scaling,
+}
+
+
+def suite_settings(quick: bool, device: torch.device) -> dict[str, dict[str, Any]]:
+    """The settings of every section for this run (quick or full; CUDA changes applied)."""
+    out = copy.deepcopy(QUICK if quick else FULL)
+    if device.type == "cuda" and not quick:
+        for section, changes in CUDA.items():
+            out[section].update(changes)
+    return out
+
+
+def checks(results: dict[str, Any]) -> dict[str, bool]:
+    """Correctness checks of a results dict (sections that ran)."""
+    out = {}
+    if "mc" in results:
+        out["mc_identical_selections"] = bool(results["mc"]["identical_selections"])
+    if "determinism" in results:
+        out["determinism_identical"] = bool(results["determinism"]["identical"])
+    return out
+
+
+def run_suite(out: str | Path, *, quick: bool = False, device: str = "auto",
+              sections: Sequence[str] = SECTIONS, progress: bool = True) -> dict[str, Any]:
+    """Run ``sections`` and write the results file ``out``; returns the results dict."""
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ValueError(f"bench: unknown or no sections {unknown or list(sections)}; "
+                         f"choose from {SECTIONS}")
+    dev = resolve_device(device)
+    settings = suite_settings(quick, dev)
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "machine": machine_info(dev),
+                               "settings": {s: settings[s] for s in sections}}
+    bar = tqdm(list(sections), desc="bench", unit="section", disable=not progress)
+    for section in bar:
+        bar.set_postfix_str(section)
+
+        def note(msg: str) -> None:
+            bar.set_postfix_str(msg)
+
+        t0 = time.perf_counter()
+        if section == "determinism":
+            seed = settings[section]["seed"]
+            extra = {k: v for k, v in settings[section].items() if k != "seed"}
+            results[section] = determinism.check_determinism(seed, **extra)
+        else:
+            results[section] = _RUNNERS[section](settings[section], dev, note)
+        results[section]["section_seconds"] = time.perf_counter() - t0
+    results["checks"] = checks(results)
+    results["machine"]["load_average_end"] = load_average()
+    results["total_seconds"] = time.perf_counter() - t_start
+    atomic_write_text(Path(out), json.dumps(results, indent=1, sort_keys=True))
+    return results
+
+
+def render_page(bench_file: str | Path, results_dir: str | Path, profile: str = "cpu",
+                repo: Path | None = None) -> Any:
+    """Execute the book's Performance chapter (``notebooks/performance.ipynb``, its entry in
+    ``book/plan.yml``) on ``bench_file`` into ``book/_generated/``; returns the
+    :class:`~covidlib.report.book.RunOutcome`. Unlike ``covidlib book --only``, this leaves
+    the book's timing files alone."""
+    from covidlib.report.book import BookError, PlanEntry, load_plan, run_entry
+
+    repo = repo or Path(__file__).resolve().parents[2]
+    plan = repo / "book" / "plan.yml"
+    entry = next((e for e in load_plan(plan) if e.notebook == "performance"), None)
+    if entry is None:
+        raise BookError(f"{plan}: no entry for notebooks/performance.ipynb")
+    entry = PlanEntry(entry.notebook, entry.output, entry.title,
+                      {**entry.parameters, "bench_file": str(Path(bench_file).resolve())},
+                      entry.requires, entry.stage)
+    return run_entry(entry, repo, profile, Path(results_dir).resolve(), "auto",
+                     log=lambda s: None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m covidlib.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="bench_results/bench.json", help="results file to write")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (tests; figures mean nothing)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                   help="sections to run (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--page", action="store_true",
+                   help="then execute the book's Performance page on the results")
+    p.add_argument("--results-dir", default="results",
+                   help="where the book's timing files are (for --page)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = run_suite(args.out, quick=args.quick, device=args.device,
+                            sections=args.sections, progress=not args.no_progress)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print(summary(results))
+    failed = [k for k, ok in results["checks"].items() if not ok]
+    if failed:
+        print(f"bench: checks failed: {failed} (see {args.out})", file=sys.stderr)
+        return 1
+    print(f"bench: wrote {args.out} in {results['total_seconds']:.0f} s")
+    if args.page:
+        from covidlib.report.book import BookError
+
+        try:
+            outcome = render_page(args.out, args.results_dir)
+        except (BookError, ImportError) as exc:
+            print(f"bench: cannot render the Performance page: {exc}", file=sys.stderr)
+            return 2
+        if outcome.status != "ok":
+            print(f"bench: the Performance page failed:\n{outcome.error}", file=sys.stderr)
+            return 1
+        print(f"bench: Performance page written to book/_generated/{outcome.entry.output}.ipynb "
+              f"in {outcome.seconds:.0f} s")
+    return 0
+
+
+def summary(results: dict[str, Any]) -> str:
+    """A few lines with the headline ratios of a results dict."""
+    m = results["machine"]
+    lines = [f"machine: {m['hostname']} ({m['gpu'] or m['cpu']}, {m['cores']} cores, "
+             f"torch threads {m['torch_threads']})"]
+    if "mc" in results:
+        for key, ratios in results["mc"]["speedup"].items():
+            lines.append(f"mc {key}: " + ", ".join(f"I={i}: {r:.1f}x" for i, r in ratios.items()))
+        lines.append(f"mc identical selections: {results['mc']['identical_selections']}")
+    if "train" in results:
+        for r in results["train"]["rows"]:
+            if "images_per_s" in r:
+                lines.append(f"train {r['network']} {r['mode']}: {r['images_per_s']:.3g} img/s, "
+                             f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    for key in ("al_scaling", "volume_scaling"):
+        if key in results:
+            fits = ([("pool (whole cycle)", results[key]["pool"]["fit"]["cycle"]),
+                     ("pool (score + select)", results[key]["pool"]["fit"]["acquisition"]),
+                     ("K (score + select)", results[key]["regions"]["fit"]["acquisition"])]
+                    if key == "al_scaling" else [("voxels", results[key]["fit"])])
+            for what, fit in fits:
+                lines.append(f"{key} vs {what}: exponent {fit['exponent']:.2f}")
+    if "determinism" in results:
+        lines.append(f"determinism identical: {results['determinism']['identical']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Experiments of the book: one module per paper (profiles, configs, runners, figures)."""

@@ -1,0 +1,746 @@
+"""P2 (Laradji et al., WACV 2021): consistency-based learning from point labels.
+
+One training run is a :class:`P2Run` (dataset, split, loss, model, resolution, epochs, seed,
+...). :func:`run_p2` builds the split, lets the oracle click the training slices (one point
+per connected infected region at the maximum of its distance transform, as many background
+points, P2 Sec. 4.1.1), trains with the engine (Adam; the weights of the best validation
+epoch are kept: P2's "early stopping on the validation set") and scores the test slices:
+Dice, IoU, PPV, Sens., Spec. from pixel counts summed over the split (P2 Sec. 4.1.2) and the
+counting errors MAE and GAME(L=4) of the predicted blobs against one point per connected
+infected region of the test masks (P2 Sec. 4.4). Results are cached by their full config.
+
+Losses (P2 Sec. 4.2 and 4.4):
+
+* ``fully``: weighted BCE + weighted IoU on the masks (F3Net), the upper bound;
+* ``pl``: point-level cross-entropy (P2 Eq. 2);
+* ``cb_flip`` / ``cb_flip_rot``: PL on both branches + lambda x consistency (Eqs. 1, 3) with
+  T = {hflip} or T = {hflip} x {0, 90, 180, 270 degrees};
+* ``lcfcn`` / ``cb_lcfcn``: the LCFCN loss (Laradji et al. 2018) and its CB(Flip) version.
+
+Which data each table uses (:data:`TABLES`): the paper's dataset when it is found on this
+machine (``dataset="auto"`` or ``"real"``), otherwise a synthetic stand-in built from the
+20-volume phantom (:data:`STAND_INS`): A-like = infected slices of interleaved volumes, as
+many as P2's 45 / 5 / 48; B-like = the first 9 volumes, sep 5 / 1 / 3 and mixed 45 / 5 / 50%;
+C-like = the 20 volumes with the manifest's sep (15 / 1 / 4) and mixed splits.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import math
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from covidlib.cache import ResultCache, config_hash
+from covidlib.data.api import Dataset, open_dataset
+from covidlib.data.errors import DataError
+from covidlib.data.manifest import load_manifest, locate, natural_key
+from covidlib.data.oracle import Point, infection_points, point_annotation
+from covidlib.data.preprocess import resize_image, resize_mask, to_uint8
+from covidlib.data.splits import make_split
+from covidlib.data.torch_datasets import SliceDataset
+from covidlib.data.types import Case
+from covidlib.engine import binarize, fit, predict, set_determinism, supervised_loss
+from covidlib.losses import ConsistencyLoss, LCFCNLoss, PointLoss, structure_loss
+from covidlib.losses.batch import ConsistencyBatchLoss, PointBatchLoss
+from covidlib.metrics import SegmentationMeter, counting_scores
+from covidlib.models import build_model
+
+__all__ = [
+    "COUNTING_LOSSES",
+    "LOSSES",
+    "PROFILES",
+    "SEGMENTATION_LOSSES",
+    "STAND_INS",
+    "TABLES",
+    "P2Run",
+    "TableRuns",
+    "TableSpec",
+    "cache_config",
+    "center_crop",
+    "decode_mask",
+    "encode_mask",
+    "figure_refs",
+    "make_loss",
+    "make_model",
+    "make_run",
+    "oracle_points",
+    "resolve_data",
+    "run_p2",
+    "run_table",
+    "score_slices",
+    "settings",
+    "slice_views",
+    "split_refs",
+    "stand_in_spec",
+    "thin",
+]
+
+VERSION = "p2/1"
+"""Part of every cached config: bump it when a change alters results."""
+
+KIND = "p2_run"
+"""Result kind in the :class:`~covidlib.cache.ResultCache`."""
+
+SEGMENTATION_LOSSES: tuple[str, ...] = ("fully", "pl", "cb_flip", "cb_flip_rot")
+"""Rows of P2 Tables 2-6, in the paper's order."""
+COUNTING_LOSSES: tuple[str, ...] = ("pl", "lcfcn", "cb_lcfcn")
+"""Rows of P2 Tables 7-8, in the paper's order."""
+LOSSES: tuple[str, ...] = (*SEGMENTATION_LOSSES, "lcfcn", "cb_lcfcn")
+
+Task = Literal["segmentation", "counting"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What one P2 table needs: its task, the paper's data and the synthetic stand-in."""
+
+    task: Task
+    real: tuple[str, str]  # (manifest name, split name) of the paper's dataset
+    synthetic: str  # split of the synthetic phantom (manifest split or a STAND_INS name)
+    paper_name: str  # what P2 calls the data
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        return SEGMENTATION_LOSSES if self.task == "segmentation" else COUNTING_LOSSES
+
+
+TABLES: dict[str, TableSpec] = {
+    "P2-T2": TableSpec("segmentation", ("covid-semiseg", "p2"), "a-like", "COVID-19-A"),
+    "P2-T3": TableSpec("segmentation", ("medseg-9", "mixed"), "b-mixed", "COVID-19-B-Mixed"),
+    "P2-T4": TableSpec("segmentation", ("medseg-9", "sep"), "b-sep", "COVID-19-B-Sep"),
+    "P2-T5": TableSpec("segmentation", ("ma-20", "mixed"), "mixed", "COVID-19-C-Mixed"),
+    "P2-T6": TableSpec("segmentation", ("ma-20", "sep"), "sep", "COVID-19-C-Sep"),
+    "P2-T7": TableSpec("counting", ("medseg-9", "mixed"), "b-mixed", "COVID-19-B-Mixed"),
+    "P2-T8": TableSpec("counting", ("ma-20", "mixed"), "mixed", "COVID-19-C-Mixed"),
+}
+"""P2 Tables 2-8: task, the paper's dataset (manifest, split) and the synthetic stand-in."""
+
+A_LIKE_COUNTS: dict[str, int] = {"train": 45, "val": 5, "test": 48}
+"""P2 Sec. 4.1.1, COVID-19-A: 50 training images, 5 of them for validation, 48 test."""
+
+STAND_INS: dict[str, str] = {
+    "a-like": "infected slices only; volumes at even positions (natural order) train, the "
+    "2nd volume validates, the other odd positions test; thinned evenly to 45 / 5 / 48 "
+    "slices (P2's COVID-19-A)",
+    "b-sep": "first 9 volumes; volumes 1-5 train, 6 validates, 7-9 test (P2's COVID-19-B-Sep)",
+    "b-mixed": "first 9 volumes; per volume the first 45% of the slices train, the next 5% "
+    "validate, the last 50% test (P2's COVID-19-B-Mixed)",
+}
+"""Synthetic splits that stand in for P2's COVID-19-A and -B (C-like uses the manifest's
+``sep`` and ``mixed`` splits of the 20 volumes directly)."""
+
+_COMMON: dict[str, Any] = {
+    "lam": 1.0,  # P2 Eq. 1 weight of the consistency term (the authors' code adds it with 1)
+    "n_background": "match",  # P2 Sec. 4.2: as many background points as infection points
+    "placement": "distance",  # P2 Sec. 4.1.1: the pixel with the largest distance transform
+    "figure_slices": 3,  # test slices whose predictions are kept for Figure 3
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Minutes on 2 CPU cores for all P2 chapters: 64 x 64 slices (volumes cut to their central
+    # 75 % first, as the authors' code does), a U-Net with 8 channels at the first of 3 levels
+    # trained from scratch, 12 epochs of batch 4 at lr 2e-3 (from scratch, 1e-4 needs far
+    # more steps), at most 45 / 24 / 96 train / val / test slices per split (45 = P2's
+    # COVID-19-A training set, so Table 2 on the real data uses all of it).
+    "cpu": {
+        **_COMMON,
+        "model": "unet2d",
+        "model_kwargs": {"base_width": 8, "depth": 3},
+        "size": 64,
+        "crop": 0.75,
+        "epochs": 12,
+        "batch_size": 4,
+        "lr": 2e-3,
+        "patience": None,
+        "max_slices": {"train": 45, "val": 24, "test": 96},
+        "checkpoints": False,
+    },
+    # One H100: P2's network (ImageNet FCN8-VGG16) at P2's 352 px and batch 8, lr 1e-4; 30
+    # epochs and at most 256 training slices per split keep all P2 runs of the book within
+    # about ten minutes of the GPU.
+    "gpu": {
+        **_COMMON,
+        "model": "fcn8_vgg16",
+        "model_kwargs": {"weights": "imagenet", "layout": "same"},
+        "size": 352,
+        "crop": 0.75,
+        "epochs": 30,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "patience": 10,
+        "max_slices": {"train": 256, "val": 64, "test": None},
+        "checkpoints": True,
+    },
+    # P2 Sec. 4.2 "Implementation Details": ImageNet-pretrained VGG16 FCN8, batch size 8, 100
+    # epochs, Adam with learning rate 1e-4, scores of the best validation epoch; 352 x 352
+    # images (Sec. 4.1.1); every slice of every split.
+    "paper": {
+        **_COMMON,
+        "model": "fcn8_vgg16",
+        "model_kwargs": {"weights": "imagenet", "layout": "classic"},
+        "size": 352,
+        "crop": 0.75,
+        "epochs": 100,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "patience": None,
+        "max_slices": {"train": None, "val": None, "test": None},
+        "checkpoints": True,
+    },
+}
+
+
+def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of profile ``profile`` with ``overrides`` merged over it (top-level keys).
+
+    Unknown profile or override key -> ``ValueError`` naming it.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"p2: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    out = copy.deepcopy(PROFILES[profile])
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(out))
+    if unknown:
+        raise ValueError(f"p2: unknown override key(s) {unknown}; known: {sorted(out)}")
+    out.update(copy.deepcopy(overrides))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Run configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class P2Run:
+    """One training run of P2: every setting that changes its result."""
+
+    dataset: str
+    split: str
+    loss: str
+    seed: int = 0
+    task: Task = "segmentation"
+    model: str = "unet2d"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    size: int = 64
+    crop: float = 1.0
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 1e-3
+    lam: float = 1.0
+    patience: int | None = None
+    max_slices: dict[str, int | None] = field(
+        default_factory=lambda: {"train": None, "val": None, "test": None})
+    n_background: str | int = "match"
+    placement: str = "distance"
+    figure_slices: int = 3
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"P2Run.loss={self.loss!r}: choose one of {LOSSES}")
+        if self.task not in ("segmentation", "counting"):
+            raise ValueError(f"P2Run.task={self.task!r}: 'segmentation' or 'counting'")
+        for name in ("size", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"P2Run.{name}={value!r}: expected an integer >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"P2Run.seed={self.seed!r}: expected an integer >= 0")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"P2Run.lr={self.lr!r}: expected a finite number > 0")
+        if not (isinstance(self.crop, int | float) and 0 < self.crop <= 1):
+            raise ValueError(f"P2Run.crop={self.crop!r}: expected a fraction in (0, 1]")
+        if not (isinstance(self.lam, int | float) and math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"P2Run.lam={self.lam!r}: expected a finite number >= 0")
+        if set(self.max_slices) != {"train", "val", "test"}:
+            raise ValueError(f"P2Run.max_slices={self.max_slices!r}: needs exactly the keys "
+                             "'train', 'val' and 'test' (an integer >= 1 or None each)")
+        for part, n in self.max_slices.items():
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"P2Run.max_slices[{part!r}]={n!r}: an integer >= 1 or None")
+        if self.n_background != "match" and (
+                isinstance(self.n_background, bool) or not isinstance(self.n_background, int)
+                or self.n_background < 0):
+            raise ValueError(f"P2Run.n_background={self.n_background!r}: 'match' or an "
+                             "integer >= 0")
+        if self.placement not in ("distance", "uniform"):
+            raise ValueError(f"P2Run.placement={self.placement!r}: 'distance' or 'uniform'")
+
+    def config(self) -> dict[str, Any]:
+        """JSON form (the cache key, with the data fingerprint added by :func:`run_p2`)."""
+        return {"version": VERSION, **asdict(self)}
+
+
+_RUN_KEYS = ("model", "model_kwargs", "size", "crop", "epochs", "batch_size", "lr", "lam",
+             "patience", "max_slices", "n_background", "placement", "figure_slices")
+
+
+def make_run(dataset: str, split: str, loss: str, seed: int, s: Mapping[str, Any],
+             task: Task = "segmentation") -> P2Run:
+    """A :class:`P2Run` from profile settings ``s`` (see :func:`settings`)."""
+    missing = [k for k in _RUN_KEYS if k not in s]
+    if missing:
+        raise ValueError(f"p2: settings lack {missing}")
+    return P2Run(dataset=dataset, split=split, loss=loss, seed=int(seed), task=task,
+                 **copy.deepcopy({k: s[k] for k in _RUN_KEYS}))
+
+
+# --------------------------------------------------------------------------------------------
+# Data: which dataset, which slices, which points
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_data(artifact: str, dataset: str = "auto", data_root: str | Path | None = None
+                 ) -> tuple[str, str, bool]:
+    """``(manifest name, split, is_real)`` for one P2 table.
+
+    ``dataset``: ``"auto"`` (the paper's dataset when it is found, else the synthetic
+    stand-in), ``"real"`` (the paper's dataset, :class:`DataError` when missing),
+    ``"synthetic"`` (the stand-in), or the name of the paper's dataset itself.
+    """
+    if artifact not in TABLES:
+        raise ValueError(f"p2: unknown table {artifact!r}; choose one of {sorted(TABLES)}")
+    spec = TABLES[artifact]
+    name, split = spec.real
+    if dataset == "synthetic":
+        return "synthetic", spec.synthetic, False
+    if dataset not in ("auto", "real", name):
+        raise ValueError(f"p2: dataset={dataset!r} for {artifact}: use 'auto', 'real', "
+                         f"'synthetic' or {name!r} (the data of {spec.paper_name})")
+    try:
+        locate(load_manifest(name), data_root)
+    except DataError:
+        if dataset == "auto":
+            return "synthetic", spec.synthetic, False
+        raise
+    return name, split, True
+
+
+def stand_in_spec(name: str, case_ids: Sequence[str]) -> dict[str, Any]:
+    """The split spec (manifest schema) of synthetic stand-in ``name`` for ``case_ids``."""
+    ids = sorted(case_ids, key=natural_key)
+    if name == "a-like":
+        if len(ids) < 4:
+            raise ValueError(f"p2: split 'a-like' needs >= 4 volumes, got {len(ids)}")
+        return {"method": "by-case", "train": ids[0::2], "val": [ids[1]], "test": ids[3::2]}
+    if name in ("b-sep", "b-mixed"):
+        if len(ids) < 9:
+            raise ValueError(f"p2: split {name!r} needs >= 9 volumes, got {len(ids)}")
+        nine = ids[:9]
+        if name == "b-sep":
+            return {"method": "by-case", "train": nine[:5], "val": [nine[5]], "test": nine[6:]}
+        return {"method": "by-slice-fraction", "cases": nine, "train": 0.45, "val": 0.05,
+                "test": 0.50}
+    raise ValueError(f"p2: unknown stand-in split {name!r}; choose one of {sorted(STAND_INS)}")
+
+
+def thin(refs: Sequence[Any], n: int | None) -> list[Any]:
+    """``n`` items spread evenly over ``refs`` (item ``floor((2i + 1) len / 2n)``), in order;
+    all of them when ``n`` is None or not smaller than ``len(refs)``."""
+    refs = list(refs)
+    if n is None or n >= len(refs):
+        return refs
+    if n < 1:
+        raise ValueError(f"thin: n={n!r} must be >= 1 or None")
+    return [refs[(2 * i + 1) * len(refs) // (2 * n)] for i in range(n)]
+
+
+def center_crop(case: Case, fraction: float) -> Case:
+    """``case`` with every slice cut to its central ``fraction`` (rows and columns; views).
+
+    The authors' code does this for COVID-19-C (``CenterCrop((384, 385))`` of the 512 x 512
+    slices, about 0.75) before resizing to 352: the air around the body is dropped.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"center_crop: fraction={fraction!r} must lie in (0, 1]")
+    if fraction == 1:
+        return case
+    h, w = case.image.shape[-2:]
+    ch, cw = max(1, round(fraction * h)), max(1, round(fraction * w))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    box = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
+
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[box]
+
+    return dataclasses.replace(case, image=case.image[box], mask=cut(case.mask),
+                               lung=cut(case.lung), organs=cut(case.organs))
+
+
+def _cases(ds: Dataset, crop: float) -> list[Case]:
+    """The dataset's labelled cases; volumes cut to their centre (8-bit slice sets such as
+    COVID-SemiSeg are stored cut to the lungs already and are left as they are)."""
+    cases = ds.cases()
+    if ds.manifest.layout.format == "image-slices":
+        return cases
+    return [center_crop(c, crop) for c in cases]
+
+
+def _infected(case: Case, z: int, labels: Iterable[int]) -> bool:
+    return bool(np.isin(case.mask[z], list(labels)).any())
+
+
+def split_refs(ds: Dataset, split: str, cases: Sequence[Case],
+               max_slices: Mapping[str, int | None] | None = None) -> dict[str, list]:
+    """Train / val / test ``(case_id, z)`` lists of ``split`` (manifest split or stand-in),
+    thinned to ``max_slices`` per part."""
+    if split in STAND_INS:
+        if ds.manifest.access != "generated":
+            raise ValueError(f"p2: stand-in split {split!r} is for the synthetic phantom, "
+                             f"not {ds.name!r}")
+        spec = stand_in_spec(split, [c.case_id for c in cases])
+    elif split in ds.manifest.splits:
+        spec = ds.manifest.split(split)
+    else:
+        extra = f" or a stand-in {sorted(STAND_INS)}" if ds.manifest.access == "generated" else ""
+        raise DataError(ds.name, f"unknown split {split!r}; use one of the manifest's splits "
+                        f"{sorted(ds.manifest.splits)}{extra}")
+    parts = make_split(cases, spec)
+    if split == "a-like":
+        by_id = {c.case_id: c for c in cases}
+        labels = ds.manifest.infection_labels
+        parts = {p: thin([r for r in refs if _infected(by_id[r[0]], r[1], labels)],
+                         A_LIKE_COUNTS[p]) for p, refs in parts.items()}
+    caps = dict(max_slices or {})
+    out = {p: thin(refs, caps.get(p)) for p, refs in parts.items()}
+    for part, refs in out.items():
+        if not refs:
+            raise DataError(ds.name, f"split {split!r} has no {part} slices")
+    return out
+
+
+def oracle_points(cases: Mapping[str, Case], refs: Iterable[tuple[str, int]], seed: int,
+                  infection_labels: Sequence[int] | None, n_background: str | int = "match",
+                  placement: str = "distance") -> dict[tuple[str, int], list[Point]]:
+    """P2's point labels of ``refs`` (P2 Sec. 4.1.1), from one generator seeded by ``seed``.
+
+    Per slice: one point per 8-connected infected region, then as many background points
+    (at least one, so clean slices teach "background" too).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
+    out = {}
+    for cid, z in refs:
+        case = cases[cid]
+        if case.mask is None:
+            raise DataError(cid, "the oracle needs an infection mask, the case has none")
+        out[(cid, z)] = point_annotation(case.mask[z], rng, infection_labels, n_background,
+                                         placement=placement)  # type: ignore[arg-type]
+    return out
+
+
+@cache
+def _open(name: str, data_root: str | None) -> Dataset:
+    return open_dataset(name, data_root)
+
+
+def _dataset(name: str, data_root: str | Path | None) -> Dataset:
+    return _open(name, None if data_root is None else str(data_root))
+
+
+def _fingerprint(ds: Dataset) -> dict[str, Any]:
+    info = ds.generator_info()
+    generator = None
+    if info is not None:
+        generator = config_hash({"version": info.get("generator_version"),
+                                 "config": info.get("config")})
+    return {"name": ds.name, "real": ds.is_real, "generator": generator}
+
+
+@dataclass
+class _Data:
+    train: SliceDataset
+    val: SliceDataset
+    test: SliceDataset
+    cases: dict[str, Case]
+    n_points: dict[str, int]
+
+
+def _build_data(run: P2Run, ds: Dataset) -> _Data:
+    cases = _cases(ds, run.crop)
+    by_id = {c.case_id: c for c in cases}
+    parts = split_refs(ds, run.split, cases, run.max_slices)
+    labels = ds.manifest.infection_labels
+    points = oracle_points(by_id, parts["train"], run.seed, labels, run.n_background,
+                           run.placement)
+    n_fg = sum(p.label != 0 for pts in points.values() for p in pts)
+    n_bg = sum(p.label == 0 for pts in points.values() for p in pts)
+
+    def make(part: str, pts: Mapping | None = None) -> SliceDataset:
+        return SliceDataset(by_id, parts[part], run.size, points=pts, infection_labels=labels,
+                            progress=False)
+
+    return _Data(make("train", points), make("val"), make("test"), by_id,
+                 {"infection": int(n_fg), "background": int(n_bg)})
+
+
+# --------------------------------------------------------------------------------------------
+# Model and loss
+# --------------------------------------------------------------------------------------------
+
+
+def make_model(run: P2Run) -> nn.Module:
+    """The run's two-class network (background, infection)."""
+    kw = dict(run.model_kwargs)
+    if run.model == "unet2d":
+        return build_model("unet2d", out_channels=2, **kw)
+    if run.model == "fcn8_vgg16":
+        kw.setdefault("progress", False)
+        return build_model("fcn8_vgg16", n_classes=2, **kw)
+    raise ValueError(f"P2Run.model={run.model!r}: P2 runs use 'unet2d' or 'fcn8_vgg16'")
+
+
+def make_loss(loss: str, lam: float = 1.0, seed: int = 0) -> nn.Module:
+    """The engine ``loss_fn`` of a P2 loss id (see the module docstring)."""
+    if loss == "fully":
+        return supervised_loss(structure_loss)
+    if loss == "pl":
+        return PointBatchLoss(PointLoss("mean"))
+    if loss in ("cb_flip", "cb_flip_rot"):
+        transforms = "flip" if loss == "cb_flip" else "flip_rot"
+        return ConsistencyBatchLoss(ConsistencyLoss(transforms, lam=lam), seed=seed)
+    if loss == "lcfcn":
+        return PointBatchLoss(LCFCNLoss())
+    if loss == "cb_lcfcn":
+        return ConsistencyBatchLoss(ConsistencyLoss("flip", lam=lam, point_loss=LCFCNLoss()),
+                                    seed=seed)
+    raise ValueError(f"p2: unknown loss {loss!r}; choose one of {LOSSES}")
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction, scores and the slices kept for Figure 3
+# --------------------------------------------------------------------------------------------
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
+    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
+
+
+def decode_mask(text: str, shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`encode_mask`."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
+    n = int(shape[0]) * int(shape[1])
+    if bits.size < n or bits.size - n >= 8:
+        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape {shape}")
+    return bits[:n].reshape(shape).astype(bool)
+
+
+def _predict_masks(model: nn.Module, ds: SliceDataset, device: Any, batch_size: int
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    preds, masks = [], []
+    for probs, batch in predict(model, ds, device, batch_size):
+        preds.extend(binarize(probs).numpy())
+        masks.extend((batch["mask"] > 0).numpy())
+    return preds, masks
+
+
+def _true_points(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [np.array([(p.y, p.x) for p in infection_points(m.astype(np.uint8), [1])],
+                     dtype=np.int64).reshape(-1, 2) for m in masks]
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def score_slices(preds: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+            refs: Sequence[tuple[str, int]]) -> dict[str, float | None]:
+    """Overlap scores summed over the split (P2 Sec. 4.1.2), MAE and GAME(L=4) (Sec. 4.4)."""
+    meter = SegmentationMeter()
+    for pred, mask, (cid, _z) in zip(preds, masks, refs, strict=True):
+        meter.update(pred, mask, cid)
+    seg = meter.compute()
+    truth = _true_points(masks)
+    count = counting_scores(preds, truth, levels=(4,))
+    out = {k: _nan_to_none(seg[k]) for k in ("dice", "iou", "ppv", "sens", "spec")}
+    out.update({"mae": count["mae"], "game": count["game4"], "n_slices": len(preds),
+                "n_volumes": seg["n_volumes"],
+                # predicting no region at all scores MAE = GAME = the mean number of regions
+                "regions_per_slice": float(np.mean([len(t) for t in truth]))})
+    return out
+
+
+def figure_refs(masks: Sequence[np.ndarray], refs: Sequence[tuple[str, int]], n: int
+                ) -> list[tuple[str, int]]:
+    """``n`` test slices for Figure 3: infected slices at evenly spaced ranks of infected
+    area (largest first), so that large and small lesions are both shown."""
+    area = [(int(m.sum()), i) for i, m in enumerate(masks) if m.any()]
+    area.sort(key=lambda t: (-t[0], t[1]))
+    picks = thin(area, n) if n > 0 else []
+    return [tuple(refs[i]) for _a, i in picks]  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+
+def _train_and_score(run: P2Run, ds: Dataset, device: Any, checkpoint_dir: Path | None,
+                     progress: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    data = _build_data(run, ds)
+    set_determinism(run.seed)
+    # channels_last: about 1.5x faster convolutions on CPU as well (the engine uses it on CUDA)
+    model = make_model(run).to(memory_format=torch.channels_last)
+    loss_fn = make_loss(run.loss, run.lam, run.seed)
+    kw: dict[str, Any] = {}
+    if run.task == "counting":  # select the epoch with the lowest validation MAE
+
+        def val_fn(m: nn.Module) -> dict[str, float]:
+            preds, masks = _predict_masks(m, data.val, device, run.batch_size)
+            mae = counting_scores(preds, _true_points(masks), levels=())["mae"]
+            return {"neg_mae": -mae, "mae": mae}
+
+        kw = {"val_fn": val_fn, "metric": "neg_mae"}
+    result = fit(model, loss_fn, data.train, data.val, epochs=run.epochs, lr=run.lr,
+                 batch_size=run.batch_size, device=device, seed=run.seed,
+                 checkpoint_dir=checkpoint_dir, early_stopping_patience=run.patience,
+                 progress=progress, config=run.config(), **kw)
+    train_seconds = time.perf_counter() - t0
+    preds, masks = _predict_masks(model, data.test, device, run.batch_size)
+    refs = data.test.refs
+    scores = score_slices(preds, masks, refs)
+    fig_refs = figure_refs(masks, refs, run.figure_slices)
+    index = {tuple(r): i for i, r in enumerate(refs)}
+    return {
+        "scores": scores,
+        "best_epoch": result.best_epoch,
+        "epochs_completed": result.epochs_completed,
+        "history": [{k: _nan_to_none(v) for k, v in rec.items()} for rec in result.history],
+        "n_slices": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "n_points": data.n_points,
+        "device": str(result.device),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_seconds": round(train_seconds, 2),
+        "figure": {"size": run.size, "refs": [list(r) for r in fig_refs],
+                   "pred": [encode_mask(preds[index[r]]) for r in fig_refs]},
+    }
+
+
+def run_p2(run: P2Run, data_root: str | Path | None = None,
+           results_dir: str | Path | None = None, device: str = "auto",
+           progress: bool = False, checkpoints: bool = False) -> dict[str, Any]:
+    """Train and test one :class:`P2Run`; cached in ``results_dir`` by its full config.
+
+    The config is the run's settings, the code version and the data's fingerprint (name,
+    real or synthetic, the phantom's generator config). ``device`` is not part of it: a result
+    computed on a GPU is reused on a CPU and vice versa (the scores differ only by numerics).
+    With ``checkpoints`` (and a ``results_dir``) the engine writes per-epoch checkpoints to
+    ``<results_dir>/p2_checkpoints/<hash>/`` so an interrupted run resumes; they are removed
+    once the result is stored.
+    """
+    ds = _dataset(run.dataset, data_root)
+    config = cache_config(run, ds)
+    if results_dir is None:
+        return _train_and_score(run, ds, device, None, progress)
+    cache = ResultCache(results_dir)
+    ck = Path(results_dir) / "p2_checkpoints" / config_hash(config) if checkpoints else None
+    out = cache.cached(KIND, config, lambda: _train_and_score(run, ds, device, ck, progress))
+    if ck is not None and ck.exists():
+        shutil.rmtree(ck, ignore_errors=True)
+    return out
+
+
+def cache_config(run: P2Run, ds: Dataset) -> dict[str, Any]:
+    """The key of ``run`` in the result cache: its config plus the data's fingerprint."""
+    return {**run.config(), "data": _fingerprint(ds)}
+
+
+# --------------------------------------------------------------------------------------------
+# A table's runs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TableRuns:
+    """Every run of one P2 table: which data, which settings, and one result per run."""
+
+    artifact: str
+    dataset: str
+    split: str
+    real: bool
+    profile: str
+    settings: dict[str, Any]
+    runs: list[dict[str, Any]]  # {"loss", "seed", "result", "config", "cached"}
+
+    @property
+    def task(self) -> Task:
+        return TABLES[self.artifact].task
+
+    def result(self, loss: str, seed: int) -> dict[str, Any]:
+        for r in self.runs:
+            if r["loss"] == loss and r["seed"] == seed:
+                return r["result"]
+        raise KeyError(f"{self.artifact}: no run of loss {loss!r} with seed {seed}")
+
+
+def run_table(artifact: str, dataset: str = "auto", profile: str = "cpu",
+              overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] = (0, 1),
+              losses: Sequence[str] | None = None, device: str = "auto",
+              data_root: str | Path | None = None, results_dir: str | Path | None = None,
+              progress: bool = True) -> TableRuns:
+    """Every (loss, seed) run of P2 table ``artifact`` (``"P2-T2"`` ... ``"P2-T8"``).
+
+    ``losses`` defaults to the table's rows (:data:`SEGMENTATION_LOSSES` or
+    :data:`COUNTING_LOSSES`); finished runs come from the cache in ``results_dir``.
+    """
+    name, split, real = resolve_data(artifact, dataset, data_root)
+    spec = TABLES[artifact]
+    s = settings(profile, overrides)
+    losses = tuple(spec.losses if losses is None else losses)
+    bad = [x for x in losses if x not in spec.losses]
+    if bad:
+        raise ValueError(f"p2: {artifact} has rows {spec.losses}; unknown loss(es) {bad}")
+    if not seeds:
+        raise ValueError("p2: seeds is empty; give at least one seed")
+    jobs = [(loss, int(seed)) for loss in losses for seed in seeds]
+    runs = []
+    cache = ResultCache(results_dir) if results_dir is not None else None
+    bar = tqdm(jobs, desc=f"{artifact} ({name}/{split})", unit="run", disable=not progress)
+    for loss, seed in bar:
+        bar.set_postfix_str(f"{loss} seed {seed}")
+        run = make_run(name, split, loss, seed, s, spec.task)
+        hit = cache is not None and cache.get(
+            KIND, cache_config(run, _dataset(name, data_root))) is not None
+        result = run_p2(run, data_root, results_dir, device,
+                        checkpoints=bool(s.get("checkpoints")))
+        runs.append({"loss": loss, "seed": seed, "result": result, "config": run.config(),
+                     "cached": hit})
+    return TableRuns(artifact, name, split, real, profile, s, runs)
+
+
+# --------------------------------------------------------------------------------------------
+# Slices for figures
+# --------------------------------------------------------------------------------------------
+
+
+def slice_views(dataset: str, refs: Sequence[tuple[str, int]], size: int, crop: float = 1.0,
+                data_root: str | Path | None = None
+                ) -> list[tuple[np.ndarray, np.ndarray, Case]]:
+    """``(image uint8 (S, S), infection mask bool (S, S), case)`` of each ref at the
+    network's resolution, preprocessed exactly as :class:`SliceDataset` does."""
+    ds = _dataset(dataset, data_root)
+    by_id = {c.case_id: c for c in _cases(ds, crop)}
+    labels = ds.manifest.infection_labels
+    out = []
+    for cid, z in refs:
+        if cid not in by_id:
+            raise DataError(cid, f"not a case of {dataset!r}")
+        case = by_id[cid]
+        img = np.clip(np.rint(resize_image(to_uint8(case)[z], size)), 0, 255).astype(np.uint8)
+        mask = resize_mask(np.isin(case.mask[z], labels).astype(np.uint8), size) > 0
+        out.append((img, mask, case))
+    return out

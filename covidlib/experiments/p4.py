@@ -1,0 +1,1104 @@
+"""P4 (Hussain et al.): active learning from a noisy teacher by example re-weighting.
+
+The pipeline of P4 Fig. 1 / Sec. 2, run per fold and seed:
+
+1. **Teacher** ``Phi_sl``: the residual U-Net of Table 1 trained fully supervised with the
+   combo loss (Eq. 1) on the small expert set ``X_tr`` (Sec. 2.3).
+2. **Pseudo-labels** ``Y_p = Phi_sl(X_p)`` for the unlabelled pool ``X_p``.
+3. **Student** ``Phi_ssl`` trained on ``X_v`` and ``X_p`` by Alg. 1 (:mod:`covidlib.reweight`),
+   in one of the modes of Tables 2-3: ``semi`` (plain pseudo-labels, equal weights: the
+   semi-supervision strategy of Fan et al. that P4 adopts), ``rgs``, ``rgm``, ``rgsm``,
+   ``rgs_al``, ``rgsm_al``; and the ``fully`` supervised baseline.
+4. **Evaluation**: per test volume, Dice and Hausdorff distance (mm, at the original voxel
+   grid and spacing; :func:`covidlib.metrics.hausdorff`), mean +- std per fold and the
+   fold average as P4 Tables 2-3 print them.
+
+Tables, verdicts and figures of the chapters are in :mod:`covidlib.experiments.p4_report`.
+
+Data (:func:`fold_data`):
+
+* ``synthetic`` (3-D, stands in for P4's "Benchmark" = Ma et al.): the manifest split
+  ``p4-cv4`` is P4's protocol at patient level (Sec. 4: 16 / 48 / 16 flipped copies =
+  4 / 12 / 4 patients): fixed ``train`` = ``X_tr`` (4 volumes), per fold ``val`` = ``X_v``
+  (12) and ``test`` = ``X_t`` (4). P4 counts the four left-right / up-down flips of each
+  volume as samples; we draw training patches with a random one of the four flips instead
+  and test on the unflipped volumes. The unlabelled pool plays P4's "hospital" data: phantom
+  volumes of new patients from two scanners none of the expert volumes come from
+  (:data:`POOL_SITES`: thick slices like the hospital's 7 mm, other noise and contrast);
+  their masks are never used for training, only to measure how noisy the pseudo-labels are.
+* ``covid-semiseg`` (REAL, 2-D variant): the 50 expert training slices are split into
+  ``X_tr`` (a quarter, rotating with the fold) and ``X_v`` (the rest), the 48 expert test
+  slices are ``X_t``, and the 1600 unlabelled ``Pseudo-label/Imgs`` slices are the pool.
+  Their provided "GT" is another model's output: it is used only as a second noisy teacher
+  (``teacher="provided"``), never as truth.
+
+Choices where P4 is silent or ambiguous (stated in the chapters):
+
+* ``fully`` trains on ``X_tr`` and ``X_v`` (every expert label of the fold that the students
+  also see, directly or through the teacher).
+* The students' update adds the mean loss of the expert batch (weight 1) to the re-weighted
+  pseudo-label loss (``expert_term``; P4 Sec. 2.4 trains ``Phi_ssl`` on ``X_v`` and ``X_p``,
+  Alg. 1 line 18 writes only the pseudo term: set ``expert_term=False`` for that reading).
+  The expert batch of line 3 is drawn from ``X_v`` and serves both roles.
+* Per-sample loss: Eq. 1 with the foreground Dice (:data:`covidlib.reweight.p4_loss`).
+* Optimiser: Adam, learning rate 0.01 (Sec. 4; the cpu profile uses 0.003); the meta step
+  of Alg. 1 line 8 is plain SGD (Eq. 3) of size ``meta_lr``, which only scales the RGS
+  weights before their normalisation. All runs stop after a fixed number of steps (P4
+  stops "if the training error was found to be saturated"; no validation-based model
+  selection).
+* Initialisation ``theta_0`` of Alg. 1 (not given by P4): ``init="teacher"`` fine-tunes
+  the teacher ``Phi_sl`` for ``student_steps`` in every method, fully supervised included
+  (the authors' public code has this option, "load pre-trained weights, if doing
+  fine-tuning"); ``"scratch"`` trains each network from a fresh initialisation (the
+  ``paper`` profile). Warm starts keep the cpu and gpu budgets: the shared teacher does the
+  expensive learning once and the methods differ only in how they use the pool.
+* Patches: random crops of ``patch`` voxels, half of them centred on a (pseudo-)labelled
+  voxel when there is one; whole volumes are segmented by sliding windows.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+from tqdm.auto import tqdm
+
+from covidlib import reweight as rw
+from covidlib.cache import ResultCache, config_hash
+from covidlib.data.api import Dataset, open_dataset
+from covidlib.data.manifest import natural_key
+from covidlib.data.phantom import PhantomConfig, SiteProfile, generate_case
+from covidlib.data.preprocess import LUNG_WINDOW, resize_image, resize_mask
+from covidlib.data.readers import iter_cases, read_slice_image
+from covidlib.data.splits import make_split
+from covidlib.data.types import Case
+from covidlib.engine import amp_settings, atomic_save, autocast, resolve_device, set_determinism
+from covidlib.metrics import confusion, hausdorff, scores, surface_distances
+from covidlib.models import resunet3d_p4
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "METHOD_LABELS",
+    "P4_SPACING",
+    "POOL_SITES",
+    "POOL_SITE_NAMES",
+    "PROFILES",
+    "TABLE2_METHODS",
+    "TABLE3_METHODS",
+    "FoldData",
+    "Item",
+    "P4Results",
+    "TestItem",
+    "decode_mask",
+    "encode_mask",
+    "fold_data",
+    "make_model",
+    "resunet2d_p4",
+    "run",
+    "sample_patch",
+    "settings",
+]
+
+VERSION = "p4/1"
+"""Part of every cached config: bump it when a change alters results."""
+
+P4_SPACING: tuple[float, float, float] = (3.2, 1.6, 1.6)
+"""P4 Sec. 4: every volume resampled to 1.6 x 1.6 x 3.2 mm^3 ((z, y, x) here)."""
+
+TABLE2_METHODS: tuple[str, ...] = ("fully", "semi", "rgs", "rgm", "rgsm", "rgsm_al")
+"""Rows of P4 Table 2 (ablation), in the paper's order."""
+TABLE3_METHODS: tuple[str, ...] = ("fully", "rgs", "rgs_al", "rgsm_al")
+"""Rows of P4 Table 3 (Benchmark), in the paper's order."""
+METHODS: tuple[str, ...] = ("fully", "semi", "rgs", "rgm", "rgsm", "rgs_al", "rgsm_al")
+
+METHOD_LABELS: dict[str, str] = {
+    "fully": "Fully Supervised",
+    "semi": "Semi-supervised",
+    "rgs": "Proposed RGS",
+    "rgm": "Proposed RGM",
+    "rgsm": "Proposed RGS&M",
+    "rgs_al": "Proposed RGS+AL",
+    "rgsm_al": "Proposed RGS&M+AL",
+}
+"""Method names as P4's tables print them."""
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "synthetic": {"dims": 3, "split": "p4-cv4", "pool": "phantom"},
+    "covid-semiseg": {"dims": 2, "split": "p4-2d", "pool": "pseudo-label"},
+}
+"""Datasets this chapter runs on: their dimension, split and unlabelled pool."""
+
+POOL_SITES: tuple[SiteProfile, ...] = (
+    # a thick-slice scanner (P4's hospital scans: 7 mm slices), contrast shifted up
+    SiteProfile(noise_hu=30.0, gain=0.94, offset_hu=15.0, blur_mm=1.0, fov_mm=400.0,
+                slice_thickness=2.5),
+    # a sharp, noisy reconstruction kernel with lower contrast
+    SiteProfile(noise_hu=55.0, gain=1.06, offset_hu=-15.0, blur_mm=0.4, fov_mm=360.0,
+                slice_thickness=1.5),
+)
+"""The unlabelled pool's scanners: different from every site of the expert phantom."""
+POOL_SITE_NAMES: tuple[str, ...] = ("thick-slice scanner", "sharp noisy scanner")
+"""Names of :data:`POOL_SITES` in tables."""
+POOL_SEED = 4
+"""Phantom seed of the pool (the expert set uses seed 0: other patients)."""
+
+_COMMON: dict[str, Any] = {
+    "batch": 4,  # C_p = C_v = 4 (P4 Sec. 4)
+    "lam": 0.5,  # lambda of Eq. 8 (P4 Sec. 4)
+    "lr": 1e-2,  # Adam, initial learning rate 0.01 (P4 Sec. 4)
+    "optimizer": "adam",
+    "meta_lr": 1e-2,  # alpha of Alg. 1 line 8 (only scales the RGS weights)
+    "pos_fraction": 0.5,  # share of patches centred on a labelled voxel
+    "expert_term": True,
+    "gem_norm": "l2",
+    "window": list(LUNG_WINDOW),  # HU -> [0, 1]
+    "overlap": 0.25,  # sliding-window overlap (when infer_roi is set)
+    "figure_cases": 4,
+    "history_max": 2000,  # at most this many logged steps per run (evenly thinned)
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # About a minute of one core per chapter: P4's network on 32^3 patches of volumes
+    # resampled to 2.5x P4's spacing (8 x 4 x 4 mm); the teacher trains 150 steps and every
+    # method fine-tunes it for 40 (lr 0.003: P4's 0.01 swings too much in so few steps; RGS
+    # by the equivalent jvp form); fold 1 only; an 8-volume pool of 32 x 96 x 96 phantoms;
+    # the 2-D variant at 128 px with 64 of the 1600 pool slices.
+    "cpu": {
+        **_COMMON,
+        "lr": 3e-3,
+        "spacing": [8.0, 4.0, 4.0],
+        "patch": [32, 32, 32],
+        "size_2d": 128,
+        "teacher_steps": 150,
+        "student_steps": 40,
+        "init": "teacher",
+        "rgs_method": "jvp",
+        "folds": [0],
+        "pool_size": 8,
+        "pool_shape": [32, 96, 96],
+        "pool_2d": 64,
+        "checkpoint_every": 0,
+        "infer_roi": None,
+    },
+    # One H100 (an estimate: not measured on this project's machines): P4's spacing, 96^3
+    # patches, batch 4, lambda 0.5, lr 0.01; the teacher trains 400 steps and every method
+    # fine-tunes it for 200 with Alg. 1 step by step; folds 1-2; a 32-volume pool at the
+    # expert phantom's size; the 2-D variant at 352 px with all 1600 pool slices.
+    "gpu": {
+        **_COMMON,
+        "spacing": list(P4_SPACING),
+        "patch": [96, 96, 96],
+        "size_2d": 352,
+        "teacher_steps": 400,
+        "student_steps": 200,
+        "init": "teacher",
+        "rgs_method": "meta",
+        "folds": [0, 1],
+        "pool_size": 32,
+        "pool_shape": [48, 160, 160],
+        "pool_2d": 1600,
+        "checkpoint_every": 50,
+        "infer_roi": None,
+    },
+    # P4's own settings (Sec. 4): 1.6 x 1.6 x 3.2 mm, 96^3, C_p = C_v = 4, lambda 0.5, Adam
+    # 0.01, 500 epochs for each network, each trained from scratch: teacher 500 x 16 flipped
+    # volumes / 4 = 2000 steps, student 500 x ceil(1473 pool volumes / 4) = 184,500 steps;
+    # all 4 folds; a pool as large as P4's hospital data (1473 volumes); 96^3 sliding windows.
+    "paper": {
+        **_COMMON,
+        "spacing": list(P4_SPACING),
+        "patch": [96, 96, 96],
+        "size_2d": 352,
+        "teacher_steps": 2000,
+        "student_steps": 184_500,
+        "init": "scratch",
+        "rgs_method": "meta",
+        "folds": [0, 1, 2, 3],
+        "pool_size": 1473,
+        "pool_shape": [48, 160, 160],
+        "pool_2d": 1600,
+        "checkpoint_every": 500,
+        "infer_roi": [96, 96, 96],
+    },
+}
+
+
+def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of profile ``profile`` with ``overrides`` merged over it (top-level keys).
+
+    Unknown profile or override key -> ``ValueError`` naming it.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"p4: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    out = copy.deepcopy(PROFILES[profile])
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(out))
+    if unknown:
+        raise ValueError(f"p4: unknown override key(s) {unknown}; known: {sorted(out)}")
+    out.update(copy.deepcopy(overrides))
+    _check_settings(out)
+    return out
+
+
+def _check_settings(s: Mapping[str, Any]) -> None:
+    def pos_int(name: str, v: Any, minimum: int = 1) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"p4 setting {name}={v!r}: expected an integer >= {minimum}")
+
+    for name in ("batch", "size_2d", "teacher_steps", "student_steps", "pool_size",
+                 "pool_2d", "figure_cases", "history_max"):
+        pos_int(name, s[name])
+    pos_int("checkpoint_every", s["checkpoint_every"], 0)
+    if len(s["patch"]) != 3 or any(p % 16 for p in s["patch"]):
+        raise ValueError(f"p4 setting patch={s['patch']!r}: three sizes, each a multiple of 16 "
+                         "(the network halves them four times)")
+    roi = s["infer_roi"]
+    if roi is not None and (len(roi) != 3 or any(int(v) < 16 for v in roi)):
+        raise ValueError(f"p4 setting infer_roi={roi!r}: None (whole volume) or three sizes")
+    if s["size_2d"] % 16:
+        raise ValueError(f"p4 setting size_2d={s['size_2d']!r}: must be a multiple of 16")
+    if len(s["spacing"]) != 3 or not all(float(v) > 0 for v in s["spacing"]):
+        raise ValueError(f"p4 setting spacing={s['spacing']!r}: three positive (z, y, x) mm")
+    if len(s["pool_shape"]) != 3:
+        raise ValueError(f"p4 setting pool_shape={s['pool_shape']!r}: three sizes (Z, H, W)")
+    if not 0.0 <= float(s["lam"]) <= 1.0:
+        raise ValueError(f"p4 setting lam={s['lam']!r}: must lie in [0, 1]")
+    if s["optimizer"] not in ("adam", "sgd"):
+        raise ValueError(f"p4 setting optimizer={s['optimizer']!r}: 'adam' or 'sgd'")
+    if not 0.0 <= float(s["pos_fraction"]) <= 1.0:
+        raise ValueError(f"p4 setting pos_fraction={s['pos_fraction']!r}: a probability")
+    for name in ("lr", "meta_lr"):
+        if not float(s[name]) > 0:
+            raise ValueError(f"p4 setting {name}={s[name]!r}: must be > 0")
+    if s["init"] not in ("teacher", "scratch"):
+        raise ValueError(f"p4 setting init={s['init']!r}: 'teacher' (fine-tune Phi_sl) or "
+                         "'scratch'")
+    if s["rgs_method"] not in ("meta", "jvp"):
+        raise ValueError(f"p4 setting rgs_method={s['rgs_method']!r}: 'meta' or 'jvp'")
+    if s["gem_norm"] not in ("l2", "mean_abs"):
+        raise ValueError(f"p4 setting gem_norm={s['gem_norm']!r}: 'l2' or 'mean_abs'")
+    folds = s["folds"]
+    if not folds or any(isinstance(f, bool) or not isinstance(f, int) or f < 0 for f in folds):
+        raise ValueError(f"p4 setting folds={folds!r}: a non-empty list of fold indices")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One training or test sample at the working resolution.
+
+    ``image``: float32 in [0, 1], ``(D, H, W)`` or ``(H, W)``; ``label``: uint8 {0, 1}
+    expert infection mask (None for the pool); ``pseudo``: the teacher's labels (pool);
+    ``truth``: the pool's hidden mask (synthetic only; diagnostics, never trained on);
+    ``provided``: the pool's provided noisy-teacher labels (COVID-SemiSeg).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None = None
+    pseudo: np.ndarray | None = None
+    truth: np.ndarray | None = None
+    provided: np.ndarray | None = None
+    site: str | None = None
+    _fg: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def foreground(self, key: str) -> np.ndarray:
+        """Flat indices of the voxels where ``getattr(self, key)`` is set (memoised)."""
+        if key not in self._fg:
+            arr = getattr(self, key)
+            self._fg[key] = np.flatnonzero(arr) if arr is not None else np.zeros(0, np.int64)
+        return self._fg[key]
+
+
+@dataclass
+class TestItem:
+    """A test case: its working-resolution :class:`Item` plus the original-grid truth."""
+
+    item: Item
+    mask: np.ndarray  # bool, original grid
+    spacing: tuple[float, ...] | None  # mm per axis of ``mask``; None = pixels (8-bit slices)
+    case: Case
+
+
+@dataclass
+class FoldData:
+    """Everything one fold needs: ``X_tr``, ``X_v``, ``X_t`` and the pool ``X_p``."""
+
+    dims: int
+    train: list[Item]
+    val: list[Item]
+    test: list[TestItem]
+    pool: list[Item]
+
+
+def _window(image: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    lo, hi = float(window[0]), float(window[1])
+    return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _infection(case: Case) -> np.ndarray:
+    if case.mask is None:
+        raise ValueError(f"case {case.case_id}: no infection mask (expert labels needed)")
+    labels = case.meta.get("infection_labels")
+    if labels:
+        return np.isin(case.mask, list(labels))
+    return case.mask > 0
+
+
+def resample_volume(array: np.ndarray, spacing: Sequence[float], target: Sequence[float],
+                    kind: str = "image") -> np.ndarray:
+    """Resample a ``(Z, Y, X)`` array from ``spacing`` to ``target`` mm (P4 Sec. 4 uses
+    trilinear interpolation): images are Gaussian pre-filtered where downsampled (sigma =
+    (factor - 1) / 2, as scikit-image's anti-aliasing), masks interpolated and cut at 0.5."""
+    sp = [float(v) for v in spacing]
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"resample_volume: spacing {spacing!r} is unknown or invalid; P4 "
+                         "resamples to a common spacing, which needs the voxel size")
+    factors = [t / s for s, t in zip(sp, target, strict=True)]
+    shape = [max(1, round(n / f)) for n, f in zip(array.shape, factors, strict=True)]
+    x = array.astype(np.float32)
+    if kind == "image":
+        sigma = [max(0.0, (f - 1) / 2) for f in factors]
+        if any(sigma):
+            x = ndimage.gaussian_filter(x, sigma)
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
+    out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    if kind == "image":
+        return out.astype(np.float32)
+    return (out > 0.5).astype(np.uint8)
+
+
+def _prepare_3d(case: Case, s: Mapping[str, Any], with_label: bool = True) -> Item:
+    image = resample_volume(_window(case.image, s["window"]), case.spacing, s["spacing"])
+    label = None
+    if with_label:
+        label = resample_volume(_infection(case).astype(np.uint8), case.spacing, s["spacing"],
+                                kind="mask")
+    return Item(case.case_id, image, label=label, site=case.site)
+
+
+def _prepare_2d(case: Case, size: int, with_label: bool = True) -> Item:
+    if case.image.shape[0] != 1:
+        raise ValueError(f"case {case.case_id}: the 2-D variant needs single slices, got "
+                         f"{case.image.shape[0]} slices")
+    img = case.image[0].astype(np.float32)
+    if case.intensity == "hu":
+        img = _window(img, LUNG_WINDOW) * 255.0
+    image = resize_image(img, size) / np.float32(255.0)
+    label = None
+    if with_label:
+        label = resize_mask(_infection(case)[0].astype(np.uint8), size)
+    return Item(case.case_id, image.astype(np.float32), label=label, site=case.site)
+
+
+def _case_ids_of(refs: Sequence[tuple[str, int]]) -> list[str]:
+    return list(dict.fromkeys(cid for cid, _ in refs))
+
+
+def _split_2d(train_ids: Sequence[str], fold: int) -> tuple[list[str], list[str]]:
+    """``(X_tr, X_v)`` of the 2-D variant: a fixed permutation (``default_rng(0)``) of the
+    naturally sorted expert training slices cut in four; fold ``f`` trains the teacher on
+    quarter ``f`` (P4's 16 : 48 ratio) and validates on the other three."""
+    ids = sorted(train_ids, key=natural_key)
+    perm = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))]
+    quarters = np.array_split(np.arange(len(ids)), 4)
+    if not 0 <= fold < 4:
+        raise ValueError(f"fold={fold}: the 2-D variant has folds 0..3")
+    tr = [perm[i] for i in quarters[fold]]
+    return tr, [c for c in perm if c not in set(tr)]
+
+
+def _pool_config(s: Mapping[str, Any]) -> PhantomConfig:
+    n = int(s["pool_size"])
+    return PhantomConfig(n_cases=n, shape=tuple(s["pool_shape"]), n_sites=len(POOL_SITES),
+                         sites=POOL_SITES, cases_per_site=math.ceil(n / len(POOL_SITES)),
+                         seed=POOL_SEED)
+
+
+def _npz_cached(path: Path, compute: Any) -> dict[str, np.ndarray]:
+    """Arrays stored at ``path`` (written atomically), computed by ``compute()`` if absent."""
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return arrays
+
+
+def _phantom_pool(s: Mapping[str, Any], store: Path, progress: bool) -> list[Item]:
+    cfg = _pool_config(s)
+    key = config_hash({"version": VERSION, "pool": cfg.to_dict(), "spacing": s["spacing"],
+                       "window": s["window"]})
+    items = []
+    for i in tqdm(range(cfg.n_cases), desc="p4 pool (other sites)", disable=not progress,
+                  leave=False):
+        def make(i: int = i) -> dict[str, np.ndarray]:
+            case = generate_case(cfg, i)
+            it = _prepare_3d(case, s)
+            return {"image": it.image, "truth": it.label, "site": np.array(case.site)}
+
+        arr = _npz_cached(store / f"pool-{key}" / f"pool_{i:04d}.npz", make)
+        site = POOL_SITE_NAMES[int(str(arr["site"]).removeprefix("site"))]
+        items.append(Item(f"pool_{i:04d}", arr["image"], truth=arr["truth"], site=site))
+    return items
+
+
+def _semiseg_pool(ds: Dataset, s: Mapping[str, Any], progress: bool) -> list[Item]:
+    group = next(g for g in ds.manifest.layout.groups if g.name == "pseudo-label")
+    ids = sorted(group.cases or (), key=natural_key)
+    if not ids:
+        raise ValueError(f"{ds.name}: the pseudo-label group lists no cases")
+    n = min(int(s["pool_2d"]), len(ids))
+    pick = [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
+    items = []
+    for case in iter_cases(ds.manifest, ds.root, "pseudo-label", pick, progress=progress):
+        it = _prepare_2d(case, int(s["size_2d"]), with_label=False)
+        path = case.meta.get("teacher_path")
+        if path is None:
+            raise ValueError(f"{case.case_id}: pool slice without its provided teacher map")
+        soft = read_slice_image(path, "mask").astype(np.float32)  # 0..255 soft prediction
+        it.provided = (resize_image(soft, int(s["size_2d"])) >= 127.5).astype(np.uint8)
+        items.append(it)
+    return items
+
+
+def fold_data(ds: Dataset, fold: int, s: Mapping[str, Any], store: Path,
+              progress: bool = True) -> FoldData:
+    """``X_tr``, ``X_v``, ``X_t`` of ``fold`` and the pool ``X_p``, prepared for training."""
+    spec = DATASETS.get(ds.name)
+    if spec is None:
+        raise ValueError(f"p4: dataset {ds.name!r} is not supported; choose one of "
+                         f"{sorted(DATASETS)} (P4's Benchmark/hospital pair is not available)")
+    if spec["dims"] == 3:
+        cases = {c.case_id: c for c in ds.cases()}
+        split = ds.manifest.split(spec["split"])
+        n_folds = len(split.folds or ())
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"fold={fold}: split {spec['split']!r} has folds 0..{n_folds - 1}")
+        parts = make_split(cases, split, fold=fold)
+        ids = {p: _case_ids_of(parts[p]) for p in ("train", "val", "test")}
+        train = [_prepare_3d(cases[c], s) for c in ids["train"]]
+        val = [_prepare_3d(cases[c], s) for c in ids["val"]]
+        test = [TestItem(_prepare_3d(cases[c], s), _infection(cases[c]),
+                         tuple(float(v) for v in cases[c].spacing), cases[c])
+                for c in ids["test"]]
+        pool = _phantom_pool(s, store, progress)
+        return FoldData(3, train, val, test, pool)
+    size = int(s["size_2d"])
+    train_cases = {c.case_id: c for c in ds.cases("train")}
+    tr, va = _split_2d(list(train_cases), fold)
+    test_cases = ds.cases("test")
+    return FoldData(
+        2,
+        [_prepare_2d(train_cases[c], size) for c in tr],
+        [_prepare_2d(train_cases[c], size) for c in va],
+        [TestItem(_prepare_2d(c, size), _infection(c)[0], None, c) for c in test_cases],
+        _semiseg_pool(ds, s, progress),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Patches
+# --------------------------------------------------------------------------------------------
+
+
+def _flip(arr: np.ndarray, code: int) -> np.ndarray:
+    """P4's augmentation: 0 none, 1 left-right (last axis), 2 up-down, 3 both."""
+    if code & 1:
+        arr = arr[..., ::-1]
+    if code & 2:
+        arr = arr[..., ::-1, :]
+    return arr
+
+
+def sample_patch(item: Item, patch: Sequence[int], rng: np.random.Generator,
+                 label_key: str, pos_fraction: float = 0.5, flip: bool = False,
+                 extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """A random crop of ``patch`` voxels from ``item`` (zero-padded when smaller).
+
+    With probability ``pos_fraction`` the crop is centred on a random voxel of
+    ``item.<label_key>`` (when it has any), otherwise anywhere. ``flip``: one of the four
+    left-right / up-down flips (P4 Sec. 4), applied to every returned array. Returns
+    ``image`` (float32), ``label`` (int64 from ``label_key``) and the ``extra`` arrays.
+    """
+    shape = item.image.shape
+    if len(patch) != len(shape):
+        raise ValueError(f"sample_patch: patch {tuple(patch)} for a {len(shape)}-D item")
+    label = getattr(item, label_key)
+    if label is None:
+        raise ValueError(f"sample_patch: item {item.case_id} has no {label_key!r} labels")
+    fg = item.foreground(label_key)
+    if fg.size and rng.random() < pos_fraction:
+        centre = np.unravel_index(int(fg[rng.integers(fg.size)]), shape)
+        start = [int(c) - p // 2 for c, p in zip(centre, patch, strict=True)]
+    else:
+        start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(shape, patch,
+                                                                           strict=True)]
+    start = [min(max(st, 0), max(n - p, 0)) for st, n, p in zip(start, shape, patch,
+                                                                 strict=True)]
+    code = int(rng.integers(4)) if flip else 0
+
+    def crop(arr: np.ndarray, dtype: Any) -> np.ndarray:
+        sl = tuple(slice(st, st + p) for st, p in zip(start, patch, strict=True))
+        part = np.asarray(arr[sl], dtype=dtype)
+        pad = [(0, p - n) for p, n in zip(patch, part.shape, strict=True)]
+        if any(b for _, b in pad):
+            part = np.pad(part, pad)
+        return np.ascontiguousarray(_flip(part, code))
+
+    out = {"image": crop(item.image, np.float32), "label": crop(label, np.int64)}
+    for key in extra:
+        arr = getattr(item, key)
+        if arr is not None:
+            out[key] = crop(arr, np.int64)
+    return out
+
+
+def _batch(items: Sequence[Item], n: int, patch: Sequence[int], rng: np.random.Generator,
+           label_key: str, pos_fraction: float, flip: bool, extra: Sequence[str] = ()
+           ) -> dict[str, Any]:
+    picks = rng.choice(len(items), size=n, replace=len(items) < n)
+    parts = [sample_patch(items[int(i)], patch, rng, label_key, pos_fraction, flip, extra)
+             for i in picks]
+    out: dict[str, Any] = {
+        "image": torch.from_numpy(np.stack([p["image"] for p in parts]))[:, None],
+        "label": torch.from_numpy(np.stack([p["label"] for p in parts])),
+        "ids": [items[int(i)].case_id for i in picks],
+    }
+    for key in extra:
+        if all(key in p for p in parts):
+            out[key] = np.stack([p[key] for p in parts])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def resunet2d_p4(in_channels: int = 1, out_channels: int = 2) -> nn.Module:
+    """The 2-D analogue of P4's network (Table 1 with 3 x 3 kernels): MONAI residual
+    ``UNet``, channels 16-256, four stride-2 levels, two residual units, PReLU, non-affine
+    batch norm."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+                channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), kernel_size=3,
+                up_kernel_size=3, num_res_units=2, act="PRELU",
+                norm=("batch", {"affine": False}))
+
+
+def make_model(dims: int) -> nn.Module:
+    """P4's residual U-Net: :func:`covidlib.models.resunet3d_p4` (3-D) or
+    :func:`resunet2d_p4` (the 2-D variant)."""
+    if dims == 3:
+        return resunet3d_p4()
+    if dims == 2:
+        return resunet2d_p4()
+    raise ValueError(f"make_model: dims={dims!r} must be 2 or 3")
+
+
+def _optimizer(model: nn.Module, s: Mapping[str, Any]) -> torch.optim.Optimizer:
+    if s["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=float(s["lr"]))
+    return torch.optim.SGD(model.parameters(), lr=float(s["lr"]))  # Eq. 9 read literally
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *[int(v) for v in stream]])
+
+
+def _patch_shape(dims: int, s: Mapping[str, Any]) -> list[int]:
+    return list(s["patch"]) if dims == 3 else [int(s["size_2d"])] * 2
+
+
+def _keep_steps(steps: int, n: int) -> set[int]:
+    return set(np.linspace(0, steps - 1, min(steps, n)).round().astype(int).tolist())
+
+
+@contextlib.contextmanager
+def _checkpointing(path: Path | None, every: int, model: nn.Module,
+                   opt: torch.optim.Optimizer, history: dict[str, list]) -> Iterator[Any]:
+    """Resume from ``path`` if it exists; yields ``save(step)``; deletes it at the end."""
+    start = 0
+    if path is not None and every and path.exists():
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        history.update(ck["history"])
+        start = int(ck["step"])
+
+    def save(step: int) -> None:
+        if path is not None and every and step % every == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "history": history, "step": step}, path)
+
+    yield start, save
+    if path is not None and path.exists():
+        path.unlink()
+
+
+def train_supervised(model: nn.Module, items: Sequence[Item], s: Mapping[str, Any], steps: int,
+                     seed: int, dims: int, device: torch.device, *, stream: int = 0,
+                     checkpoint: Path | None = None, desc: str = "train",
+                     progress: bool = True) -> dict[str, list]:
+    """Combo-loss training on expert items (the teacher ``Phi_sl`` and ``fully``): Adam,
+    ``steps`` mini-batches of ``batch`` flipped patches (P4 Sec. 2.3, 4)."""
+    model.to(device).train()
+    opt = _optimizer(model, s)
+    dtype, _ = amp_settings(device, dims)
+    history: dict[str, list] = {"step": [], "loss": []}
+    keep = _keep_steps(steps, int(s["history_max"]))
+    patch = _patch_shape(dims, s)
+    with _checkpointing(checkpoint, int(s["checkpoint_every"]), model, opt, history) as (
+            start, save):
+        for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
+            b = _batch(items, int(s["batch"]), patch, _rng(seed, stream, step), "label",
+                       float(s["pos_fraction"]), flip=True)
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, dtype):
+                loss = rw.p4_loss(model(b["image"].to(device)), b["label"].to(device)).mean()
+            loss.backward()
+            opt.step()
+            if step in keep:
+                history["step"].append(step)
+                history["loss"].append(float(loss.detach()))
+            save(step + 1)
+    return history
+
+
+def _patch_quality(pseudo: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Dice of each pseudo-label patch against the hidden truth (1 voxel smoothing)."""
+    out = []
+    for p, t in zip(pseudo, truth, strict=True):
+        p, t = p > 0, t > 0
+        out.append(float((2 * (p & t).sum() + 1) / (p.sum() + t.sum() + 1)))
+    return out
+
+
+def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequence[Item],
+                  s: Mapping[str, Any], seed: int, dims: int, device: torch.device, *,
+                  stream: int = 1, checkpoint: Path | None = None, desc: str = "student",
+                  progress: bool = True) -> dict[str, list]:
+    """``Phi_ssl`` by Alg. 1: per step a pseudo batch from ``pool`` (labels ``pseudo``) and
+    an expert batch from ``val`` (``X_v``); weights by ``mode`` (:data:`reweight.MODES`),
+    update by Eq. 9 (plus the expert batch's mean loss when ``expert_term``)."""
+    lam, rectify = rw.mode_settings(mode, float(s["lam"]))
+    model.to(device).train()
+    opt = _optimizer(model, s)
+    dtype, _ = amp_settings(device, dims)
+    history: dict[str, list] = {"step": [], "loss": [], "w_star": [], "w_com": [],
+                                "quality": []}
+    keep = _keep_steps(steps := int(s["student_steps"]), int(s["history_max"]))
+    patch = _patch_shape(dims, s)
+    n = int(s["batch"])
+    has_truth = all(it.truth is not None for it in pool)
+    with _checkpointing(checkpoint, int(s["checkpoint_every"]), model, opt, history) as (
+            start, save):
+        for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
+            rng = _rng(seed, stream, step)
+            bp = _batch(pool, n, patch, rng, "pseudo", float(s["pos_fraction"]), flip=False,
+                        extra=("truth",) if has_truth else ())
+            bv = _batch(val, n, patch, rng, "label", float(s["pos_fraction"]), flip=True)
+            x_p, y_p = bp["image"].to(device), bp["label"].to(device)
+            x_v, y_v = bv["image"].to(device), bv["label"].to(device)
+            with autocast(device, dtype):
+                res = rw.compute_weights(model, x_p, y_p, x_v, y_v, lam=lam, rectify=rectify,
+                                         alpha=float(s["meta_lr"]), norm=s["gem_norm"],
+                                         rgs_method=s["rgs_method"])
+                parts = rw.weighted_update(
+                    model, opt, x_p, y_p, res.w_star,
+                    x_e=x_v if s["expert_term"] else None,
+                    y_e=y_v if s["expert_term"] else None)
+            if step in keep:
+                history["step"].append(step)
+                history["loss"].append(parts["loss"])
+                history["w_star"].append([float(v) for v in res.w_star.cpu()])
+                history["w_com"].append([float(v) for v in res.w_com.cpu()])
+                if has_truth:
+                    history["quality"].append(_patch_quality(bp["label"].numpy(), bp["truth"]))
+            save(step + 1)
+    return history
+
+
+# --------------------------------------------------------------------------------------------
+# Inference and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_foreground(model: nn.Module, image: np.ndarray, s: Mapping[str, Any],
+                       device: torch.device) -> np.ndarray:
+    """Foreground probability map of one item at the working resolution: sliding windows
+    of ``infer_roi`` with ``overlap`` (3-D), or the whole volume / slice in one pass when
+    ``infer_roi`` is None (the network is fully convolutional; batch norm uses its running
+    statistics)."""
+    from monai.inferers import sliding_window_inference
+
+    model.to(device).eval()
+    dims = image.ndim
+    dtype, _ = amp_settings(device, dims)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    with autocast(device, dtype):
+        if dims == 3 and s["infer_roi"] is not None:
+            logits = sliding_window_inference(x, tuple(s["infer_roi"]), int(s["batch"]),
+                                              model, overlap=float(s["overlap"]))
+        else:  # the whole volume / slice at once, zero-padded to a multiple of 16
+            pad = [(-n) % 16 for n in x.shape[2:]]
+            flat = [v for p in reversed(pad) for v in (0, p)]
+            logits = model(F.pad(x, flat))[(..., *[slice(0, n) for n in x.shape[2:]])]
+    return F.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+
+
+def _to_original(prob: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(prob))[None, None]
+    mode = "trilinear" if prob.ndim == 3 else "bilinear"
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
+    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
+
+
+def decode_mask(text: str, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`encode_mask`."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
+    n = int(shape[0]) * int(shape[1])
+    if bits.size < n or bits.size - n >= 8:
+        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape "
+                         f"{tuple(shape)}")
+    return bits[:n].reshape(tuple(int(v) for v in shape)).astype(bool)
+
+
+def _figure_slice(mask: np.ndarray) -> int | None:
+    """Axial slice with the most infection (3-D), None for a 2-D mask."""
+    return int(mask.reshape(mask.shape[0], -1).sum(1).argmax()) if mask.ndim == 3 else None
+
+
+def figure_cases(test: Sequence[TestItem], n: int) -> list[str]:
+    """Up to ``n`` infected test cases for the qualitative figures: all of them when few,
+    else evenly spread over the infected-area quantiles (small to large lesions)."""
+    infected = [t for t in test if t.mask.any()]
+    order = sorted(infected, key=lambda t: (float(t.mask.mean()), t.item.case_id))
+    if len(order) <= n:
+        return [t.item.case_id for t in order]
+    idx = np.linspace(0, len(order) - 1, n).round().astype(int)
+    return [order[i].item.case_id for i in idx]
+
+
+def _nan_none(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+def _hausdorff(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None
+               ) -> tuple[float, float]:
+    """``(HD, HD95)`` in mm (pixels without spacing) from one distance computation, with the
+    conventions of :func:`covidlib.metrics.hausdorff` (both empty 0, one empty inf)."""
+    if not pred.any() or not truth.any():
+        v = hausdorff(pred, truth, spacing)
+        return v, v
+    d_pt, d_tp = surface_distances(pred, truth, spacing)
+    return (float(max(d_pt.max(), d_tp.max())),
+            float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))))
+
+
+def evaluate(model: nn.Module, test: Sequence[TestItem], s: Mapping[str, Any],
+             device: torch.device, figure_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """Dice and Hausdorff distance per test case at its original grid and spacing (P4
+    Tables 2-3), plus the predicted masks of the figure slices."""
+    rows, figure = [], {}
+    for t in test:
+        prob = _to_original(predict_foreground(model, t.item.image, s, device), t.mask.shape)
+        pred = prob > 0.5
+        sc = scores(confusion(pred, t.mask))
+        hd, hd95 = _hausdorff(pred, t.mask, t.spacing)
+        rows.append({"case_id": t.item.case_id, "dice": float(sc["dice"]),
+                     "hd": _nan_none(hd), "hd95": _nan_none(hd95),
+                     "empty_truth": not bool(t.mask.any()), "empty_pred": not bool(pred.any()),
+                     "pred_voxels": int(pred.sum()), "true_voxels": int(t.mask.sum())})
+        if t.item.case_id in figure_ids:
+            z = _figure_slice(t.mask)
+            sl = pred[z] if z is not None else pred
+            figure[t.item.case_id] = {"z": z, "shape": list(sl.shape),
+                                      "mask": encode_mask(sl)}
+    return {"cases": rows, "figure": figure}
+
+
+# --------------------------------------------------------------------------------------------
+# Cached runs
+# --------------------------------------------------------------------------------------------
+
+
+def _fingerprint(ds: Dataset) -> dict[str, Any]:
+    info = ds.generator_info()
+    generator = None
+    if info is not None:
+        generator = config_hash({"version": info.get("generator_version"),
+                                 "config": info.get("config")})
+    return {"name": ds.name, "real": ds.is_real, "generator": generator}
+
+
+_DATA_KEYS = ("spacing", "patch", "size_2d", "window", "pool_size", "pool_shape", "pool_2d",
+              "infer_roi")
+_TRAIN_KEYS = ("batch", "lr", "optimizer", "pos_fraction")
+_STUDENT_KEYS = ("lam", "meta_lr", "expert_term", "gem_norm", "rgs_method")
+
+
+def _teacher_config(ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, teacher: str
+                    ) -> dict[str, Any]:
+    return {"version": VERSION, "kind": "teacher", "data": _fingerprint(ds),
+            "split": DATASETS[ds.name]["split"], "fold": fold, "seed": seed,
+            "pseudo_labels": teacher, "overlap": s["overlap"],
+            "figure_cases": s["figure_cases"], "teacher_steps": s["teacher_steps"],
+            "history_max": s["history_max"], **{k: s[k] for k in _DATA_KEYS + _TRAIN_KEYS}}
+
+
+def _run_config(tcfg: Mapping[str, Any], s: Mapping[str, Any], method: str) -> dict[str, Any]:
+    cfg = {"version": VERSION, "kind": "run", "method": method, "teacher": dict(tcfg),
+           "init": s["init"], "student_steps": s["student_steps"],
+           **{k: s[k] for k in _TRAIN_KEYS}}
+    if method != "fully":
+        cfg.update({k: s[k] for k in _STUDENT_KEYS})
+    return cfg
+
+
+def _once(cache: ResultCache, kind: str, config: Mapping[str, Any], compute: Any,
+          poll: float = 2.0) -> Any:
+    """``cache.cached`` that lets one worker compute a config while others wait for it."""
+    while True:
+        hit = cache.get(kind, config)
+        if hit is not None:
+            return hit
+        with cache.claim(kind, config) as owned:
+            if owned:
+                hit = cache.get(kind, config)
+                return hit if hit is not None else cache.cached(kind, config, compute)
+        time.sleep(poll)
+
+
+class _Context:
+    """Lazily prepared data and teacher of one (fold, seed); ``data`` may be shared."""
+
+    def __init__(self, ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, teacher: str,
+                 cache: ResultCache, device: torch.device, progress: bool,
+                 shared: dict[int, FoldData]) -> None:
+        self.ds, self.s, self.fold, self.seed, self.teacher = ds, s, fold, seed, teacher
+        self.cache, self.device, self.progress = cache, device, progress
+        self.shared = shared
+        self.tcfg = _teacher_config(ds, s, fold, seed, teacher)
+
+    @property
+    def data(self) -> FoldData:
+        if self.fold not in self.shared:
+            self.shared[self.fold] = fold_data(self.ds, self.fold, self.s,
+                                               self.cache.root / "p4_data", self.progress)
+        return self.shared[self.fold]
+
+    @cached_property
+    def figure_ids(self) -> list[str]:
+        return figure_cases(self.data.test, int(self.s["figure_cases"]))
+
+    def _artifact(self) -> Path:
+        return self.cache.root / "p4_teacher" / f"{config_hash(self.tcfg)}.pt"
+
+    def teacher_result(self) -> dict[str, Any]:
+        """Train ``Phi_sl`` on ``X_tr`` (cached), label the pool (with it, or with the
+        provided noisy teacher) and keep weights and pseudo-labels in ``p4_teacher/``."""
+        def compute() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            data = self.data
+            set_determinism(self.seed)
+            model = make_model(data.dims)
+            hist = train_supervised(
+                model, data.train, self.s, int(self.s["teacher_steps"]), self.seed,
+                data.dims, self.device, stream=0, desc="p4 teacher",
+                checkpoint=self._artifact().with_suffix(".ckpt"), progress=self.progress)
+            if self.teacher == "provided":
+                if any(it.provided is None for it in data.pool):
+                    raise ValueError(f"{self.ds.name}: teacher='provided' needs a pool with "
+                                     "provided noisy-teacher maps (COVID-SemiSeg)")
+                pseudo = {it.case_id: it.provided for it in data.pool}
+            else:
+                pseudo = {it.case_id: (predict_foreground(model, it.image, self.s,
+                                                          self.device) > 0.5).astype(np.uint8)
+                          for it in data.pool}
+            out: dict[str, Any] = {"pseudo_labels": self.teacher, "history": hist}
+            out.update(evaluate(model, data.test, self.s, self.device, self.figure_ids))
+            self._artifact().parent.mkdir(parents=True, exist_ok=True)
+            atomic_save({"pseudo": pseudo,
+                         "model": {k: v.cpu() for k, v in model.state_dict().items()}},
+                        self._artifact())
+            out["pool"] = _pool_agreement(data.pool, pseudo)
+            out["seconds"] = round(time.perf_counter() - t0, 2)
+            return out
+
+        res = _once(self.cache, "p4_teacher", self.tcfg, compute)
+        if not self._artifact().exists():  # the result survived but the labels were deleted
+            self.cache.path("p4_teacher", self.tcfg).unlink()
+            return self.teacher_result()
+        return res
+
+    def _teacher_artifact(self) -> dict[str, Any]:
+        self.teacher_result()
+        return torch.load(self._artifact(), map_location="cpu", weights_only=False)
+
+    def pool_with_pseudo(self, pseudo: Mapping[str, np.ndarray]) -> list[Item]:
+        for it in self.data.pool:
+            it.pseudo = pseudo[it.case_id]
+            it._fg.pop("pseudo", None)
+        return self.data.pool
+
+    def run(self, method: str) -> dict[str, Any]:
+        cfg = _run_config(self.tcfg, self.s, method)
+
+        def compute() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            data = self.data
+            art = self._teacher_artifact()
+            set_determinism(self.seed)
+            model = make_model(data.dims)
+            if self.s["init"] == "teacher":
+                model.load_state_dict(art["model"])
+            ck = self.cache.root / "p4_ckpt" / f"{config_hash(cfg)}.pt"
+            desc = f"p4 {method} fold {self.fold + 1}"
+            if method == "fully":
+                hist = train_supervised(model, data.train + data.val, self.s,
+                                        int(self.s["student_steps"]), self.seed, data.dims,
+                                        self.device, stream=1, checkpoint=ck, desc=desc,
+                                        progress=self.progress)
+            else:
+                pool = self.pool_with_pseudo(art["pseudo"])
+                hist = train_student(model, method, data.val, pool, self.s, self.seed,
+                                     data.dims, self.device, stream=1, checkpoint=ck,
+                                     desc=desc, progress=self.progress)
+            out = evaluate(model, data.test, self.s, self.device, self.figure_ids)
+            out.update(history=hist, seconds=round(time.perf_counter() - t0, 2))
+            return out
+
+        return _once(self.cache, "p4_run", cfg, compute)
+
+
+def _pool_agreement(pool: Sequence[Item], pseudo: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """How good the pseudo-labels are: Dice against the pool's hidden truth (synthetic) and
+    against the provided noisy teacher (COVID-SemiSeg), overall and per site."""
+    out: dict[str, Any] = {"n": len(pool)}
+    for ref in ("truth", "provided"):
+        pairs = [(pseudo[it.case_id] > 0, getattr(it, ref) > 0, it.site) for it in pool
+                 if getattr(it, ref) is not None]
+        if not pairs:
+            continue
+        tot = scores(sum(confusion(p, t) for p, t, _ in pairs))
+        sites = {}
+        for site in sorted({str(s) for _, _, s in pairs}):
+            sc = scores(sum(confusion(p, t) for p, t, s_ in pairs if str(s_) == site))
+            sites[site] = _nan_none(sc["dice"])
+        out[f"dice_vs_{ref}"] = _nan_none(tot["dice"])
+        out[f"dice_vs_{ref}_by_site"] = sites
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class P4Results:
+    """Everything the chapters show: per-case scores, run records, teachers, settings."""
+
+    dataset: str
+    real: bool
+    dims: int
+    methods: tuple[str, ...]
+    settings: dict[str, Any]
+    seeds: tuple[int, ...]
+    teacher: str
+    frame: pd.DataFrame  # one row per (method, fold, seed, test case)
+    runs: dict[tuple[str, int, int], dict[str, Any]]
+    teachers: dict[tuple[int, int], dict[str, Any]]
+    cases: dict[int, dict[str, Case]]  # fold -> figure cases (original grid)
+    seconds: float
+
+
+def run(dataset: str = "synthetic", methods: Sequence[str] = TABLE2_METHODS, *,
+        profile: str = "cpu", seeds: Sequence[int] = (0,),
+        overrides: Mapping[str, Any] | None = None, data_root: str | Path | None = None,
+        results_dir: str | Path = "../results", device: str = "auto", teacher: str = "ours",
+        progress: bool = True) -> P4Results:
+    """Train (or load from the results cache) every ``method`` for every fold of the
+    profile and every seed; see the module docstring for the protocol."""
+    t0 = time.perf_counter()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"p4: unknown method(s) {unknown}; choose from {METHODS}")
+    if teacher not in ("ours", "provided"):
+        raise ValueError(f"p4: teacher={teacher!r}: 'ours' (trained on X_tr) or 'provided'")
+    if not seeds or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
+        raise ValueError(f"p4: seeds={seeds!r}: a non-empty list of integers >= 0")
+    s = settings(profile, overrides)
+    ds = open_dataset(dataset, data_root)
+    if ds.name not in DATASETS:
+        raise ValueError(f"p4: dataset {dataset!r} is not supported; choose one of "
+                         f"{sorted(DATASETS)}")
+    if teacher == "provided" and ds.name != "covid-semiseg":
+        raise ValueError("p4: teacher='provided' exists only for covid-semiseg")
+    dev = resolve_device(device)
+    cache = ResultCache(results_dir)
+    rows, runs, teachers, cases = [], {}, {}, {}
+    shared: dict[int, FoldData] = {}
+    todo = [(f, sd, m) for f in s["folds"] for sd in seeds for m in methods]
+    bar = tqdm(total=len(todo), desc=f"P4 runs ({ds.name})", disable=not progress)
+    for fold in s["folds"]:
+        for seed in seeds:
+            ctx = _Context(ds, s, fold, seed, teacher, cache, dev, progress, shared)
+            teachers[(fold, seed)] = ctx.teacher_result()
+            for method in methods:
+                res = ctx.run(method)
+                runs[(method, fold, seed)] = res
+                for r in res["cases"]:
+                    rows.append({"method": method, "fold": fold, "seed": seed, **r})
+                bar.update(1)
+            if fold not in cases:
+                figure_ids = {cid for m in methods for cid in runs[(m, fold, seed)]["figure"]}
+                cases[fold] = _figure_source_cases(ds, figure_ids)
+    bar.close()
+    frame = pd.DataFrame(rows)
+    return P4Results(ds.name, ds.is_real, DATASETS[ds.name]["dims"], tuple(methods), s,
+                     tuple(seeds), teacher, frame, runs, teachers, cases,
+                     round(time.perf_counter() - t0, 1))
+
+
+def _figure_source_cases(ds: Dataset, ids: set[str]) -> dict[str, Case]:
+    if not ids:
+        return {}
+    group = None if DATASETS[ds.name]["dims"] == 3 else "test"
+    return {c.case_id: c for c in ds.cases(group) if c.case_id in ids}

@@ -1,0 +1,547 @@
+"""Headless region-based active-learning session of P1, driven by a person or by the oracle.
+
+A :class:`LabelSession` holds a pool of CT slices, each cut into ``n_regions`` equal
+rectangles (P1 Sec. 3, Fig. 4). The model (a small U-Net with dropout) scores every region
+by the MC-dropout entropy of its pixels (P1 Eq. 2 and the entropy of the mean estimator), and
+P1's selection rule turns the scores into a queue of regions to ask about (all three from
+:mod:`covidlib.acquisition`, the code of the P1 chapters); each answer is
+a click on the infection (a point label) or a "background" tag for the whole region, 3 s of
+annotator time either way (P1 Sec. 5.3). :meth:`LabelSession.train_cycle` retrains on every
+answer so far with the point loss (P2 Eq. 2, unlabelled pixels ignored) and proposes the next
+regions. Answers go to an annotations file at once (:mod:`covidlib.widgets.annotations`);
+opening a session on an existing file restores them (the proposals are recomputed: the model
+is retrained by the next :meth:`~LabelSession.train_cycle`, not stored).
+
+:class:`covidlib.widgets.view.LabelWidget` is the same session with a canvas;
+:func:`simulate` answers the queue with :class:`MaskOracle` (P1's simulated annotator,
+:func:`covidlib.data.oracle.region_label`) so experiments and tests run without a person.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from covidlib import acquisition as acq
+from covidlib.data.errors import DataError
+from covidlib.data.oracle import (
+    IGNORE,
+    POINT_SECONDS,
+    LabelCostLedger,
+    RegionLabel,
+    apply_region_label,
+    region_grid,
+    region_label,
+    unlabelled_map,
+)
+from covidlib.data.preprocess import LUNG_WINDOW, resize_image, to_uint8
+from covidlib.data.types import Case
+from covidlib.models import mc_predict
+from covidlib.widgets.annotations import Annotation, AnnotationStore, now
+
+Box = tuple[int, int, int, int]
+Ref = tuple[str, int]
+
+__all__ = ["Current", "CycleResult", "LabelSession", "MaskOracle", "Query", "choose_pool",
+           "simulate", "small_unet"]
+
+
+def small_unet(dropout: float = 0.5) -> nn.Module:
+    """The CPU-sized model of the widget: a 2D U-Net (8 channels, 3 levels) with MC dropout
+    p = 0.5 in its decoder (P1 Implementation Details: dropout rate 0.5)."""
+    from covidlib.models import UNet2D
+
+    return UNet2D(3, 2, base_width=8, depth=3, dropout=dropout)
+
+
+def choose_pool(cases: Sequence[Case], refs: Iterable[Ref] | None = None, n: int = 48,
+                seed: int = 0) -> list[Ref]:
+    """``n`` slices drawn at random (seeded) among ``refs`` (default: every slice) that show
+    lung; a case without a lung mask counts every slice. Returned in ``(case_id, z)`` order."""
+    by_id = {c.case_id: c for c in cases}
+    if refs is None:
+        refs = [(c.case_id, z) for c in cases for z in range(c.n_slices)]
+    refs = [(str(c), int(z)) for c, z in refs]
+    for cid, _ in refs:
+        if cid not in by_id:
+            raise DataError(cid, "slice reference to a case that is not loaded")
+    usable = [(c, z) for c, z in refs
+              if by_id[c].lung is None or bool(np.asarray(by_id[c].lung[z]).any())]
+    if not usable:
+        raise ValueError("choose_pool: no slice shows lung among the given slices")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"choose_pool: n={n!r} must be a positive integer")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
+    return sorted(usable[i] for i in pick)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A region the model asks about: slice ``(case_id, z)``, its ``box`` and its score."""
+
+    case_id: str
+    z: int
+    box: Box
+    score: float
+
+    @property
+    def ref(self) -> Ref:
+        return self.case_id, self.z
+
+
+@dataclass(frozen=True)
+class Current:
+    """What the annotator sees: the slice (lung window, original pixels), the region asked
+    about, the model's uncertainty map (entropy in nats, same pixels) and the slice's labels."""
+
+    case_id: str
+    z: int
+    box: Box
+    score: float
+    image: np.ndarray
+    uncertainty: np.ndarray
+    labels: tuple[Annotation, ...] = ()
+
+
+@dataclass
+class CycleResult:
+    """One training cycle: labels used, annotator seconds so far, training time and loss."""
+
+    cycle: int
+    labels: int
+    points: int
+    backgrounds: int
+    slices: int
+    cost_seconds: float
+    train_seconds: float
+    train_loss: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update({f"test_{k}": v for k, v in out.pop("scores").items()})
+        return out
+
+
+class LabelSession:
+    """Region-based active learning on a pool of slices (P1), one region at a time.
+
+    Args:
+        cases: the loaded cases (``Dataset.cases()``).
+        annotations_path: the JSON-lines file every answer is written to (created if absent,
+            restored if present).
+        model_factory: builds a fresh model (logits ``(B, 2, S, S)`` from ``(B, 3, S, S)``)
+            with dropout; default :func:`small_unet`.
+        n_regions: K, regions per slice (a perfect square; P1 uses 64 on 352 px slices).
+        n_mc: I, MC-dropout samples per slice (P1 Eq. 2).
+        slices: the pool, ``(case_id, z)`` pairs (default: every slice of ``cases``).
+        size: side the slices are resized to for the model (P1: 352).
+        regions_per_cycle: images asked about per cycle, one region each (P1: 5).
+        epochs, lr, batch_size: training of each cycle (Adam; P1: lr 1e-4, 40 epochs).
+        eval_slices: slices (with masks) scored after each cycle (Dice etc.).
+        warm_start: each cycle continues from the previous cycle's weights (P1 retrains
+            "until convergence" on every new batch of labels); False: from scratch.
+        reduce: region score from its pixels, ``"max"`` (P1 "Model Training") or ``"mean"``
+            (P1 Fig. 4); see :func:`covidlib.acquisition.region_scores`.
+        threads: torch CPU threads while scoring and training (restored afterwards); one
+            thread is as fast for the small model and does not stall on a busy machine.
+            ``None`` keeps torch's setting.
+        dataset: name stored in the annotations file (a file of another dataset is refused).
+        seed: model initialisation, training order and MC-dropout masks.
+    """
+
+    def __init__(self, cases: Sequence[Case] | Mapping[str, Case],
+                 annotations_path: str | Path,
+                 model_factory: Callable[[], nn.Module] | None = None,
+                 n_regions: int = 16, n_mc: int = 8, *,
+                 slices: Iterable[Ref] | None = None, size: int = 64,
+                 regions_per_cycle: int = 5, epochs: int = 30, lr: float = 1e-3,
+                 batch_size: int = 4, eval_slices: Iterable[Ref] | None = None,
+                 dataset: str = "", seed: int = 0, device: str = "cpu",
+                 warm_start: bool = True, reduce: str = "max",
+                 window: tuple[float, float] = LUNG_WINDOW, threads: int | None = 1,
+                 progress: bool = False):
+        from covidlib.data.torch_datasets import SliceDataset
+
+        self.cases = dict(cases) if isinstance(cases, Mapping) else {c.case_id: c for c in cases}
+        if not self.cases:
+            raise ValueError("LabelSession: no cases given")
+        for name, value, lo in (("n_mc", n_mc, 1), ("size", size, 8),
+                                ("regions_per_cycle", regions_per_cycle, 1),
+                                ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"LabelSession: {name}={value!r} must be an integer >= {lo}")
+        if slices is None:
+            slices = [(c, z) for c, case in self.cases.items() for z in range(case.n_slices)]
+        self.refs: list[Ref] = [(str(c), int(z)) for c, z in slices]
+        if not self.refs:
+            raise ValueError("LabelSession: the pool of slices is empty")
+        self.model_factory = model_factory or small_unet
+        self.n_regions, self.n_mc, self.size = n_regions, n_mc, size
+        self.regions_per_cycle, self.epochs, self.lr = regions_per_cycle, epochs, float(lr)
+        from covidlib.engine import resolve_device
+
+        self.batch_size, self.seed = batch_size, int(seed)
+        self.device = str(resolve_device(device))  # "auto": CUDA when present
+        self.progress = progress
+        self.threads = threads
+        self.warm_start = warm_start
+        if reduce not in acq.REDUCTIONS:
+            raise ValueError(f"LabelSession: reduce={reduce!r}; choose one of {acq.REDUCTIONS}")
+        self.reduce = reduce
+        self.eval_refs = [(str(c), int(z)) for c, z in (eval_slices or [])]
+
+        self._pool = SliceDataset(self.cases, self.refs, size=size, window=window,
+                                  progress=False)  # checks every reference
+        self._gray: dict[Ref, np.ndarray] = {}
+        for cid in dict.fromkeys(c for c, _ in self.refs):
+            u8 = to_uint8(self.cases[cid], window=window)
+            for c, z in self.refs:
+                if c == cid:
+                    self._gray[(c, z)] = u8[z]
+        self._boxes: dict[tuple[int, int], list[Box]] = {}
+        for ref in self.refs:
+            self.boxes(ref)  # checks that the grid fits every slice
+
+        self.store = AnnotationStore(annotations_path, {"dataset": dataset,
+                                                        "n_regions": n_regions})
+        pool = set(self.refs)
+        for i, ann in enumerate(self.store):
+            where = f"{self.store.path}: label {i + 1}"
+            if ann.ref not in pool:
+                raise DataError(where, f"slice {ann.ref} is not in this session's pool")
+            if ann.box not in self.boxes(ann.ref):
+                raise DataError(where, f"box {list(ann.box)} is not a region of the "
+                                f"{n_regions}-region grid of slice {ann.ref}")
+        self.restored = len(self.store)
+        self.cycle = 0
+        self.history: list[CycleResult] = []
+        self._skipped: set[tuple[Ref, Box]] = set()
+        self._queue: list[Query] = []
+        torch.manual_seed(self.seed)
+        self.model = self.model_factory()
+        with self._threads():
+            self._score_pool()
+        self._refill()
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def boxes(self, ref: Ref) -> list[Box]:
+        """The K regions of slice ``ref`` (:func:`covidlib.data.oracle.region_grid`)."""
+        shape = self._gray[ref].shape
+        if shape not in self._boxes:
+            try:
+                self._boxes[shape] = region_grid(shape, self.n_regions)
+            except ValueError as exc:
+                raise ValueError(f"slice {ref}: {exc}") from exc
+        return self._boxes[shape]
+
+    @property
+    def annotations(self) -> list[Annotation]:
+        """Every answer so far, oldest first."""
+        return list(self.store)
+
+    def labels_on(self, ref: Ref) -> tuple[Annotation, ...]:
+        """The answers given on slice ``ref``."""
+        return tuple(a for a in self.store if a.ref == tuple(ref))
+
+    def label_map(self, ref: Ref) -> np.ndarray:
+        """P1's label map of a slice (uint8, original pixels): 1 at clicked points, 0 on
+        regions tagged background, :data:`~covidlib.data.oracle.IGNORE` elsewhere."""
+        out = unlabelled_map(self._gray[ref].shape)
+        for a in self.labels_on(ref):
+            if a.kind == "background":
+                apply_region_label(out, a.box, RegionLabel("background"))
+        for a in self.labels_on(ref):  # a click wins over an overlapping background tag
+            if a.kind == "point":
+                out[a.y, a.x] = a.label
+        return out
+
+    def ledger(self) -> LabelCostLedger:
+        """Annotator seconds: 3 s per point or background tag (P1 Sec. 5.3)."""
+        led = LabelCostLedger()
+        for a in self.store:
+            led.add(a.kind, POINT_SECONDS)
+        return led
+
+    # ------------------------------------------------------------------ scoring
+    def _score_pool(self) -> None:
+        """MC-dropout entropy of every pool slice and the score of each of its regions."""
+        self.uncertainty: dict[Ref, np.ndarray] = {}
+        self.scores: dict[Ref, np.ndarray] = {}
+        self.model.to(self.device)
+        bs = 16
+        seed = self.seed + 7919 * self.cycle
+        for start in tqdm(range(0, len(self.refs), bs), desc="uncertainty", unit="batch",
+                          disable=not self.progress):
+            idx = range(start, min(start + bs, len(self.refs)))
+            x = torch.stack([self._pool[i]["image"] for i in idx]).to(self.device)
+            samples = mc_predict(self.model, x, self.n_mc, seed=seed + start)
+            ent = acq.entropy_of_mean(samples).float().cpu().numpy()
+            for i, e in zip(idx, ent, strict=True):
+                ref = self.refs[i]
+                full = resize_image(e, self._gray[ref].shape).clip(min=0)
+                self.uncertainty[ref] = full.astype(np.float32)
+                self.scores[ref] = acq.region_scores(full, self.boxes(ref),
+                                                     reduce=self.reduce).numpy()
+
+    def _answered(self) -> set[tuple[Ref, Box]]:
+        return {(a.ref, a.box) for a in self.store}
+
+    def _refill(self) -> None:
+        """Queue the next ``regions_per_cycle`` regions by P1's rule (skipped ones last)."""
+        taken = self._answered() | {(q.ref, q.box) for q in self._queue}
+        scores = np.stack([self.scores[ref] for ref in self.refs])
+        for exclude in (taken | self._skipped, taken):
+            labelled = np.array([[(ref, b) in exclude for b in self.boxes(ref)]
+                                 for ref in self.refs], dtype=bool)
+            picks = acq.select_regions(scores, self.regions_per_cycle, labelled)
+            if picks:
+                if exclude is taken:  # every region left was skipped: ask them again
+                    self._skipped.clear()
+                for i, k in picks:
+                    ref = self.refs[i]
+                    self._queue.append(Query(ref[0], ref[1], self.boxes(ref)[k],
+                                             float(scores[i, k])))
+                return
+
+    def _advance(self) -> None:
+        if self._queue:
+            self._queue.pop(0)
+        if not self._queue:
+            self._refill()
+
+    # --------------------------------------------------------------- the loop
+    @property
+    def queue(self) -> list[Query]:
+        """The regions proposed, the current one first."""
+        return list(self._queue)
+
+    def current(self) -> Current | None:
+        """The region asked about now, or ``None`` once every region of the pool is answered."""
+        if not self._queue:
+            return None
+        q = self._queue[0]
+        return Current(q.case_id, q.z, q.box, q.score, self._gray[q.ref],
+                       self.uncertainty[q.ref], self.labels_on(q.ref))
+
+    def _need_current(self, what: str) -> Query:
+        if not self._queue:
+            raise ValueError(f"{what}: every region of the pool is answered")
+        return self._queue[0]
+
+    def click(self, y: int, x: int, label: int = 1) -> Annotation:
+        """A point on infection at image pixel ``(y, x)`` of the current region; saved at once,
+        then the next region comes up."""
+        q = self._need_current("click")
+        for name, v in (("y", y), ("x", x), ("label", label)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise ValueError(f"click: {name}={v!r} must be an integer")
+        y, x, label = int(y), int(x), int(label)
+        y0, y1, x0, x1 = q.box
+        if not (y0 <= y < y1 and x0 <= x < x1):
+            raise ValueError(f"click ({y}, {x}) is outside the region asked about: rows "
+                             f"{y0}..{y1 - 1}, columns {x0}..{x1 - 1} of slice {q.ref}")
+        if not 0 < label < IGNORE:
+            raise ValueError(f"click: label {label} must be in 1..{IGNORE - 1}")
+        ann = Annotation("point", q.case_id, q.z, q.box, y, x, label, now())
+        self.store.append(ann)
+        self._advance()
+        return ann
+
+    def background(self) -> Annotation:
+        """Tag the current region "background" (no infection in it); saved at once."""
+        q = self._need_current("background")
+        ann = Annotation("background", q.case_id, q.z, q.box, label=0, time=now())
+        self.store.append(ann)
+        self._advance()
+        return ann
+
+    def label_region(self, ref: Ref, box: Box, answer: RegionLabel) -> Annotation:
+        """Record ``answer`` (a point or "background") for any region of the pool, e.g. the
+        fully labelled images of P1's first cycle; the queue skips answered regions."""
+        ref = (str(ref[0]), int(ref[1]))
+        if ref not in self._gray:
+            raise ValueError(f"label_region: slice {ref} is not in the pool")
+        box = tuple(int(v) for v in box)
+        if box not in self.boxes(ref):
+            raise ValueError(f"label_region: box {list(box)} is not a region of slice {ref}")
+        if (ref, box) in self._answered():
+            raise ValueError(f"label_region: region {list(box)} of slice {ref} is answered")
+        if answer.kind == "background":
+            ann = Annotation("background", ref[0], ref[1], box, label=0, time=now())
+        elif answer.kind == "point" and answer.point is not None:
+            y, x, label = answer.point
+            ann = Annotation("point", ref[0], ref[1], box, int(y), int(x), int(label) or 1,
+                             now())
+            Annotation.from_json(ann.to_json(), "label_region")  # point inside its box
+        else:
+            raise ValueError(f"label_region: answers are points or background tags, not "
+                             f"{answer.kind!r}")
+        self.store.append(ann)
+        self._queue = [q for q in self._queue if (q.ref, q.box) != (ref, box)]
+        if not self._queue:
+            self._refill()
+        return ann
+
+    def undo(self) -> Annotation | None:
+        """Remove the last answer (from the file too) and ask about its region again."""
+        ann = self.store.pop()
+        if ann is not None:
+            score = float(self.scores[ann.ref][self.boxes(ann.ref).index(ann.box)])
+            self._queue.insert(0, Query(ann.case_id, ann.z, ann.box, score))
+        return ann
+
+    def next(self) -> Query | None:
+        """Skip the current region (it is asked again once nothing else is left)."""
+        if self._queue:
+            q = self._queue[0]
+            self._skipped.add((q.ref, q.box))
+        self._advance()
+        return self._queue[0] if self._queue else None
+
+    # --------------------------------------------------------------- training
+    def train_cycle(self) -> CycleResult:
+        """Train on every answer so far (P2 Eq. 2 point loss), re-score the pool and propose
+        the next regions. CPU seconds with :func:`small_unet` at 64 px. The result depends
+        only on the labels, the settings and the previous cycles (deterministic on CPU)."""
+        from covidlib.data.torch_datasets import SliceDataset
+        from covidlib.engine import fit
+        from covidlib.losses.batch import PointBatchLoss
+
+        refs = sorted({a.ref for a in self.store})
+        if not refs:
+            raise ValueError("train_cycle: no labels yet; click on infection or tag a region "
+                             "background first")
+        data = SliceDataset(self.cases, refs, size=self.size,
+                            points={r: self.label_map(r) for r in refs}, progress=False)
+        torch.manual_seed(self.seed)
+        model = self.model_factory()
+        if self.warm_start and self.cycle > 0:
+            model.load_state_dict(self.model.state_dict())
+        t0 = time.perf_counter()
+        with self._threads():
+            res = fit(model, PointBatchLoss(), data, None, epochs=self.epochs, lr=self.lr,
+                      batch_size=min(self.batch_size, len(data)), device=self.device,
+                      seed=self.seed, progress=self.progress)
+            seconds = time.perf_counter() - t0
+            self.model = model.eval()
+            self.cycle += 1
+            self._score_pool()
+        self._skipped.clear()
+        self._queue.clear()
+        self._refill()
+        kinds = [a.kind for a in self.store]
+        result = CycleResult(self.cycle, len(kinds), kinds.count("point"),
+                             kinds.count("background"), len(refs), self.ledger().total,
+                             seconds, float(res.history[-1]["train_loss"]))
+        if self.eval_refs:
+            result.scores = self.evaluate(self.eval_refs)
+        self.history.append(result)
+        return result
+
+    def restore_model(self, state: Mapping[str, torch.Tensor], cycle: int) -> None:
+        """Load the weights a previous run ended with (after ``cycle`` cycles), re-score the
+        pool and propose regions exactly as that run did at its end."""
+        if isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 0:
+            raise ValueError(f"restore_model: cycle={cycle!r} must be an integer >= 0")
+        torch.manual_seed(self.seed)
+        model = self.model_factory()
+        model.load_state_dict(state)
+        self.model = model.eval()
+        self.cycle = cycle
+        with self._threads():
+            self._score_pool()
+        self._skipped.clear()
+        self._queue.clear()
+        self._refill()
+
+    def evaluate(self, refs: Iterable[Ref]) -> dict[str, float]:
+        """Dice, IoU, PPV, sensitivity, specificity of the current model on ``refs``."""
+        from covidlib.data.torch_datasets import SliceDataset
+        from covidlib.engine import evaluate
+
+        data = SliceDataset(self.cases, list(refs), size=self.size, progress=False)
+        with self._threads():
+            scores = evaluate(self.model, data, self.device)
+        return {k: float(scores[k]) for k in ("dice", "iou", "ppv", "sens", "spec")}
+
+
+class MaskOracle:
+    """P1's simulated annotator on the dataset's masks (:func:`~covidlib.data.oracle.region_label`):
+    "background" when the region holds no infection, else one random infection pixel."""
+
+    def __init__(self, cases: Sequence[Case] | Mapping[str, Case],
+                 infection_labels: Iterable[int] | None = None, seed: int = 0):
+        self.cases = dict(cases) if isinstance(cases, Mapping) else {c.case_id: c for c in cases}
+        self.infection_labels = None if infection_labels is None else list(infection_labels)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, case_id: str, z: int, box: Box) -> RegionLabel:
+        case = self.cases.get(case_id)
+        if case is None or case.mask is None:
+            raise DataError(case_id, "the oracle needs the case's infection mask")
+        labels = self.infection_labels or case.meta.get("infection_labels")
+        return region_label(case.mask[z], box, self.rng, labels)
+
+
+def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabel],
+             cycles: int = 3, initial_images: int = 0, seed: int = 0,
+             progress: bool = True) -> list[CycleResult]:
+    """Drive ``session`` headless with ``oracle`` as the annotator.
+
+    First, every region of ``initial_images`` slices drawn at random (``seed``) from the
+    pool is answered (P1 Sec. 3: "5 CT images were randomly sampled ... and all their regions
+    were labeled") and the model trains; then each of ``cycles`` cycles answers the
+    ``regions_per_cycle`` proposed regions and retrains. Returns every cycle's result.
+    """
+    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+        raise ValueError(f"simulate: cycles={cycles!r} must be a positive integer")
+    if isinstance(initial_images, bool) or not isinstance(initial_images, int) \
+            or not 0 <= initial_images <= len(session.refs):
+        raise ValueError(f"simulate: initial_images={initial_images!r} must be an integer in "
+                         f"0..{len(session.refs)}")
+    out = []
+    if initial_images:
+        rng = np.random.default_rng(seed)
+        answered = {(a.ref, a.box) for a in session.annotations}
+        for i in sorted(rng.choice(len(session.refs), initial_images, replace=False)):
+            ref = session.refs[int(i)]
+            for box in session.boxes(ref):
+                if (ref, box) not in answered:
+                    session.label_region(ref, box, oracle(ref[0], ref[1], box))
+        out.append(session.train_cycle())
+    for _ in tqdm(range(cycles), desc="AL cycles", unit="cycle", disable=not progress):
+        for _ in range(session.regions_per_cycle):
+            q = session.current()
+            if q is None:
+                break
+            answer = oracle(q.case_id, q.z, q.box)
+            if answer.kind == "background":
+                session.background()
+            elif answer.kind == "point" and answer.point is not None:
+                session.click(answer.point.y, answer.point.x)
+            else:
+                raise ValueError(f"simulate: the oracle answered {answer.kind!r}; the widget "
+                                 "takes points and background tags only")
+        out.append(session.train_cycle())
+    return out
