@@ -86,7 +86,7 @@ def test_split_2d_quarters():
         assert set(tr) | set(va) == set(ids) and not set(tr) & set(va)
     assert set().union(*[set(tr) for tr, _ in parts]) == set(ids)
     assert p4._split_2d(ids, 1) == parts[1]  # deterministic
-    with pytest.raises(ValueError, match="folds 0..3"):
+    with pytest.raises(ValueError, match=r"folds 0\.\.3"):
         p4._split_2d(ids, 4)
 
 
