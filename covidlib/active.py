@@ -405,14 +405,6 @@ class ALData:
     n_train_split: int
 
 
-def _fingerprint(ds: Any) -> dict[str, Any]:
-    info = ds.generator_info()
-    generator = None
-    if info is not None:
-        generator = config_hash({"version": info.get("generator_version"),
-                                 "config": info.get("config")})
-    return {"name": ds.name, "real": ds.is_real, "generator": generator}
-
 
 @lru_cache(maxsize=8)
 def _load_cached(dataset: str, split: str, size: int, caps: tuple[int | None, ...],
@@ -420,11 +412,7 @@ def _load_cached(dataset: str, split: str, size: int, caps: tuple[int | None, ..
     ds = open_dataset(dataset, data_root)
     cases = ds.cases()
     by_id = {c.case_id: c for c in cases}
-    try:
-        spec = ds.manifest.split(split)
-    except (KeyError, ValueError) as exc:
-        raise DataError(dataset, f"no split {split!r} ({exc})") from None
-    parts = make_split(cases, spec)
+    parts = make_split(cases, ds.manifest.split(split))  # DataError names an unknown split
     labels = ds.manifest.infection_labels
     out = {}
     for part, cap in zip(("train", "val", "test"), caps, strict=True):
@@ -445,7 +433,7 @@ def _load_cached(dataset: str, split: str, size: int, caps: tuple[int | None, ..
             for t in test_items]
     test_gray = np.clip(np.stack(gray), 0, 255).astype(np.uint8)
     return ALData(out["train"], out["val"], out["test"], masks, test_masks, test_gray,
-                  _fingerprint(ds), cases[0].intensity, len(parts["train"]))
+                  ds.fingerprint(), cases[0].intensity, len(parts["train"]))
 
 
 def load_al_data(dataset: str, split: str, size: int,
@@ -685,6 +673,16 @@ def _save_state(ck_dir: Path, state: dict[str, Any]) -> None:
 Callback = Callable[[str, dict[str, Any]], None]
 
 
+def _check_data(cfg: ALConfig, data: ALData) -> None:
+    """``data`` must be the slices ``cfg`` asks for (dataset and resolution)."""
+    if data.fingerprint.get("name") != cfg.dataset:
+        raise ValueError(f"run_active_learning: data of {data.fingerprint.get('name')!r} given "
+                         f"for a run on {cfg.dataset!r}")
+    if tuple(data.masks.shape[1:]) != (cfg.size, cfg.size):
+        raise ValueError(f"run_active_learning: data at {tuple(data.masks.shape[1:])} pixels "
+                         f"given for a run at size {cfg.size}")
+
+
 def _select(cfg: ALConfig, pools: RegionPools, model: nn.Module, data: ALData, cycle: int,
             device: Any) -> tuple[list[tuple[int, int]], list[float | None]]:
     """The regions labelled after ``cycle`` and their scores (None for random)."""
@@ -745,6 +743,7 @@ def run_active_learning(
     dev = resolve_device(device)
     if data is None:
         data = load_al_data(cfg.dataset, cfg.split, cfg.size, cfg.max_slices, data_root)
+    _check_data(cfg, data)
     n_train = len(data.train)
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     emit = callback if callback is not None else (lambda _e, _i: None)
@@ -925,6 +924,7 @@ def train_fully_supervised(
     dev = resolve_device(device)
     if data is None:
         data = load_al_data(cfg.dataset, cfg.split, cfg.size, cfg.max_slices, data_root)
+    _check_data(cfg, data)
     t0 = time.perf_counter()
     torch.manual_seed(_seed(cfg.seed, 0, "init"))
     model = make_model(cfg)

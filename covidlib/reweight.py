@@ -371,7 +371,8 @@ def gradient_embedding_norms(losses: torch.Tensor, out_params: Sequence[torch.Te
     """``|g_em,i|`` of Eq. 6 for each sample: the norm of ``dL_i / d theta_out``.
 
     ``norm="l2"``: Euclidean norm over all output-layer parameters (Ash et al.'s gradient
-    embedding length); ``"mean_abs"``: mean absolute value (what the authors' code uses).
+    embedding length); ``"mean_abs"``: mean absolute value over them (the authors' code
+    averages ``|g|`` over the output convolution's weights, without the bias).
     """
     if norm not in ("l2", "mean_abs"):
         raise ValueError(f"norm={norm!r}: choose 'l2' or 'mean_abs'")

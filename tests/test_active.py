@@ -337,3 +337,18 @@ def test_sigkill_after_the_first_cycle_resumes_to_identical_results(reference, t
                                  data=tiny_data)
     _same(result, reference[0])
     _same_state(load_state(ck), reference[1])
+
+
+def test_real_covid_semiseg_slices_feed_the_loop(shared_data):
+    data = load_al_data("covid-semiseg", "p2", 32, {"train": 6, "val": 2, "test": 3},
+                        shared_data)
+    assert data.fingerprint["real"] and data.intensity == "uint8"
+    assert data.n_train_split == 45  # P2's COVID-19-A: 50 training slices, 5 for validation
+    assert (len(data.train), len(data.val), len(data.test)) == (6, 2, 3)
+    assert data.masks.shape == (6, 32, 32) and set(np.unique(data.masks)) <= {0, 1}
+    assert data.test_gray.dtype == np.uint8 and data.test_gray.shape == (3, 32, 32)
+    res = run_active_learning({**TINY, "dataset": "covid-semiseg", "split": "p2",
+                               "max_slices": {"train": 6, "val": 2, "test": 3}, "cycles": 1,
+                               "epochs": 1}, shared_data, None, progress=False, device="cpu",
+                              data=data)
+    assert [r["n_labelled_regions"] for r in res["records"]] == [32, 35]

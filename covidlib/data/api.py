@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from covidlib.cache import config_hash
 from covidlib.data.errors import DataError
 from covidlib.data.manifest import Manifest, load_manifest, locate
 from covidlib.data.readers import load_cases
@@ -64,6 +65,17 @@ class Dataset:
         """The phantom's ``phantom.json`` (config, per-case site and spacing), if any."""
         path = self.root / "phantom.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data in a result-cache key: its name, whether it is real and,
+        for the phantom, a hash of the generator's version and config (a regenerated phantom
+        with other settings must not reuse old results)."""
+        info = self.generator_info()
+        generator = None
+        if info is not None:
+            generator = config_hash({"version": info.get("generator_version"),
+                                     "config": info.get("config")})
+        return {"name": self.name, "real": self.is_real, "generator": generator}
 
 
 def open_dataset(name: str, data_root: str | Path | None = None, generate: bool = True

@@ -19,22 +19,21 @@ Losses (P2 Sec. 4.2 and 4.4):
 
 Which data each table uses (:data:`TABLES`): the paper's dataset when it is found on this
 machine (``dataset="auto"`` or ``"real"``), otherwise a synthetic stand-in built from the
-20-volume phantom (:data:`STAND_INS`): A-like = infected slices of interleaved volumes, as
-many as P2's 45 / 5 / 48; B-like = the first 9 volumes, sep 5 / 1 / 3 and mixed 45 / 5 / 50%;
-C-like = the 20 volumes with the manifest's sep (15 / 1 / 4) and mixed splits.
+20-volume phantom (:data:`~covidlib.experiments.p2_data.STAND_INS`; splits, crop and oracle
+points live in :mod:`covidlib.experiments.p2_data`): A-like = infected slices of interleaved
+volumes, as many as P2's 45 / 5 / 48; B-like = the first 9 volumes, sep 5 / 1 / 3 and mixed
+45 / 5 / 50%; C-like = the 20 volumes with the manifest's sep (15 / 1 / 4) and mixed splits.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,15 +43,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covidlib.cache import ResultCache, config_hash
-from covidlib.data.api import Dataset, open_dataset
+from covidlib.data.api import Dataset
 from covidlib.data.errors import DataError
-from covidlib.data.manifest import load_manifest, locate, natural_key
-from covidlib.data.oracle import Point, infection_points, point_annotation
-from covidlib.data.preprocess import resize_image, resize_mask, to_uint8
-from covidlib.data.splits import make_split
+from covidlib.data.manifest import load_manifest, locate
+from covidlib.data.oracle import infection_points
 from covidlib.data.torch_datasets import SliceDataset
 from covidlib.data.types import Case
 from covidlib.engine import binarize, fit, predict, set_determinism, supervised_loss
+from covidlib.experiments.p2_data import (
+    STAND_INS,
+    center_crop,
+    fingerprint,
+    open_cached,
+    oracle_points,
+    prepared_cases,
+    slice_views,
+    split_refs,
+    stand_in_spec,
+    thin,
+)
 from covidlib.losses import ConsistencyLoss, LCFCNLoss, PointLoss, structure_loss
 from covidlib.losses.batch import ConsistencyBatchLoss, PointBatchLoss
 from covidlib.metrics import SegmentationMeter, counting_scores
@@ -128,20 +137,6 @@ TABLES: dict[str, TableSpec] = {
 }
 """P2 Tables 2-8: task, the paper's dataset (manifest, split) and the synthetic stand-in."""
 
-A_LIKE_COUNTS: dict[str, int] = {"train": 45, "val": 5, "test": 48}
-"""P2 Sec. 4.1.1, COVID-19-A: 50 training images, 5 of them for validation, 48 test."""
-
-STAND_INS: dict[str, str] = {
-    "a-like": "infected slices only; volumes at even positions (natural order) train, the "
-    "2nd volume validates, the other odd positions test; thinned evenly to 45 / 5 / 48 "
-    "slices (P2's COVID-19-A)",
-    "b-sep": "first 9 volumes; volumes 1-5 train, 6 validates, 7-9 test (P2's COVID-19-B-Sep)",
-    "b-mixed": "first 9 volumes; per volume the first 45% of the slices train, the next 5% "
-    "validate, the last 50% test (P2's COVID-19-B-Mixed)",
-}
-"""Synthetic splits that stand in for P2's COVID-19-A and -B (C-like uses the manifest's
-``sep`` and ``mixed`` splits of the 20 volumes directly)."""
-
 _COMMON: dict[str, Any] = {
     "lam": 1.0,  # P2 Eq. 1 weight of the consistency term (the authors' code adds it with 1)
     "n_background": "match",  # P2 Sec. 4.2: as many background points as infection points
@@ -152,7 +147,7 @@ _COMMON: dict[str, Any] = {
 PROFILES: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores for all P2 chapters: 64 x 64 slices (volumes cut to their central
     # 75 % first, as the authors' code does), a U-Net with 8 channels at the first of 3 levels
-    # trained from scratch, 12 epochs of batch 4 at lr 2e-3 (from scratch, 1e-4 needs far
+    # trained from scratch, 10 epochs of batch 4 at lr 2e-3 (from scratch, 1e-4 needs far
     # more steps), at most 45 / 24 / 96 train / val / test slices per split (45 = P2's
     # COVID-19-A training set, so Table 2 on the real data uses all of it).
     "cpu": {
@@ -161,7 +156,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model_kwargs": {"base_width": 8, "depth": 3},
         "size": 64,
         "crop": 0.75,
-        "epochs": 12,
+        "epochs": 10,
         "batch_size": 4,
         "lr": 2e-3,
         "patience": None,
@@ -329,136 +324,6 @@ def resolve_data(artifact: str, dataset: str = "auto", data_root: str | Path | N
     return name, split, True
 
 
-def stand_in_spec(name: str, case_ids: Sequence[str]) -> dict[str, Any]:
-    """The split spec (manifest schema) of synthetic stand-in ``name`` for ``case_ids``."""
-    ids = sorted(case_ids, key=natural_key)
-    if name == "a-like":
-        if len(ids) < 4:
-            raise ValueError(f"p2: split 'a-like' needs >= 4 volumes, got {len(ids)}")
-        return {"method": "by-case", "train": ids[0::2], "val": [ids[1]], "test": ids[3::2]}
-    if name in ("b-sep", "b-mixed"):
-        if len(ids) < 9:
-            raise ValueError(f"p2: split {name!r} needs >= 9 volumes, got {len(ids)}")
-        nine = ids[:9]
-        if name == "b-sep":
-            return {"method": "by-case", "train": nine[:5], "val": [nine[5]], "test": nine[6:]}
-        return {"method": "by-slice-fraction", "cases": nine, "train": 0.45, "val": 0.05,
-                "test": 0.50}
-    raise ValueError(f"p2: unknown stand-in split {name!r}; choose one of {sorted(STAND_INS)}")
-
-
-def thin(refs: Sequence[Any], n: int | None) -> list[Any]:
-    """``n`` items spread evenly over ``refs`` (item ``floor((2i + 1) len / 2n)``), in order;
-    all of them when ``n`` is None or not smaller than ``len(refs)``."""
-    refs = list(refs)
-    if n is None or n >= len(refs):
-        return refs
-    if n < 1:
-        raise ValueError(f"thin: n={n!r} must be >= 1 or None")
-    return [refs[(2 * i + 1) * len(refs) // (2 * n)] for i in range(n)]
-
-
-def center_crop(case: Case, fraction: float) -> Case:
-    """``case`` with every slice cut to its central ``fraction`` (rows and columns; views).
-
-    The authors' code does this for COVID-19-C (``CenterCrop((384, 385))`` of the 512 x 512
-    slices, about 0.75) before resizing to 352: the air around the body is dropped.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"center_crop: fraction={fraction!r} must lie in (0, 1]")
-    if fraction == 1:
-        return case
-    h, w = case.image.shape[-2:]
-    ch, cw = max(1, round(fraction * h)), max(1, round(fraction * w))
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    box = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
-
-    def cut(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[box]
-
-    return dataclasses.replace(case, image=case.image[box], mask=cut(case.mask),
-                               lung=cut(case.lung), organs=cut(case.organs))
-
-
-def _cases(ds: Dataset, crop: float) -> list[Case]:
-    """The dataset's labelled cases; volumes cut to their centre (8-bit slice sets such as
-    COVID-SemiSeg are stored cut to the lungs already and are left as they are)."""
-    cases = ds.cases()
-    if ds.manifest.layout.format == "image-slices":
-        return cases
-    return [center_crop(c, crop) for c in cases]
-
-
-def _infected(case: Case, z: int, labels: Iterable[int]) -> bool:
-    return bool(np.isin(case.mask[z], list(labels)).any())
-
-
-def split_refs(ds: Dataset, split: str, cases: Sequence[Case],
-               max_slices: Mapping[str, int | None] | None = None) -> dict[str, list]:
-    """Train / val / test ``(case_id, z)`` lists of ``split`` (manifest split or stand-in),
-    thinned to ``max_slices`` per part."""
-    if split in STAND_INS:
-        if ds.manifest.access != "generated":
-            raise ValueError(f"p2: stand-in split {split!r} is for the synthetic phantom, "
-                             f"not {ds.name!r}")
-        spec = stand_in_spec(split, [c.case_id for c in cases])
-    elif split in ds.manifest.splits:
-        spec = ds.manifest.split(split)
-    else:
-        extra = f" or a stand-in {sorted(STAND_INS)}" if ds.manifest.access == "generated" else ""
-        raise DataError(ds.name, f"unknown split {split!r}; use one of the manifest's splits "
-                        f"{sorted(ds.manifest.splits)}{extra}")
-    parts = make_split(cases, spec)
-    if split == "a-like":
-        by_id = {c.case_id: c for c in cases}
-        labels = ds.manifest.infection_labels
-        parts = {p: thin([r for r in refs if _infected(by_id[r[0]], r[1], labels)],
-                         A_LIKE_COUNTS[p]) for p, refs in parts.items()}
-    caps = dict(max_slices or {})
-    out = {p: thin(refs, caps.get(p)) for p, refs in parts.items()}
-    for part, refs in out.items():
-        if not refs:
-            raise DataError(ds.name, f"split {split!r} has no {part} slices")
-    return out
-
-
-def oracle_points(cases: Mapping[str, Case], refs: Iterable[tuple[str, int]], seed: int,
-                  infection_labels: Sequence[int] | None, n_background: str | int = "match",
-                  placement: str = "distance") -> dict[tuple[str, int], list[Point]]:
-    """P2's point labels of ``refs`` (P2 Sec. 4.1.1), from one generator seeded by ``seed``.
-
-    Per slice: one point per 8-connected infected region, then as many background points
-    (at least one, so clean slices teach "background" too).
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
-    out = {}
-    for cid, z in refs:
-        case = cases[cid]
-        if case.mask is None:
-            raise DataError(cid, "the oracle needs an infection mask, the case has none")
-        out[(cid, z)] = point_annotation(case.mask[z], rng, infection_labels, n_background,
-                                         placement=placement)  # type: ignore[arg-type]
-    return out
-
-
-@cache
-def _open(name: str, data_root: str | None) -> Dataset:
-    return open_dataset(name, data_root)
-
-
-def _dataset(name: str, data_root: str | Path | None) -> Dataset:
-    return _open(name, None if data_root is None else str(data_root))
-
-
-def _fingerprint(ds: Dataset) -> dict[str, Any]:
-    info = ds.generator_info()
-    generator = None
-    if info is not None:
-        generator = config_hash({"version": info.get("generator_version"),
-                                 "config": info.get("config")})
-    return {"name": ds.name, "real": ds.is_real, "generator": generator}
-
-
 @dataclass
 class _Data:
     train: SliceDataset
@@ -469,7 +334,7 @@ class _Data:
 
 
 def _build_data(run: P2Run, ds: Dataset) -> _Data:
-    cases = _cases(ds, run.crop)
+    cases = prepared_cases(ds, run.crop)
     by_id = {c.case_id: c for c in cases}
     parts = split_refs(ds, run.split, cases, run.max_slices)
     labels = ds.manifest.infection_labels
@@ -642,7 +507,7 @@ def run_p2(run: P2Run, data_root: str | Path | None = None,
     ``<results_dir>/p2_checkpoints/<hash>/`` so an interrupted run resumes; they are removed
     once the result is stored.
     """
-    ds = _dataset(run.dataset, data_root)
+    ds = open_cached(run.dataset, data_root)
     config = cache_config(run, ds)
     if results_dir is None:
         return _train_and_score(run, ds, device, None, progress)
@@ -656,7 +521,7 @@ def run_p2(run: P2Run, data_root: str | Path | None = None,
 
 def cache_config(run: P2Run, ds: Dataset) -> dict[str, Any]:
     """The key of ``run`` in the result cache: its config plus the data's fingerprint."""
-    return {**run.config(), "data": _fingerprint(ds)}
+    return {**run.config(), "data": fingerprint(ds)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,33 +579,9 @@ def run_table(artifact: str, dataset: str = "auto", profile: str = "cpu",
         bar.set_postfix_str(f"{loss} seed {seed}")
         run = make_run(name, split, loss, seed, s, spec.task)
         hit = cache is not None and cache.get(
-            KIND, cache_config(run, _dataset(name, data_root))) is not None
+            KIND, cache_config(run, open_cached(name, data_root))) is not None
         result = run_p2(run, data_root, results_dir, device,
                         checkpoints=bool(s.get("checkpoints")))
         runs.append({"loss": loss, "seed": seed, "result": result, "config": run.config(),
                      "cached": hit})
     return TableRuns(artifact, name, split, real, profile, s, runs)
-
-
-# --------------------------------------------------------------------------------------------
-# Slices for figures
-# --------------------------------------------------------------------------------------------
-
-
-def slice_views(dataset: str, refs: Sequence[tuple[str, int]], size: int, crop: float = 1.0,
-                data_root: str | Path | None = None
-                ) -> list[tuple[np.ndarray, np.ndarray, Case]]:
-    """``(image uint8 (S, S), infection mask bool (S, S), case)`` of each ref at the
-    network's resolution, preprocessed exactly as :class:`SliceDataset` does."""
-    ds = _dataset(dataset, data_root)
-    by_id = {c.case_id: c for c in _cases(ds, crop)}
-    labels = ds.manifest.infection_labels
-    out = []
-    for cid, z in refs:
-        if cid not in by_id:
-            raise DataError(cid, f"not a case of {dataset!r}")
-        case = by_id[cid]
-        img = np.clip(np.rint(resize_image(to_uint8(case)[z], size)), 0, 255).astype(np.uint8)
-        mask = resize_mask(np.isin(case.mask[z], labels).astype(np.uint8), size) > 0
-        out.append((img, mask, case))
-    return out

@@ -28,15 +28,8 @@ from matplotlib.figure import Figure
 
 from covidlib.cache import atomic_write_text
 from covidlib.data.manifest import load_manifest
-from covidlib.experiments.p2 import (
-    STAND_INS,
-    TABLES,
-    TableRuns,
-    decode_mask,
-    resolve_data,
-    run_table,
-    slice_views,
-)
+from covidlib.experiments.p2 import TABLES, TableRuns, decode_mask, resolve_data, run_table
+from covidlib.experiments.p2_data import STAND_INS, slice_views
 from covidlib.metrics import confusion, scores
 from covidlib.report import paper_values
 from covidlib.report.figures import display_view
@@ -485,8 +478,9 @@ def figure3(tr: TableRuns, seed: int | None = None, data_root: str | Path | None
         for ax, (title, key) in zip(row, columns, strict=True):
             ax.imshow(display_view(case, item["image"]), cmap="gray", vmin=0, vmax=255,
                       interpolation="nearest")
-            if key is None:
-                title = f"{item['ref'][0]}, slice {item['ref'][1]}"
+            if key is None:  # a slice of a volume, or an image of a slice set
+                cid, z = item["ref"]
+                title = f"{cid}, slice {z}" if case.n_slices > 1 else f"image {cid}"
             else:
                 mask = display_view(case, item[key])
                 ax.imshow(np.ma.masked_equal(mask.astype(np.uint8), 0),

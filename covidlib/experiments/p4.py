@@ -53,7 +53,12 @@ Choices where P4 is silent or ambiguous (stated in the chapters):
   ``paper`` profile). Warm starts keep the cpu and gpu budgets: the shared teacher does the
   expensive learning once and the methods differ only in how they use the pool.
 * Patches: random crops of ``patch`` voxels, half of them centred on a (pseudo-)labelled
-  voxel when there is one; whole volumes are segmented by sliding windows.
+  voxel when there is one; test and pool volumes are segmented in one pass (cpu, gpu) or
+  by sliding windows of ``infer_roi`` (paper).
+* Scores: test cases without infection have no Dice or Hausdorff distance worth the name
+  and are left out of the tables (their rows are kept in :attr:`P4Results.frame`); an
+  empty prediction of an infected case has an undefined Hausdorff distance, left out of
+  the HD mean and counted.
 """
 
 from __future__ import annotations
@@ -173,19 +178,19 @@ _COMMON: dict[str, Any] = {
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # About a minute of one core per chapter: P4's network on 32^3 patches of volumes
-    # resampled to 2.5x P4's spacing (8 x 4 x 4 mm); the teacher trains 150 steps and every
-    # method fine-tunes it for 40 (lr 0.003: P4's 0.01 swings too much in so few steps; RGS
-    # by the equivalent jvp form); fold 1 only; an 8-volume pool of 32 x 96 x 96 phantoms;
-    # the 2-D variant at 128 px with 64 of the 1600 pool slices.
+    # About two minutes of two cores for the P4 chapters: P4's network on 32^3 patches of
+    # volumes resampled to 2.5x P4's spacing (8 x 4 x 4 mm); the teacher trains 120 steps and
+    # every method fine-tunes it for 30 (lr 0.003: P4's 0.01 swings too much in so few steps;
+    # RGS by the equivalent jvp form); fold 1 only; an 8-volume pool of 32 x 96 x 96
+    # phantoms; the 2-D variant at 128 px with 64 of the 1600 pool slices.
     "cpu": {
         **_COMMON,
         "lr": 3e-3,
         "spacing": [8.0, 4.0, 4.0],
         "patch": [32, 32, 32],
         "size_2d": 128,
-        "teacher_steps": 150,
-        "student_steps": 40,
+        "teacher_steps": 120,
+        "student_steps": 30,
         "init": "teacher",
         "rgs_method": "jvp",
         "folds": [0],
@@ -195,17 +200,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         "checkpoint_every": 0,
         "infer_roi": None,
     },
-    # One H100 (an estimate: not measured on this project's machines): P4's spacing, 96^3
-    # patches, batch 4, lambda 0.5, lr 0.01; the teacher trains 400 steps and every method
-    # fine-tunes it for 200 with Alg. 1 step by step; folds 1-2; a 32-volume pool at the
-    # expert phantom's size; the 2-D variant at 352 px with all 1600 pool slices.
+    # One H100, about 7 minutes for the P4 chapters (an estimate: not yet measured on a GPU):
+    # P4's spacing, 96^3 patches, batch 4, lambda 0.5, lr 0.01; the teacher trains 300
+    # steps and every method fine-tunes it for 150 with Alg. 1 step by step; folds 1-2; a
+    # 32-volume pool at the expert phantom's size; the 2-D variant at 352 px with all 1600
+    # pool slices.
     "gpu": {
         **_COMMON,
         "spacing": list(P4_SPACING),
         "patch": [96, 96, 96],
         "size_2d": 352,
-        "teacher_steps": 400,
-        "student_steps": 200,
+        "teacher_steps": 300,
+        "student_steps": 150,
         "init": "teacher",
         "rgs_method": "meta",
         "folds": [0, 1],
@@ -858,14 +864,6 @@ def evaluate(model: nn.Module, test: Sequence[TestItem], s: Mapping[str, Any],
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(ds: Dataset) -> dict[str, Any]:
-    info = ds.generator_info()
-    generator = None
-    if info is not None:
-        generator = config_hash({"version": info.get("generator_version"),
-                                 "config": info.get("config")})
-    return {"name": ds.name, "real": ds.is_real, "generator": generator}
-
 
 _DATA_KEYS = ("spacing", "patch", "size_2d", "window", "pool_size", "pool_shape", "pool_2d",
               "infer_roi")
@@ -875,7 +873,7 @@ _STUDENT_KEYS = ("lam", "meta_lr", "expert_term", "gem_norm", "rgs_method")
 
 def _teacher_config(ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, teacher: str
                     ) -> dict[str, Any]:
-    return {"version": VERSION, "kind": "teacher", "data": _fingerprint(ds),
+    return {"version": VERSION, "kind": "teacher", "data": ds.fingerprint(),
             "split": DATASETS[ds.name]["split"], "fold": fold, "seed": seed,
             "pseudo_labels": teacher, "overlap": s["overlap"],
             "figure_cases": s["figure_cases"], "teacher_steps": s["teacher_steps"],

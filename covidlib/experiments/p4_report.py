@@ -193,11 +193,14 @@ def ordering_verdict(res: P4Results, artifact: str) -> dict[str, Any]:
     n_lose = sum(d["loses"] for d in diffs.values())
     detail = "; ".join(f"{METHOD_LABELS[m]} {d['diff']:+.3f} ± {d['se']:.3f}"
                        for m, d in diffs.items() if math.isfinite(d["diff"]))
+    n_rest = len(diffs) - n_beat - n_lose
+    rest = f"; {n_rest} within two standard errors (not distinguishable)" if n_rest else ""
     lines.append(
         f"Against {METHOD_LABELS[base]} (paired per-case Dice difference ± standard error over "
-        f"{max((d['n'] for d in diffs.values()), default=0)} case-runs): {detail}. "
-        f"{n_beat} of {len(diffs)} re-weighting variants are better by more than two "
-        f"standard errors, {n_lose} worse; the rest are within noise.")
+        f"{max((d['n'] for d in diffs.values()), default=0)} test cases × seeds; the spread "
+        f"between training runs is not in it): {detail}. {n_beat} of {len(diffs)} "
+        f"re-weighting variants are better by more than two standard errors, {n_lose} worse"
+        f"{rest}.")
     return {"paper_order": p_order, "our_order": o_order, "spearman": rho,
             "best_holds": o_order[0] == best, "vs_baseline": diffs, "baseline": base,
             "text": " ".join(lines)}
@@ -360,12 +363,11 @@ def qualitative_figure(res: P4Results, methods: Sequence[str] | None = None, *,
             if j == 0:
                 ax.set_ylabel(label, fontsize=10)
             if i == 0:
-                where = f" (slice {z})" if z is not None else ""
-                ax.set_title(f"{cid}{where}", fontsize=9)
+                ax.set_title(f"{cid} (slice {z})" if z is not None else f"image {cid}",
+                             fontsize=9)
     fig.suptitle(title or f"Fold {fold + 1}, seed {seed}: yellow = expert (outline over the "
-                 "predictions), green = prediction",
-                 fontsize=11)
-    fig.tight_layout()
+                 "predictions), green = prediction", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return fig
 
 

@@ -128,7 +128,7 @@ class LabelWidget(anywidget.AnyWidget):
             y0, y1, x0, x1 = cur.box
             self.title = (f"case {cur.case_id}, slice {cur.z}: is there infection in rows "
                           f"{y0}-{y1 - 1}, columns {x0}-{x1 - 1}? "
-                          f"(mean entropy {cur.score:.3f} nats)")
+                          f"({self.session.reduce} entropy {cur.score:.3f} nats)")
             self.status = status
 
     # ------------------------------------------------------------------- events

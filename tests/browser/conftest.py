@@ -4,9 +4,10 @@ Chromium comes from apt (``make test-browser`` installs ``chromium`` and ``chrom
 Playwright only drives it (``executable_path``), it never downloads a browser. Outside CI
 the tests skip with a message when Chromium is absent; in CI (``CI=true``) they fail instead.
 
-The book under test is ``$COVIDLIB_BOOK_HTML`` (e.g. ``book/_build/html`` after ``make book``)
-or, by default, a small book built here from the real configuration and intro with the
-"Label your own slices" chapter (tiny settings) and the scorecard page.
+The book under test is ``$COVIDLIB_BOOK_HTML`` (e.g. ``book/_build/html`` after ``make book``;
+its chapters are those of ``book/_toc.yml``, or of ``$COVIDLIB_BOOK_TOC``) or, by default, a
+small book built here from the real configuration and intro with the "Label your own slices"
+chapter (tiny settings) and the scorecard page.
 """
 
 from __future__ import annotations
@@ -139,5 +140,5 @@ def book_html(tmp_path_factory, synthetic_root) -> tuple[Path, Path]:
         html = Path(given).resolve()
         if not (html / "index.html").exists():
             pytest.fail(f"COVIDLIB_BOOK_HTML={given}: no index.html there (run make book)")
-        return html, REPO / "book" / "_toc.yml"
+        return html, Path(os.environ.get("COVIDLIB_BOOK_TOC", REPO / "book" / "_toc.yml"))
     return _small_book(tmp_path_factory.mktemp("smallbook"), synthetic_root)
