@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from covidlib.data.errors import DataError
@@ -69,7 +70,11 @@ def _cmd_book(args: argparse.Namespace) -> int:
     print(book.report(outcomes))
     failed = [o.entry.output for o in outcomes if o.status == "failed"]
     if not args.no_html:
+        started = time.perf_counter()
         html = book.build_html(repo)
+        if not args.only:  # the HTML build of a whole-book run
+            book.record_timings(results, args.profile,
+                                html_seconds=round(time.perf_counter() - started, 2))
         print(f"HTML book: {html / 'index.html'}")
     if failed:
         print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import mmap
 import time
 
 import pytest
@@ -200,9 +201,13 @@ def test_time_runs_and_peak_memory():
     with pytest.raises(ValueError, match="repeats"):
         time_runs(lambda: None, repeats=0)
     with PeakMemory("cpu") as mem:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        # 64 MiB of fresh anonymous pages, each touched (a torch/numpy buffer could reuse
+        # memory the allocator kept from earlier tests and leave the RSS unchanged)
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
         time.sleep(0.05)
-        del block
+        block.close()
     rec = mem.record()
     if rec["rss_method"] == "proc-statm-sampling":
         assert rec["peak_rss_mb"] - rec["rss_start_mb"] >= 48
@@ -248,6 +253,19 @@ def test_book_timings(tmp_path):
     summary = report.end_to_end_summary(t, "cpu")
     assert "between the longest chapter (1.7 min) and the sum of all chapters (2.2 min)" in summary
     assert "goal <= 10 min: met" in summary
+    # a whole-book run records its wall time, workers and the HTML build
+    (tmp_path / "book_timings_cpu.json").write_text(json.dumps({
+        "a": {"status": "ok", "seconds": 400.0}, "b": {"status": "ok", "seconds": 300.0},
+        "wall_seconds": 420.0, "workers": 2, "html_seconds": 60.0}))
+    t = endtoend.book_timings(tmp_path, "cpu")
+    assert (t["wall_seconds"], t["html_seconds"], t["workers"]) == (420.0, 60.0, 2)
+    summary = report.end_to_end_summary(t, "cpu")
+    assert ("wall time 8.0 min (7.0 min of notebooks on 2 workers + 60 s of HTML build); "
+            "goal <= 10 min: met") in summary
+    (tmp_path / "book_timings_cpu.json").write_text(json.dumps({
+        "a": {"status": "ok", "seconds": 650.0}, "wall_seconds": 660.0, "workers": 1}))
+    assert "wall time 11.0 min (notebooks on 1 worker); goal <= 10 min: NOT met" in \
+        report.end_to_end_summary(endtoend.book_timings(tmp_path, "cpu"), "cpu")
     (tmp_path / "book_timings_gpu.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"book_timings_gpu\.json"):
         endtoend.book_timings(tmp_path, "gpu")

@@ -9,11 +9,13 @@ import pytest
 from covidlib.report.book import (
     BookError,
     PlanEntry,
+    dask_spawn_keys,
     execute_plan,
     load_plan,
     longest_first,
     previous_seconds,
     report,
+    restore_environ,
     worker_env,
 )
 
@@ -53,13 +55,15 @@ def test_bad_plans_name_the_file_and_reason(tmp_path, text, msg):
 
 
 @pytest.mark.slow
-def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path):
+def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "plan.yml").write_text(
         "- {notebook: bad, output: bad_out, title: Bad}\n"
         "- {notebook: good, output: good_out, title: Good, parameters: {x: 41}}\n")
     _notebook(tmp_path / "notebooks" / "bad.ipynb", "raise ValueError('broken on purpose')")
-    _notebook(tmp_path / "notebooks" / "good.ipynb", "print('answer', x + 1)")
+    _notebook(tmp_path / "notebooks" / "good.ipynb",
+              "import os\nprint('answer', x + 1, os.environ.get('MALLOC_TRIM_THRESHOLD_'))")
     outcomes = execute_plan(tmp_path, "cpu", tmp_path / "results", log=lambda s: None)
     assert [(o.entry.output, o.status) for o in outcomes] == [("bad_out", "failed"),
                                                               ("good_out", "ok")]
@@ -67,10 +71,23 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path):
     text = report(outcomes)
     assert "bad_out (bad.ipynb) failed" in text and "broken on purpose" in text
     executed = nbformat.read(tmp_path / "book" / "_generated" / "good_out.ipynb", as_version=4)
-    assert "answer 42" in executed.cells[-1].outputs[0]["text"]
+    # the kernel ran on a Dask nanny's worker, without the nanny's malloc setting
+    assert executed.cells[-1].outputs[0]["text"] == "answer 42 None\n"
     assert not (tmp_path / "book" / "_generated" / "bad_out.ipynb").exists()
     timings = json.loads((tmp_path / "results" / "book_timings_cpu.json").read_text())
     assert timings["good_out"]["status"] == "ok"
+    assert timings["workers"] == 2
+    assert timings["wall_seconds"] >= max(timings[k]["seconds"] for k in ("bad_out", "good_out"))
+    # a partial re-run (--only; both chapters here, so that it runs on Dask again) updates its
+    # chapters and keeps the rest, the last whole run's wall time included
+    path = tmp_path / "results" / "book_timings_cpu.json"
+    path.write_text(json.dumps({**timings, "other": {"status": "ok", "seconds": 1.5}}))
+    execute_plan(tmp_path, "cpu", tmp_path / "results", only=["bad_out", "good_out"],
+                 log=lambda s: None)
+    again = json.loads(path.read_text())
+    assert again["other"] == {"status": "ok", "seconds": 1.5}
+    assert again["good_out"]["status"] == "ok"
+    assert (again["wall_seconds"], again["date"]) == (timings["wall_seconds"], timings["date"])
 
 
 def test_unknown_profile_and_chapter_are_refused(tmp_path):
@@ -113,6 +130,15 @@ def test_worker_env_gives_each_worker_its_gpu_and_thread_share():
     assert worker_env(1, 2, 4, cpus=8, environ={"CUDA_VISIBLE_DEVICES": "3",
                                                 "OMP_NUM_THREADS": "2"}) == {
         "MKL_NUM_THREADS": "4"}
+
+
+def test_the_nanny_environment_is_put_back_as_the_client_had_it():
+    assert {"MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS"} <= set(dask_spawn_keys())
+    env = {"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "PATH": "/bin"}
+    restore_environ({"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "4"}, env)
+    assert env == {"OMP_NUM_THREADS": "4", "PATH": "/bin"}
+    # then each worker gets its share of the client's threads unless the client fixed them
+    assert worker_env(0, 2, 0, cpus=2, environ=env) == {"MKL_NUM_THREADS": "1"}
 
 
 def test_one_worker_runs_in_this_process_in_plan_order(tmp_path):
@@ -180,5 +206,8 @@ def test_the_longest_chapters_are_submitted_first(tmp_path):
     entries = [PlanEntry(n, n, n) for n in ("a", "b", "c", "new")]
     assert [e.output for e in longest_first(entries, seconds)] == ["new", "b", "a", "c"]
     assert previous_seconds(tmp_path, "gpu") == {}
+    (tmp_path / "book_timings_gpu.json").write_text(
+        '{"a": {"status": "ok", "seconds": 7.0}, "wall_seconds": 9.5, "workers": 2}')
+    assert previous_seconds(tmp_path, "gpu") == {"a": 7.0}
     (tmp_path / "book_timings_gpu.json").write_text("[1, 2")
     assert previous_seconds(tmp_path, "gpu") == {}

@@ -51,9 +51,9 @@ class _Counter:
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         self.calls += 1
-        return self.fn(*args)
+        return self.fn(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- modes
@@ -92,29 +92,53 @@ def test_fcn8_head_only_equals_full_passes_classic_layout():
 
 def test_fcn8_head_only_runs_backbone_once_with_identical_masks(fcn8_same, monkeypatch):
     model, x, n = fcn8_same, torch.randn(1, 3, 64, 64), 3
-    masks: dict[str, list[torch.Tensor]] = {"head": [], "full": []}
+    # drop6's (input is nonzero, output is zero) per call: where the input is nonzero a zero
+    # output is a dropped unit, so the masks of the two paths compare there
+    masks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"head": [], "full": []}
     path = ["head"]
-    hook = model.drop6.register_forward_hook(lambda _m, _i, out: masks[path[0]].append(out == 0))
+    hook = model.drop6.register_forward_hook(
+        lambda _m, inp, out: masks[path[0]].append((inp[0] != 0, out == 0)))
     backbone = _Counter(model.backbone_features)
     head = _Counter(model.head)
+    batched = _Counter(model.head_samples)
     monkeypatch.setattr(model, "backbone_features", backbone)
     monkeypatch.setattr(model, "head", head)
+    monkeypatch.setattr(model, "head_samples", batched)
     try:
         sampled = mc_predict(model, x, n, head_only=True, seed=11)
-        assert (backbone.calls, head.calls) == (1, n)
+        assert (backbone.calls, batched.calls, head.calls) == (1, 1, 0)
         path[0] = "full"
         full = mc_predict(model, x, n, head_only=False, seed=11)
-        assert (backbone.calls, head.calls) == (1 + n, 2 * n)
+        assert (backbone.calls, head.calls) == (1 + n, n)
     finally:
         hook.remove()
     assert torch.allclose(sampled, full, atol=1e-6)
-    assert all(torch.equal(a, b) for a, b in zip(masks["head"], masks["full"], strict=True))
-    assert not torch.equal(masks["head"][0], masks["head"][1])
+    assert len(masks["head"]) == len(masks["full"]) == n
+    for (h_in, h_drop), (f_in, f_drop) in zip(masks["head"], masks["full"], strict=True):
+        assert bool(h_in.all())  # the batched path draws its masks on ones
+        assert torch.equal(h_drop[f_in], f_drop[f_in]) and int(f_in.sum()) > 0
+    assert not torch.equal(masks["head"][0][1], masks["head"][1][1])
     # reference: sample i is a full forward pass in MC mode after torch.manual_seed(11 + i)
     with torch.no_grad(), enable_mc_dropout(model):
         for i in range(n):
             torch.manual_seed(11 + i)
             assert torch.allclose(torch.softmax(model(x), 1), sampled[i], atol=1e-6)
+
+
+def test_fcn8_batched_head_equals_one_head_call_per_sample(fcn8_same):
+    """head_samples in chunks of 2 images (max_batch=4, B=2) == I seeded calls of head."""
+    model, x = fcn8_same, torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), enable_mc_dropout(model):
+        feats = model.backbone_features(x)
+        batched = model.head_samples(feats, 5, seed=3, max_batch=4)
+        one_by_one = []
+        for i in range(5):
+            torch.manual_seed(3 + i)
+            one_by_one.append(model.head(feats))
+    assert batched.shape == (5, 2, 2, 64, 64)
+    assert torch.allclose(batched, torch.stack(one_by_one), atol=1e-5)
+    with pytest.raises(ValueError, match="n_samples=0"):
+        model.head_samples(feats, 0)
 
 
 def test_unet2d_head_only_equivalence_and_batch_norm_untouched():

@@ -19,6 +19,8 @@ KNOWN = {
     "P1-H": {"title": "7% of the effort, 90% of the Dice", "kind": "headline",
              "source": "P1 Sec 5.3", "dataset": "COVID-19-B", "values": {"effort": 0.07}},
     "P3-F9": {"title": "an extra figure", "kind": "figure", "source": "P3 Fig 9"},
+    "P1-T1": {"title": "statistics", "kind": "table", "source": "P1 Table 1",
+              "needs_data": ["medseg-9", "ma-20"]},
     "P4-S": {"title": "settings", "kind": "headline", "source": "P4 Sec 3",
              "values": {"model": "a residual 3D U-Net with deep supervision", "epochs": 300}},
     "P4-F2": {"title": "qualitative", "kind": "figure", "source": "P4 Fig 2", "values": {}},
@@ -96,6 +98,11 @@ def test_table_has_every_artifact_and_says_not_run(tmp_path):
     assert (missing["ours"], missing["verdict"], missing["paper"]) == (NOT_RUN, NOT_RUN,
                                                                        "see P3 Fig 9")
     assert frame.set_index("artifact").loc["P4-T3", "paper"] == "(no paper values)"
+    # an artifact whose data is absent says which data and how to fetch it
+    t1 = frame.set_index("artifact").loc["P1-T1"]
+    assert t1["verdict"] == NOT_RUN and t1["ours"] == (
+        "not run: needs the medseg-9 and ma-20 data (`covidlib data fetch medseg-9`, then a "
+        "00_datasets entry in book/plan.yml)")
     # long or empty paper values point to their source instead
     assert frame.set_index("artifact").loc["P4-S", "paper"] == "see P4 Sec 3"
     assert frame.set_index("artifact").loc["P4-F2", "paper"] == "see P4 Fig 2"

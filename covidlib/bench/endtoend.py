@@ -3,8 +3,9 @@
 :func:`covidlib.report.book.execute_plan` writes ``<results_dir>/book_timings_<profile>.json``:
 one entry per chapter with its ``status``, ``seconds`` and the worker that ran it. Notebooks may
 run in parallel (one per core, or one per GPU), so the book's wall time lies between the
-longest chapter and the sum of all chapters; when the file carries a top-level
-``wall_seconds`` it is the measured wall time.
+longest chapter and the sum of all chapters. A run of the whole plan also records
+``wall_seconds`` (all notebooks, measured), ``workers`` and, when the HTML was built,
+``html_seconds`` (the jupyter-book build).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def book_timings(results_dir: str | Path, profile: str) -> dict[str, Any] | None
                              "seconds": seconds, "worker": str(entry.get("worker", ""))})
     if not chapters:
         raise ValueError(f"{path}: no chapter timings found")
-    wall = raw.get("wall_seconds")
+    wall, html = raw.get("wall_seconds"), raw.get("html_seconds")
     mtime = _dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone()
     return {
         "file": str(path),
@@ -54,6 +55,8 @@ def book_timings(results_dir: str | Path, profile: str) -> dict[str, Any] | None
         "sum_seconds": sum(c["seconds"] for c in chapters),
         "max_seconds": max(c["seconds"] for c in chapters),
         "wall_seconds": float(wall) if isinstance(wall, int | float) else None,
+        "html_seconds": float(html) if isinstance(html, int | float) else None,
+        "workers": raw.get("workers"),
         "goal_seconds": GOALS_S.get(profile),
         "all_ok": all(c["status"] in ("ok", "missing-data") for c in chapters),
     }

@@ -376,8 +376,13 @@ def end_to_end_summary(timings: Mapping[str, Any] | None, profile: str) -> str:
     goal = timings["goal_seconds"]
     n = len(timings["chapters"])
     if timings["wall_seconds"] is not None:
-        wall = timings["wall_seconds"]
-        verdict = f"wall time {wall / 60:.1f} min"
+        wall = timings["wall_seconds"] + (timings.get("html_seconds") or 0.0)
+        workers = timings.get("workers")
+        on = f" on {workers} worker{'s' if workers != 1 else ''}" if workers else ""
+        html = (f" ({timings['wall_seconds'] / 60:.1f} min of notebooks{on} + "
+                f"{timings['html_seconds']:.0f} s of HTML build)"
+                if timings.get("html_seconds") is not None else f" (notebooks{on})")
+        verdict = f"wall time {wall / 60:.1f} min{html}"
         met = wall <= goal if goal else None
     else:
         verdict = (f"wall time not recorded; it lies between the longest chapter "

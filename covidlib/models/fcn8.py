@@ -253,18 +253,55 @@ class FCN8VGG16(nn.Module):
         up-sampling; logits ``(B, C, H, W)``. Holds the only dropout layers."""
         h = self.drop6(feats.fc6)
         h = self.drop7(self.relu7(self.fc7(h)))
-        upscore2 = self.upscore2(self.score_fr(h))
-        score_pool4 = self.score_pool4(feats.pool4)
-        score_pool3 = self.score_pool3(feats.pool3)
+        return self._fuse(self.score_fr(h), self.score_pool4(feats.pool4),
+                          self.score_pool3(feats.pool3), feats.size)
+
+    def head_samples(self, feats: FCN8Features, n_samples: int, seed: int | None = None,
+                     max_batch: int = 32) -> torch.Tensor:
+        """``n_samples`` MC-dropout passes of :meth:`head` at once: logits ``(I, B, C, H, W)``.
+
+        Sample i's masks are drawn as :meth:`head` draws them (drop6 then drop7, same shapes,
+        after ``torch.manual_seed(seed + i)`` when ``seed`` is given), so the result equals I
+        calls of ``head`` (P1 Eq. 2's I predictions). fc7, score_fr and the up-sampling then
+        run on up to ``max_batch`` maps per call (one larger GEMM instead of I small ones),
+        and the skip scores of pool3 / pool4, which no dropout precedes, are computed once.
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"head_samples: n_samples={n_samples!r} must be a positive integer")
+        b = int(feats.fc6.shape[0])
+        chunk = max(1, int(max_batch) // max(1, b))
+        sp4, sp3 = self.score_pool4(feats.pool4), self.score_pool3(feats.pool3)
+        ones = torch.ones_like(feats.fc6)  # fc7 is 1x1: its output has fc6's shape
+        out = []
+        for start in range(0, n_samples, chunk):
+            idx = range(start, min(n_samples, start + chunk))
+            m6, m7 = [], []
+            for i in idx:
+                if seed is not None:
+                    torch.manual_seed(seed + i)
+                m6.append(self.drop6(ones))
+                m7.append(self.drop7(ones))
+            c = len(m6)
+            h = (feats.fc6.unsqueeze(0) * torch.stack(m6)).flatten(0, 1)  # (c * B, F, h, w)
+            h = self.relu7(self.fc7(h)) * torch.stack(m7).flatten(0, 1)
+            logits = self._fuse(self.score_fr(h), sp4.repeat(c, 1, 1, 1),
+                                sp3.repeat(c, 1, 1, 1), feats.size)
+            out.append(logits.unflatten(0, (c, b)))
+        return torch.cat(out)
+
+    def _fuse(self, score_fr: torch.Tensor, score_pool4: torch.Tensor,
+              score_pool3: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """FCN8's skip fusion and up-sampling of the fc7 scores to logits of ``size``."""
+        upscore2 = self.upscore2(score_fr)
         if self.layout == "classic":  # Long et al.'s crop offsets for the 100-pixel padding
             score_pool4 = _crop_at(score_pool4, 5, upscore2.shape[2:])
             upscore_pool4 = self.upscore_pool4(score_pool4 + upscore2)
             score_pool3 = _crop_at(score_pool3, 9, upscore_pool4.shape[2:])
             out = self.upscore8(score_pool3 + upscore_pool4)
-            return _crop_at(out, 31, feats.size)
+            return _crop_at(out, 31, size)
         upscore_pool4 = self.upscore_pool4(score_pool4 + upscore2)
         out = self.upscore8(score_pool3 + upscore_pool4)
-        return crop_to(out, feats.size)
+        return crop_to(out, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, H, W)`` for images ``(B, in_channels, H, W)``."""

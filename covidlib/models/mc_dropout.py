@@ -96,7 +96,8 @@ def mc_predict(
 
     Returns ``(I, B, C, *spatial)`` softmax probabilities over the class axis (raw logits if
     ``logits=True``). With ``head_only`` and a model that has ``backbone_features``/``head``,
-    the backbone runs once and the head I times; otherwise I full forward passes. With a
+    the backbone runs once and the head I times (in batched passes when the model has
+    ``head_samples``, as FCN8VGG16 does); otherwise I full forward passes. With a
     ``seed``, sample i uses ``torch.manual_seed(seed + i)`` right before its stochastic part (so
     both paths give identical samples) and the global random state is left untouched.
     Runs under ``torch.no_grad()``; every module's train/eval mode is restored afterwards.
@@ -114,6 +115,9 @@ def mc_predict(
     with torch.no_grad(), enable_mc_dropout(model), rng:
         split = head_only and has_head_split(model)
         feats = _check_backbone_deterministic(model, x) if split else None
+        if split and callable(getattr(model, "head_samples", None)):  # batched head passes
+            out = model.head_samples(feats, n_samples, seed=seed)
+            return out if logits else torch.softmax(out, dim=2)
         for i in range(n_samples):
             if seed is not None:
                 torch.manual_seed(seed + i)

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,9 +199,42 @@ def worker_env(worker_index: int, n_workers: int, n_gpus: int, cpus: int | None 
     return out
 
 
+def dask_spawn_keys() -> list[str]:
+    """The environment variables Dask's nanny sets in every worker process it spawns
+    (``distributed.nanny.pre-spawn-environ`` and ``.environ``: ``MALLOC_TRIM_THRESHOLD_``,
+    ``OMP_NUM_THREADS``, ...)."""
+    import dask
+    import distributed  # noqa: F401  (loads the distributed.* defaults into dask.config)
+
+    keys: set[str] = set()
+    for name in ("distributed.nanny.pre-spawn-environ", "distributed.nanny.environ"):
+        keys |= set(dask.config.get(name, default={}) or {})
+    return sorted(keys)
+
+
+def restore_environ(parent: Mapping[str, str | None],
+                    environ: MutableMapping[str, str] | None = None) -> None:
+    """Put back, in a Dask worker, the values ``parent`` (the client's environment) had for
+    the variables the nanny overrode; ``None`` = unset there, so removed here.
+
+    The kernels a worker starts inherit its environment. Dask's ``MALLOC_TRIM_THRESHOLD_=
+    65536`` makes glibc return freed memory to the system at once, so every large PyTorch
+    allocation faults its pages in again: on 2 cores it made the notebooks 1.5x slower,
+    with a third of their CPU time spent in the kernel.
+    """
+    environ = os.environ if environ is None else environ
+    for key, value in parent.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+
+
 def _run_on_worker(entry: PlanEntry, repo: str, profile: str, results_dir: str, device: str,
-                   n_workers: int, n_gpus: int) -> RunOutcome:
-    """Dask task: one notebook, with this worker's GPU and thread share in the environment."""
+                   n_workers: int, n_gpus: int,
+                   parent_env: Mapping[str, str | None] | None = None) -> RunOutcome:
+    """Dask task: one notebook, with the client's environment (less what the nanny set) plus
+    this worker's GPU and thread share."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -209,6 +242,7 @@ def _run_on_worker(entry: PlanEntry, repo: str, profile: str, results_dir: str, 
         index = int(worker.name)
     except (TypeError, ValueError):  # workers of a remote cluster may have any name
         index = int.from_bytes(str(worker.name).encode(), "little") % max(1, n_workers)
+    restore_environ(parent_env or {})
     os.environ.update(worker_env(index, n_workers, n_gpus))
     outcome = run_entry(entry, Path(repo), profile, Path(results_dir), device,
                         log=lambda s: None)
@@ -261,6 +295,7 @@ def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "aut
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise BookError(f"workers={workers!r}: expected a positive integer")
+    started = time.perf_counter()
     entries = load_plan(repo / "book" / "plan.yml")
     if only:
         unknown = set(only) - {e.output for e in entries}
@@ -277,17 +312,33 @@ def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "aut
     else:
         outcomes = _execute_dask(entries, Path(repo).resolve(), profile, results_dir, device,
                                  scheduler, n_workers, n_gpus, log)
-    timings_path = results_dir / f"book_timings_{profile}.json"
-    try:  # chapters not run this time keep their last timing
-        timings = json.loads(timings_path.read_text())
+    chapters = {o.entry.output: {"status": o.status, "seconds": round(o.seconds, 2),
+                                 "worker": o.worker} for o in outcomes}
+    if only:  # a partial run: the other chapters and the last whole run's wall time stay
+        record_timings(results_dir, profile, chapters)
+    else:
+        record_timings(results_dir, profile, chapters,
+                       wall_seconds=round(time.perf_counter() - started, 2),
+                       workers=n_workers, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return outcomes
+
+
+def record_timings(results_dir: Path, profile: str, chapters: Mapping[str, Any] | None = None,
+                   **fields: Any) -> Path:
+    """Merge ``chapters`` (name -> status, seconds, worker) and top-level ``fields`` (e.g.
+    ``wall_seconds``: the whole run, ``html_seconds``: the jupyter-book build) into
+    ``<results_dir>/book_timings_<profile>.json``, written atomically."""
+    path = Path(results_dir) / f"book_timings_{profile}.json"
+    try:
+        timings = json.loads(path.read_text())
         timings = timings if isinstance(timings, dict) else {}
     except (OSError, ValueError):
         timings = {}
-    timings.update({o.entry.output: {"status": o.status, "seconds": round(o.seconds, 2),
-                                     "worker": o.worker} for o in outcomes})
-    results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(timings_path, json.dumps(timings, indent=1))
-    return outcomes
+    timings.update(chapters or {})
+    timings.update(fields)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(timings, indent=1))
+    return path
 
 
 def previous_seconds(results_dir: Path, profile: str) -> dict[str, float]:
@@ -295,7 +346,8 @@ def previous_seconds(results_dir: Path, profile: str) -> dict[str, float]:
     path = Path(results_dir) / f"book_timings_{profile}.json"
     try:
         data = json.loads(path.read_text())
-        return {k: float(v["seconds"]) for k, v in data.items()}
+        return {k: float(v["seconds"]) for k, v in data.items()
+                if isinstance(v, dict) and "seconds" in v}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -312,7 +364,10 @@ def _execute_dask(entries: list[PlanEntry], repo: Path, profile: str, results_di
     from distributed import as_completed
     from tqdm.auto import tqdm
 
+    # before the LocalCluster starts: its nannies write their settings into os.environ too
+    parent_env = {key: os.environ.get(key) for key in dask_spawn_keys()}
     client, cluster = _connect(scheduler, n_workers, log)
+    restore_environ(parent_env)
     if scheduler:
         n_workers = max(1, len(client.scheduler_info()["workers"]))
     before = previous_seconds(results_dir, profile)
@@ -326,7 +381,7 @@ def _execute_dask(entries: list[PlanEntry], repo: Path, profile: str, results_di
                 for e in longest_first(batch, before):
                     log(f"[book] {e.output}: queued {e.notebook}.ipynb (stage {stage})")
                     fut = client.submit(_run_on_worker, e, str(repo), profile, str(results_dir),
-                                        device, n_workers, n_gpus, pure=False,
+                                        device, n_workers, n_gpus, parent_env, pure=False,
                                         priority=-len(futures),
                                         key=f"book-{e.output}-{time.time_ns()}")
                     futures[fut] = e

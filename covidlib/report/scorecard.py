@@ -204,8 +204,9 @@ def table(results_dir: str | Path, digits: int = 3):
 
     Rows: every artifact of the paper-values files plus :data:`EXPECTED_ARTIFACTS`. An
     artifact no chapter recorded shows "not run" in ``ours`` and ``verdict`` and empty run
-    columns; the paper's value then comes from the paper-values file's ``values`` (when short)
-    or says where to find it (its ``source``).
+    columns (``ours`` names the datasets of its paper-values ``needs_data``, if any); the
+    paper's value then comes from the paper-values file's ``values`` (when short) or says
+    where to find it (its ``source``).
     """
     import pandas as pd
 
@@ -222,9 +223,13 @@ def table(results_dir: str | Path, digits: int = 3):
             paper = format_value(art.get("values"), digits)
             if (not paper or len(paper) > _SHORT) and "source" in art:
                 paper = f"see {art['source']}"
+            needs = art.get("needs_data") or []
+            ours = (f"{NOT_RUN}: needs the {' and '.join(needs)} data "
+                    f"(`covidlib data fetch {needs[0]}`, then a 00_datasets entry in "
+                    "book/plan.yml)" if needs else NOT_RUN)
             rows.append({"artifact": aid, "title": title,
                          "paper": paper if art else "(no paper values)",
-                         "ours": NOT_RUN, "verdict": NOT_RUN,
+                         "ours": ours, "verdict": NOT_RUN,
                          "dataset": "", "data": "", "profile": "",
                          "hardware": "", "date": ""})
             continue

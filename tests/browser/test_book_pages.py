@@ -63,7 +63,7 @@ class _Watch:
     def attach(self, page):
         page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
         page.on("response", lambda r: r.status >= 400 and self.failed.append(
-            f"{r.status} {r.url}"))
+            f"{r.status} {r.url} (page {page.url})"))
         return page
 
 
