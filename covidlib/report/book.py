@@ -433,7 +433,9 @@ def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     if exe is None:
         raise BookError("jupyter-book is not installed: run `make book` (installs the book extra)")
     ensure_offline_assets(repo, log)
-    cmd = [exe, "build", str(repo / "book"), "--builder", "html"]
+    # --all: a few seconds (Sphinx executes nothing), and an incremental build keeps stale
+    # navigation when only book/_toc.yml changed
+    cmd = [exe, "build", "--all", str(repo / "book"), "--builder", "html"]
     log(f"[book] {' '.join(cmd)}")
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
