@@ -35,6 +35,13 @@ def test_settings_and_helpers():
     e = p1.effort_arithmetic(5, 64, 100, 5, 368)
     assert e["al_seconds"] == 2460 and e["full_effort_seconds"] == 35328
     assert round(e["fraction"], 4) == 0.0696
+    v = {"initial_images": 5, "regions_per_image": 64, "cycles": 100, "regions_per_cycle": 5,
+         "train_slices": 368}
+    t = p1.effort_table(v, {"initial_images": 5, "per_cycle": 10}, 64, 3, 40)
+    assert t.loc["P1 schedule, P1 pool", "al_seconds"] == 2460
+    # ours: 5 x 3 x 64 + 3 x 10 x 3 = 1050 s, against 40 x 96 = 3840 s and 35328 s
+    assert t.loc["our schedule, our pool"].tolist() == [1050, 3840, round(1050 / 3840, 4)]
+    assert t.loc["our schedule, P1's pool", "fraction"] == round(1050 / 35328, 4)
     cfg = p1.al_config("synthetic", "sep", s, heuristic="random", seed=4, n_regions=16)
     assert (cfg.split, cfg.heuristic, cfg.seed, cfg.n_regions, cfg.cycles) == (
         "sep", "random", 4, 16, 2)
@@ -129,3 +136,52 @@ def test_the_four_chapters_run_and_write_complete_tables(synthetic_root, tmp_pat
     for artifact in ("P1-F5", "P1-F6", "P1-F7", "P1-headline", "P1-F2"):
         entry = json.loads((results / "scorecard" / f"{artifact}.json").read_text())
         assert entry["verdict"] and entry["provenance"]["profile"] == "cpu"
+
+
+def _curves() -> pd.DataFrame:
+    """Two seeds of random and entropy on split 'mixed', cycles 0-1 (hand-made)."""
+    rows = []
+    for h, dice, spec in (("random", (0.1, 0.2, 0.3, 0.4), (0.9, 0.95, 0.8, 0.97)),
+                          ("entropy", (0.2, 0.5, 0.2, 0.7), (0.9, 0.9, 0.9, 0.9))):
+        for i, (seed, cycle) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            rows.append({"split": "mixed", "heuristic": h, "n_regions": 64,
+                         "supervision": "point", "seed": seed, "cycle": cycle,
+                         "n_labelled_regions": 320 + 10 * cycle, "dice": dice[i],
+                         "spec": spec[i], "sens": 0.5, "seconds": 960 + 30 * cycle,
+                         "n_selected_points": 3})
+    return pd.DataFrame(rows)
+
+
+def test_scorecard_entries_by_hand():
+    curves = _curves()
+    # last cycle of the random runs: seed 0 spec 0.95, seed 1 spec 0.97
+    assert p1.random_specificity_range(curves) == (0.95, 0.97)
+    with pytest.raises(ValueError, match="no random-selection run"):
+        p1.random_specificity_range(curves[curves.heuristic == "entropy"])
+    paper = {"values": {"random_specificity_range": [0.85, 0.99]}, "claims": ["c"]}
+    f5 = p1.fig5_scorecard(curves, {"mixed": "holds, split mixed: ..."}, paper)
+    # entropy's last-cycle Dice: 0.5 and 0.7 -> 0.600 ± 0.100
+    assert f5 == {"paper": "entropy beats random on Dice (A/B, mixed and sep); random spec "
+                           "0.85-0.99",
+                  "ours": {"mixed entropy Dice": "0.600 ± 0.100", "random spec": "0.95-0.97"},
+                  "verdict": "holds: holds, split mixed: ..."}
+    both = pd.concat([curves, curves.assign(split="sep")], ignore_index=True)
+    two = p1.fig5_scorecard(both, {"mixed": "holds, a", "sep": "mixed result, b"}, paper)
+    assert two["ours"]["sep entropy Dice"] == "0.600 ± 0.100"
+    assert two["verdict"] == "not reproduced everywhere: holds, a; mixed result, b"
+    summary = pd.DataFrame({"K (regions per image)": [16, 64], "dice_mean": [0.31234, 0.5]})
+    assert p1.fig6_scorecard(summary, "v", paper) == {
+        "paper": "c", "ours": {"K=16": 0.312, "K=64": 0.5}, "verdict": "v"}
+    s7 = pd.DataFrame({"supervision": ["point", "pixel"], "Dice (last cycle)": ["0.5", "0.4"],
+                       "seconds (last)": [1049.6, 3000.2]})
+    assert p1.fig7_scorecard(s7, "v", paper)["ours"] == {
+        "point Dice (last)": "0.5", "pixel Dice (last)": "0.4",
+        "point seconds (last)": 1050, "pixel seconds (last)": 3000}
+    numbers = {"effort_fraction": 0.27349, "dice_fraction": 0.19712, "al_dice": 0.1071,
+               "full_dice": 0.5423}
+    values = {"effort_fraction": 0.07, "dice_fraction": 0.9, "al_dice": 0.76, "full_dice": 0.84}
+    h = p1.headline_scorecard(numbers, values, "v")
+    assert h["ours"] == {"effort fraction": 0.273, "Dice fraction": 0.197, "AL Dice": 0.107,
+                         "full Dice": 0.542}
+    assert h["paper"] == {"effort fraction": 0.07, "Dice fraction": 0.9, "AL Dice": 0.76,
+                          "full Dice": 0.84}

@@ -13,7 +13,7 @@ from covidlib.cache import ResultCache
 from covidlib.data.api import open_dataset
 from covidlib.data.errors import DataError
 from covidlib.data.types import Case
-from covidlib.experiments import p2
+from covidlib.experiments import p2, p2_data
 from covidlib.experiments import p2_report as rep
 from covidlib.losses import IGNORE
 
@@ -59,60 +59,60 @@ def test_run_validation_names_the_field(kw, msg):
 
 def test_thin_spreads_evenly():
     # item floor((2i + 1) * 10 / 6): 1, 5, 8
-    assert p2.thin(list(range(10)), 3) == [1, 5, 8]
-    assert p2.thin([4, 5], 1) == [5]
-    assert p2.thin(list(range(4)), None) == [0, 1, 2, 3]
-    assert p2.thin(list(range(4)), 9) == [0, 1, 2, 3]
+    assert p2_data.thin(list(range(10)), 3) == [1, 5, 8]
+    assert p2_data.thin([4, 5], 1) == [5]
+    assert p2_data.thin(list(range(4)), None) == [0, 1, 2, 3]
+    assert p2_data.thin(list(range(4)), 9) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="n=0"):
-        p2.thin(list(range(4)), 0)
+        p2_data.thin(list(range(4)), 0)
 
 
 def test_stand_in_specs():
     ids = [f"synth_{i:03d}" for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)]  # unsorted on purpose
-    a = p2.stand_in_spec("a-like", ids)
+    a = p2_data.stand_in_spec("a-like", ids)
     assert a["train"] == ["synth_000", "synth_002", "synth_004", "synth_006", "synth_008",
                           "synth_010"]
     assert a["val"] == ["synth_001"]
     assert a["test"] == ["synth_003", "synth_005", "synth_007", "synth_009"]
-    b = p2.stand_in_spec("b-sep", ids)
+    b = p2_data.stand_in_spec("b-sep", ids)
     assert b["train"] == [f"synth_{i:03d}" for i in range(5)]
     assert b["val"] == ["synth_005"] and b["test"] == ["synth_006", "synth_007", "synth_008"]
-    m = p2.stand_in_spec("b-mixed", ids)
+    m = p2_data.stand_in_spec("b-mixed", ids)
     assert m["cases"] == [f"synth_{i:03d}" for i in range(9)]
     assert (m["train"], m["val"], m["test"]) == (0.45, 0.05, 0.50)
     with pytest.raises(ValueError, match="'b-sep' needs >= 9 volumes, got 3"):
-        p2.stand_in_spec("b-sep", ids[:3])
+        p2_data.stand_in_spec("b-sep", ids[:3])
     with pytest.raises(ValueError, match="'c-like'"):
-        p2.stand_in_spec("c-like", ids)
+        p2_data.stand_in_spec("c-like", ids)
 
 
 def test_split_refs_on_the_phantom(synthetic_root):
     ds = open_dataset("synthetic", synthetic_root)
     cases = ds.cases()
     by_id = {c.case_id: c for c in cases}
-    parts = p2.split_refs(ds, "a-like", cases)
+    parts = p2_data.split_refs(ds, "a-like", cases)
     assert {k: len(v) for k, v in parts.items()} == {"train": 45, "val": 5, "test": 48}
     for part in parts.values():  # A-like keeps infected slices only
         assert all(np.isin(by_id[c].mask[z], [1, 2]).any() for c, z in part)
     assert {c for c, _ in parts["val"]} == {"synth_001"}
     assert {int(c[-3:]) % 2 for c, _ in parts["train"]} == {0}
-    capped = p2.split_refs(ds, "b-sep", cases, {"train": 10, "val": None, "test": 7})
+    capped = p2_data.split_refs(ds, "b-sep", cases, {"train": 10, "val": None, "test": 7})
     assert len(capped["train"]) == 10 and len(capped["test"]) == 7
     assert len(capped["val"]) == by_id["synth_005"].n_slices
-    assert capped["train"] == p2.thin(p2.split_refs(ds, "b-sep", cases)["train"], 10)
+    assert capped["train"] == p2_data.thin(p2_data.split_refs(ds, "b-sep", cases)["train"], 10)
     with pytest.raises(DataError, match=r"unknown split 'nope'.*'sep'.*stand-in"):
-        p2.split_refs(ds, "nope", cases)
+        p2_data.split_refs(ds, "nope", cases)
 
 
 def test_center_crop_keeps_the_middle():
     img = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
     case = Case("c", img, mask=(img > 50).astype(np.int64))
-    cut = p2.center_crop(case, 0.5)  # 5 rows from row (10 - 5) // 2 = 2
+    cut = p2_data.center_crop(case, 0.5)  # 5 rows from row (10 - 5) // 2 = 2
     assert cut.image.shape == (1, 5, 5) and cut.image[0, 0, 0] == 22 and cut.image[0, 4, 4] == 66
     assert cut.mask.shape == (1, 5, 5) and cut.lung is None
-    assert p2.center_crop(case, 1.0) is case
+    assert p2_data.center_crop(case, 1.0) is case
     with pytest.raises(ValueError, match="fraction=0"):
-        p2.center_crop(case, 0)
+        p2_data.center_crop(case, 0)
 
 
 def test_resolve_data(tmp_path):
@@ -134,13 +134,13 @@ def test_oracle_points_are_seeded():
     mask[0, 1:4, 1:4] = 1  # 3 x 3 region: centre (2, 2)
     mask[0, 8:11, 7:10] = 2  # second region, other label: centre (9, 8)
     cases = {"c": Case("c", np.zeros((1, 12, 12), np.float32), mask=mask)}
-    a = p2.oracle_points(cases, [("c", 0)], 0, [1, 2])[("c", 0)]
-    b = p2.oracle_points(cases, [("c", 0)], 0, [1, 2])[("c", 0)]
+    a = p2_data.oracle_points(cases, [("c", 0)], 0, [1, 2])[("c", 0)]
+    b = p2_data.oracle_points(cases, [("c", 0)], 0, [1, 2])[("c", 0)]
     assert a == b
     assert [(p.y, p.x, p.label) for p in a if p.label] == [(2, 2, 1), (9, 8, 1)]
     bg = [p for p in a if p.label == 0]
     assert len(bg) == 2 and all(mask[0, p.y, p.x] == 0 for p in bg)
-    others = [p2.oracle_points(cases, [("c", 0)], s, [1, 2])[("c", 0)] for s in range(1, 6)]
+    others = [p2_data.oracle_points(cases, [("c", 0)], s, [1, 2])[("c", 0)] for s in range(1, 6)]
     assert any(o != a for o in others)  # the background draw depends on the seed
 
 

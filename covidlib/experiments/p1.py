@@ -68,13 +68,17 @@ __all__ = [
     "curves_frame",
     "describe",
     "effort_arithmetic",
+    "effort_table",
     "entropy_vs_random",
     "fig5_paper_table",
+    "fig5_scorecard",
     "fig5_summary",
     "fig5_verdict",
     "fig6_initial_images",
+    "fig6_scorecard",
     "fig6_summary",
     "fig6_verdict",
+    "fig7_scorecard",
     "fig7_summary",
     "fig7_verdict",
     "figure2",
@@ -82,10 +86,12 @@ __all__ = [
     "figure6",
     "figure7",
     "headline_numbers",
+    "headline_scorecard",
     "headline_table",
     "headline_verdict",
     "load_data",
     "point_vs_pixel",
+    "random_specificity_range",
     "region_size",
     "run_al",
     "run_full",
@@ -552,6 +558,33 @@ def fig5_verdict(frame: pd.DataFrame, split: str, better: str = "entropy",
     return f"mixed result, {text}"
 
 
+def random_specificity_range(frame: pd.DataFrame) -> tuple[float, float]:
+    """Lowest and highest last-cycle specificity of the random runs (P1 Sec. 5.1 states
+    0.85-0.99 for random sampling)."""
+    spec = _final(frame[frame["heuristic"] == "random"])["spec"]
+    if spec.empty:
+        raise ValueError("random_specificity_range: no random-selection run in the frame")
+    return float(spec.min()), float(spec.max())
+
+
+def fig5_scorecard(frame: pd.DataFrame, verdicts: Mapping[str, str],
+                   paper: Mapping[str, Any]) -> dict[str, Any]:
+    """The P1-F5 scorecard entry (``paper``, ``ours``, ``verdict``): entropy's last-cycle
+    Dice per split, random's specificity range, and the per-split verdicts of
+    :func:`fig5_verdict` ("holds" only when every split holds)."""
+    lo, hi = paper["values"]["random_specificity_range"]
+    dice = fig5_summary(frame).set_index(["split", "heuristic"])["Dice (last cycle)"]
+    r_lo, r_hi = random_specificity_range(frame)
+    holds = all(v.startswith("holds") for v in verdicts.values())
+    return {
+        "paper": f"entropy beats random on Dice (A/B, mixed and sep); random spec {lo}-{hi}",
+        "ours": {**{f"{split} entropy Dice": dice.loc[(split, "entropy")] for split in verdicts},
+                 "random spec": f"{r_lo:.2f}-{r_hi:.2f}"},
+        "verdict": ("holds" if holds else "not reproduced everywhere") + ": "
+                   + "; ".join(verdicts.values()),
+    }
+
+
 def fig6_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per K: initial images, labelling seconds and Dice at the last cycle."""
     rows = []
@@ -659,6 +692,37 @@ def headline_table(runs: Runs, paper: Mapping[str, Any]) -> pd.DataFrame:
         "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:g}"
         for x in out["paper (P1 Sec. 5.3)"]]
     return out
+
+
+def fig6_scorecard(summary: pd.DataFrame, verdict: str, paper: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """The P1-F6 scorecard entry: mean last-cycle Dice per K (from :func:`fig6_summary`)."""
+    return {"paper": paper["claims"][0],
+            "ours": {f"K={int(k)}": round(float(d), 3) for k, d in
+                     zip(summary["K (regions per image)"], summary["dice_mean"], strict=True)},
+            "verdict": verdict}
+
+
+def fig7_scorecard(summary: pd.DataFrame, verdict: str, paper: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """The P1-F7 scorecard entry: last-cycle Dice and labelling seconds per supervision
+    (from :func:`fig7_summary`)."""
+    ours = {f"{r['supervision']} Dice (last)": r["Dice (last cycle)"]
+            for _, r in summary.iterrows()}
+    ours |= {f"{r['supervision']} seconds (last)": round(r["seconds (last)"])
+             for _, r in summary.iterrows()}
+    return {"paper": paper["claims"][0], "ours": ours, "verdict": verdict}
+
+
+def headline_scorecard(numbers: Mapping[str, float], values: Mapping[str, Any], verdict: str
+                       ) -> dict[str, Any]:
+    """The P1-headline scorecard entry: effort fraction, Dice fraction, AL and full Dice
+    (ours from :func:`headline_numbers`, the paper's from its Sec. 5.3 values)."""
+    keys = {"effort fraction": "effort_fraction", "Dice fraction": "dice_fraction",
+            "AL Dice": "al_dice", "full Dice": "full_dice"}
+    return {"paper": {name: values[key] for name, key in keys.items()},
+            "ours": {name: round(float(numbers[key]), 3) for name, key in keys.items()},
+            "verdict": verdict}
 
 
 def headline_numbers(runs: Runs) -> dict[str, float]:
@@ -887,6 +951,21 @@ def effort_arithmetic(initial_images: int, n_regions: int, cycles: int, per_cycl
     al = POINT_SECONDS * (initial_images * n_regions + cycles * per_cycle)
     full = full_effort_seconds(n_slices)
     return {"al_seconds": al, "full_effort_seconds": full, "fraction": al / full}
+
+
+def effort_table(values: Mapping[str, Any], settings: Mapping[str, Any], n_regions: int,
+                 cycles: int, n_train: int) -> pd.DataFrame:
+    """:func:`effort_arithmetic` for P1's schedule on P1's pool (``values``: the paper's
+    Sec. 5.3 numbers), ours on our pool of ``n_train`` slices, and ours on P1's pool."""
+    v, s = values, settings
+    ours = (s["initial_images"], n_regions, cycles, s["per_cycle"])
+    return pd.DataFrame({
+        "P1 schedule, P1 pool": effort_arithmetic(v["initial_images"], v["regions_per_image"],
+                                                  v["cycles"], v["regions_per_cycle"],
+                                                  v["train_slices"]),
+        "our schedule, our pool": effort_arithmetic(*ours, n_train),
+        "our schedule, P1's pool": effort_arithmetic(*ours, v["train_slices"]),
+    }).T.round(4)
 
 
 def whole_image_costs(data: ALData, n_regions: int = 64) -> pd.DataFrame:

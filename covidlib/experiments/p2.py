@@ -51,15 +51,10 @@ from covidlib.data.torch_datasets import SliceDataset
 from covidlib.data.types import Case
 from covidlib.engine import binarize, fit, predict, set_determinism, supervised_loss
 from covidlib.experiments.p2_data import (
-    STAND_INS,
-    center_crop,
-    fingerprint,
     open_cached,
     oracle_points,
     prepared_cases,
-    slice_views,
     split_refs,
-    stand_in_spec,
     thin,
 )
 from covidlib.losses import ConsistencyLoss, LCFCNLoss, PointLoss, structure_loss
@@ -72,29 +67,22 @@ __all__ = [
     "LOSSES",
     "PROFILES",
     "SEGMENTATION_LOSSES",
-    "STAND_INS",
     "TABLES",
     "P2Run",
     "TableRuns",
     "TableSpec",
     "cache_config",
-    "center_crop",
     "decode_mask",
     "encode_mask",
     "figure_refs",
     "make_loss",
     "make_model",
     "make_run",
-    "oracle_points",
     "resolve_data",
     "run_p2",
     "run_table",
     "score_slices",
     "settings",
-    "slice_views",
-    "split_refs",
-    "stand_in_spec",
-    "thin",
 ]
 
 VERSION = "p2/1"
@@ -521,7 +509,7 @@ def run_p2(run: P2Run, data_root: str | Path | None = None,
 
 def cache_config(run: P2Run, ds: Dataset) -> dict[str, Any]:
     """The key of ``run`` in the result cache: its config plus the data's fingerprint."""
-    return {**run.config(), "data": fingerprint(ds)}
+    return {**run.config(), "data": ds.fingerprint()}
 
 
 # --------------------------------------------------------------------------------------------

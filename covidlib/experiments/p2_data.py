@@ -29,7 +29,6 @@ __all__ = [
     "A_LIKE_COUNTS",
     "STAND_INS",
     "center_crop",
-    "fingerprint",
     "open_cached",
     "oracle_points",
     "prepared_cases",
@@ -52,6 +51,7 @@ STAND_INS: dict[str, str] = {
 }
 """Synthetic splits that stand in for P2's COVID-19-A and -B (C-like uses the manifest's
 ``sep`` and ``mixed`` splits of the 20 volumes directly)."""
+
 
 def stand_in_spec(name: str, case_ids: Sequence[str]) -> dict[str, Any]:
     """The split spec (manifest schema) of synthetic stand-in ``name`` for ``case_ids``."""
@@ -174,10 +174,6 @@ def open_cached(name: str, data_root: str | Path | None = None) -> Dataset:
     """:func:`~covidlib.data.api.open_dataset`, opened once per process (cases read once)."""
     return _open(name, None if data_root is None else str(data_root))
 
-
-def fingerprint(ds: Dataset) -> dict[str, Any]:
-    """What identifies the data in a cache key (:meth:`Dataset.fingerprint`)."""
-    return ds.fingerprint()
 
 
 def slice_views(dataset: str, refs: Sequence[tuple[str, int]], size: int, crop: float = 1.0,
