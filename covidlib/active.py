@@ -110,6 +110,7 @@ __all__ = [
     "region_index_map",
     "run_active_learning",
     "train_fully_supervised",
+    "training_curve",
 ]
 
 SUPERVISIONS: tuple[str, ...] = ("point", "pixel")
@@ -632,6 +633,17 @@ def _predictions(model: nn.Module, ds: Dataset, indices: Sequence[int], device: 
     return out
 
 
+def training_curve(history: Sequence[Mapping[str, float]]) -> list[dict[str, float | None]]:
+    """Per epoch of :func:`~covidlib.engine.fit`'s history: ``epoch``, ``train_loss`` and
+    ``val_dice`` (None where the epoch was not validated or its Dice is undefined)."""
+    out = []
+    for rec in history:
+        v = rec.get("val_dice")
+        out.append({"epoch": int(rec["epoch"]), "train_loss": float(rec["train_loss"]),
+                    "val_dice": None if v is None or math.isnan(float(v)) else float(v)})
+    return out
+
+
 def _test_scores(scores: Mapping[str, float]) -> dict[str, float | None]:
     def clean(v: float) -> float | None:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
@@ -915,8 +927,9 @@ def train_fully_supervised(
     the structure loss (weighted BCE + IoU of F3Net, P1 Sec. 5.3), best validation epoch.
 
     Its cost is the full labelling effort, ``N x 96 s`` (:func:`full_effort_seconds`).
-    Returns ``{"test", "val_dice", "best_epoch", "epochs", "n_train", "full_effort_seconds",
-    "figure", "timing"}``.
+    Returns ``{"test", "val_dice", "best_epoch", "epochs", "history", "n_train",
+    "full_effort_seconds", "figure", "timing"}``; ``history`` is the training curve
+    (:func:`training_curve`).
     """
     cfg = ALConfig.from_mapping(cfg)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -939,6 +952,7 @@ def train_fully_supervised(
         "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
         "best_epoch": res.best_epoch,
         "epochs": res.epochs_completed,
+        "history": training_curve(res.history),
         "n_train": len(data.train),
         "n_train_split": data.n_train_split,
         "full_effort_seconds": full_effort_seconds(len(data.train)),

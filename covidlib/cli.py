@@ -1,6 +1,6 @@
 """``covidlib`` command line: data management and the book build.
 
-    covidlib data list | synthetic | fetch NAME | stats NAME
+    covidlib data list | synthetic | fetch NAME | stats NAME | check NAME_OR_YAML
     covidlib book [--profile cpu] [--results-dir results] [--only CHAPTER ...] [--no-html]
                   [--workers N] [--scheduler tcp://host:port]
 """
@@ -28,14 +28,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     root = Path(args.root) if args.root else None
     if args.action == "list":
-        for name in mf.list_datasets():
-            m = mf.load_manifest(name)
+        broken = 0
+        for name, m in mf.scan_manifests():  # one bad manifest never hides the others
+            if isinstance(m, DataError):
+                broken += 1
+                print(f"{name:<16} {'BROKEN':<9} {m}")
+                continue
             try:
                 where = str(mf.locate(m, root))
             except DataError:
                 where = "not present"
             print(f"{name:<16} {m.access:<9} {where}")
-        return 0
+        if broken:
+            print(f"error: {broken} manifest(s) could not be loaded (see BROKEN above)",
+                  file=sys.stderr)
+        return 1 if broken else 0
     if args.action == "synthetic":
         from covidlib.data.phantom import ensure_synthetic
 
@@ -50,6 +57,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
         print(f"{args.name} ready in {fetch(args.name, root)}")
         return 0
+    if args.action == "check":  # every problem of a manifest and its data at once
+        from covidlib.data.check import check_dataset
+
+        problems = check_dataset(args.name, root)
+        for p in problems:
+            print(f"problem: {p}")
+        print(f"{args.name}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
+        return 1 if problems else 0
     if args.action == "stats":
         from covidlib.data.api import open_dataset
 
@@ -61,12 +76,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
+    from covidlib.params import check_device, check_profile
     from covidlib.report import book
 
+    check_profile(args.profile, book.PROFILES)  # before any work starts
+    check_device(args.device)
     repo = _repo_root()
     results = Path(args.results_dir).resolve()
     outcomes = book.execute_plan(repo, args.profile, results, args.device, args.only or None,
-                                 workers=args.workers, scheduler=args.scheduler)
+                                 workers=args.workers, scheduler=args.scheduler,
+                                 force=args.force)
     print(book.report(outcomes))
     failed = [o.entry.output for o in outcomes if o.status == "failed"]
     if not args.no_html:
@@ -87,15 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="list, generate, download or describe datasets")
-    data.add_argument("action", choices=["list", "synthetic", "fetch", "stats"])
-    data.add_argument("name", nargs="?", help="dataset name (a manifest in data_manifests/)")
+    data.add_argument("action", choices=["list", "synthetic", "fetch", "stats", "check"])
+    data.add_argument("name", nargs="?", help="dataset name (a manifest in data_manifests/; "
+                                              "for check also a manifest YAML path)")
     data.add_argument("--root", help="data root (default: first entry of COVIDLIB_DATA_PATH)")
     data.set_defaults(func=_cmd_data)
     bk = sub.add_parser("book", help="execute the notebooks with papermill and build the book")
-    bk.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "paper"])
+    bk.add_argument("--profile", default="cpu",
+                    help="run profile (cpu, gpu, paper; see covidlib.params)")
     bk.add_argument("--results-dir", default="results")
-    bk.add_argument("--device", default="auto")
+    bk.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bk.add_argument("--only", nargs="*", help="chapter outputs to (re-)execute")
+    bk.add_argument("--force", action="store_true",
+                    help="re-execute every chapter (default: only those whose notebook, "
+                         "parameters, covidlib sources or cached results changed)")
     bk.add_argument("--no-html", action="store_true", help="execute notebooks only")
     bk.add_argument("--workers", type=int, default=None,
                     help="local Dask workers (default: one per GPU, else one per core)")
@@ -103,16 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="existing Dask scheduler, e.g. tcp://host:8786 "
                          "(default: $COVIDLIB_SCHEDULER; none: a local cluster)")
     bk.set_defaults(func=_cmd_book)
+    from covidlib.experiments.p2_cli import add_train_parser  # covidlib train (P2 methods)
+
+    add_train_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from covidlib.params import ParameterError
     from covidlib.report.book import BookError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, BookError) as exc:
+    except (DataError, BookError, ParameterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,10 +12,19 @@ with the best validation score (the papers report test scores at the best valida
   deterministic algorithms; the training order of epoch ``e`` comes from a generator seeded
   with ``(seed, e)``.
 * Resumable: after every epoch ``checkpoint_dir/checkpoint.pt`` is replaced atomically
-  (temporary file in the same folder + ``os.replace``); a later call with the same
-  configuration continues from it and ends with bit-identical weights on CPU.
+  (temporary file in the same folder + ``os.replace``; the one before it is kept as
+  ``checkpoint.prev.pt``); a later call with the same configuration continues from it and
+  ends with bit-identical weights on CPU. Checkpoints are written by
+  :mod:`covidlib.checkpoint` with the sha256 of their payload and the configuration's
+  digest, both verified on load: a corrupt file is moved aside and the run resumes from the
+  last good checkpoint (or from epoch 0), saying so in a warning.
 * ``device="auto"`` picks CUDA when present; there the forward pass runs under bf16 autocast
   and tensors use channels_last (channels_last_3d for volumes); on CPU everything is float32.
+  One switch changes that: :func:`acceleration` (a context) or :func:`set_acceleration` (the
+  process default; ``$COVIDLIB_ACCELERATION``, e.g. ``channels_last`` or
+  ``bf16,channels_last,compile``) forces bf16 autocast, channels_last and/or
+  ``torch.compile`` of the training forward on any device, so the GPU's code path also runs
+  on a CPU (the profile dry-run tests) and ``make bench`` can measure what each one buys.
 
 Checkpoint format (``torch.save`` of a dict, loaded with ``weights_only=True``): ``format``,
 ``config`` and ``config_hash`` (see :func:`run_config`), ``epoch`` (epochs completed),
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -37,7 +47,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +58,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from covidlib import checkpoint as _ckpt
+from covidlib.cache import atomic_write_bytes
 from covidlib.metrics import SegmentationMeter
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "Acceleration",
     "CheckpointMismatchError",
     "FitResult",
     "SupervisedLoss",
+    "acceleration",
     "amp_settings",
     "atomic_save",
     "autocast",
@@ -65,6 +79,7 @@ __all__ = [
     "predict",
     "resolve_device",
     "run_config",
+    "set_acceleration",
     "set_determinism",
     "supervised_loss",
 ]
@@ -78,8 +93,8 @@ _BEST_PREFIX = "best-epoch"
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, Mapping[str, Any]]]
 
 
-class CheckpointMismatchError(RuntimeError):
-    """An existing checkpoint was written by a different run configuration."""
+CheckpointMismatchError = _ckpt.CheckpointMismatchError
+PREVIOUS_NAME = "checkpoint.prev.pt"  # the checkpoint before the newest (the fallback)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,23 +118,77 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
+class Acceleration:
+    """The engine's speed switch. ``amp``: autocast dtype ("bf16", "fp32" = none, or
+    "default": bf16 on CUDA only); ``channels_last``: True/False, or None = on CUDA only;
+    ``compile``: ``torch.compile`` the training forward of :func:`fit`."""
+
+    amp: str = "default"
+    channels_last: bool | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("default", "bf16", "fp32"):
+            raise ValueError(f"Acceleration.amp={self.amp!r}: expected 'default', 'bf16' or "
+                             "'fp32'")
+
+
+def _env_acceleration() -> Acceleration:
+    """``$COVIDLIB_ACCELERATION``: comma-separated ``bf16``, ``fp32``, ``channels_last``,
+    ``contiguous``, ``compile`` (empty or unset: the device defaults)."""
+    words = [w.strip() for w in os.environ.get("COVIDLIB_ACCELERATION", "").split(",")
+             if w.strip()]
+    known = {"bf16", "fp32", "channels_last", "contiguous", "compile"}
+    bad = sorted(set(words) - known)
+    if bad:
+        raise ValueError(f"$COVIDLIB_ACCELERATION: unknown word(s) {bad}; known: {sorted(known)}")
+    amp = "bf16" if "bf16" in words else "fp32" if "fp32" in words else "default"
+    cl = True if "channels_last" in words else False if "contiguous" in words else None
+    return Acceleration(amp, cl, "compile" in words)
+
+
+_ACCEL = _env_acceleration()
+
+
+def set_acceleration(acc: Acceleration | None = None, **fields: Any) -> Acceleration:
+    """Set the process-wide :class:`Acceleration` (``acc``, or the current one with
+    ``fields`` replaced); returns the previous one."""
+    global _ACCEL
+    previous = _ACCEL
+    _ACCEL = replace(acc or _ACCEL, **fields)
+    return previous
+
+
+@contextlib.contextmanager
+def acceleration(**fields: Any) -> Iterator[Acceleration]:
+    """Within the block, :func:`fit`, :func:`predict` and :func:`amp_settings` use the
+    :class:`Acceleration` ``fields`` (e.g. ``amp="bf16", channels_last=True`` on a CPU: the
+    code path a GPU takes)."""
+    previous = set_acceleration(**fields)
+    try:
+        yield _ACCEL
+    finally:
+        set_acceleration(previous)
+
+
 def amp_settings(
     device: str | torch.device, spatial_dims: int = 2
 ) -> tuple[torch.dtype | None, torch.memory_format]:
     """Autocast dtype and memory format for ``device``: pure, needs no GPU to call.
 
     CUDA: ``(torch.bfloat16, channels_last)`` for 2-D, ``channels_last_3d`` for 3-D data.
-    Anything else: ``(None, contiguous_format)``, i.e. plain float32.
+    Anything else: ``(None, contiguous_format)``, i.e. plain float32. The
+    :class:`Acceleration` switch (:func:`acceleration`) overrides either on any device.
     """
     if spatial_dims not in (1, 2, 3):
         raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return None, torch.contiguous_format
-    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(
-        spatial_dims, torch.contiguous_format
-    )
-    return torch.bfloat16, fmt
+    cuda = torch.device(device).type == "cuda"
+    acc = _ACCEL
+    dtype = {"bf16": torch.bfloat16, "fp32": None}.get(acc.amp, torch.bfloat16 if cuda else None)
+    last = cuda if acc.channels_last is None else acc.channels_last
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(spatial_dims) if last else None
+    return dtype, fmt or torch.contiguous_format
 
 
 def autocast(
@@ -424,40 +493,74 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
     A crash or error leaves either the old file or the new one, never a partial file.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit` (``weights_only=True``) and check its format."""
+def load_checkpoint(path: str | Path, config_hash: str | None = None,
+                    config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`fit` (:func:`covidlib.checkpoint.load`:
+    length, sha256 and, when ``config_hash`` is given, the configuration that wrote it)."""
     path = Path(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(
-            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); delete it or pass "
-            "overwrite=True to start again"
-        ) from exc
+        ck = _ckpt.load(path, config_digest=config_hash, config=config)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(path, f"{exc.reason}; use another checkpoint_dir or "
+                                      "pass overwrite=True to discard it") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise RuntimeError(f"{path}: not a covidlib.engine checkpoint ({CHECKPOINT_FORMAT})")
+        raise _ckpt.CorruptCheckpointError(
+            path, f"not a covidlib.engine checkpoint ({CHECKPOINT_FORMAT})")
+    if config_hash is not None and ck.get("config_hash") != config_hash:
+        what = _config_diff(ck.get("config", {}), config or {})
+        raise CheckpointMismatchError(path, f"written by a different configuration ({what}); "
+                                      "use another checkpoint_dir or pass overwrite=True to "
+                                      "discard it")
     return ck
+
+
+def _load_best(ck_dir: Path, ck: Mapping[str, Any], path: Path, cfg_hash: str
+               ) -> dict[str, torch.Tensor] | None:
+    """The verified best weights named by checkpoint ``ck`` (read from ``path``)."""
+    if ck["best_file"] is None:
+        return None
+    bpath = ck_dir / ck["best_file"]
+    if not bpath.exists():
+        raise _ckpt.CorruptCheckpointError(path, f"the best weights it names ({bpath.name}) "
+                                           "are missing")
+    best = _ckpt.load(bpath, config_digest=cfg_hash)
+    if not isinstance(best, dict) or best.get("epoch") != ck["best_epoch"]:
+        got = best.get("epoch") if isinstance(best, dict) else None
+        raise _ckpt.CorruptCheckpointError(bpath, f"holds epoch {got}, {path.name} expects "
+                                           f"{ck['best_epoch']}")
+    return best["model"]
+
+
+def _resume_state(ck_dir: Path, cfg: Mapping[str, Any], cfg_hash: str
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
+    """The newest good checkpoint in ``ck_dir`` (``checkpoint.pt``, else the one before it)
+    with its best weights. A corrupt file is moved aside (kept) and the run restarts from the
+    last good checkpoint, saying so (a warning)."""
+    notes: list[str] = []
+    for path in (ck_dir / CHECKPOINT_NAME, ck_dir / PREVIOUS_NAME):
+        if not path.exists():
+            continue
+        try:
+            ck = load_checkpoint(path, cfg_hash, cfg)
+            best = _load_best(ck_dir, ck, path, cfg_hash)
+        except _ckpt.CorruptCheckpointError as exc:
+            moved = [_ckpt.move_aside(p).name for p in dict.fromkeys((exc.path, path))
+                     if p.exists()]  # a checkpoint naming bad best weights is unusable too
+            notes.append(f"{exc}" + (f" (moved to {', '.join(moved)})" if moved else ""))
+            continue
+        if notes:
+            warnings.warn("; ".join(notes) + f"; resuming from {path} after epoch "
+                          f"{ck['epoch']}", stacklevel=3)
+        return ck, best
+    if notes:
+        warnings.warn("; ".join(notes) + "; no good checkpoint is left: training starts "
+                      "again from epoch 0", stacklevel=3)
+    return None
 
 
 def run_config(
@@ -504,24 +607,16 @@ def _config_hash(cfg: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            if key == "parameters":
-                diffs.append("model parameter names/shapes differ")
-            else:
-                diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return "; ".join(diffs) or "configuration hash differs"
+_config_diff = _ckpt.config_diff
 
 
 def _best_name(epoch: int) -> str:
     return f"{_BEST_PREFIX}{epoch:04d}.pt"
 
 
-def _remove_stale_best(directory: Path, keep: str | None) -> None:
+def _remove_stale_best(directory: Path, keep: str | None, *also: str | None) -> None:
     for f in directory.glob(f"{_BEST_PREFIX}*.pt"):
-        if f.name != keep:
+        if f.name not in (keep, *also):
             f.unlink(missing_ok=True)
 
 
@@ -647,7 +742,8 @@ def fit(
 
     dev = resolve_device(device)
     set_determinism(seed)
-    spatial = _spatial_dims(train_data, "train_data") if dev.type == "cuda" else 2
+    spatial = (_spatial_dims(train_data, "train_data")
+               if dev.type == "cuda" or _ACCEL.channels_last else 2)
     amp_dtype, fmt = amp_settings(dev, spatial)
     model.to(dev)
     if fmt is not torch.contiguous_format:
@@ -658,6 +754,8 @@ def fit(
     if not params:
         raise ValueError("model has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
+    # the training forward; torch.compile shares the parameters, checkpoints hold `model`'s
+    forward: nn.Module = torch.compile(model) if _ACCEL.compile else model  # type: ignore[assignment]
     validate = val_fn is not None or val_data is not None
 
     cfg = run_config(
@@ -683,6 +781,7 @@ def fit(
     best_score = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     best_file: str | None = None
+    saved_best: str | None = None  # the best file the last written checkpoint names
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     ck_path = ck_dir / CHECKPOINT_NAME if ck_dir is not None else None
 
@@ -690,40 +789,23 @@ def fit(
         if ck_dir.exists() and not ck_dir.is_dir():
             raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
         ck_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ck_dir.glob(".*.pt.*.tmp"):  # left by a process killed while saving
-            stale.unlink(missing_ok=True)
+        _ckpt.remove_dead_temps(ck_dir)  # left by killed processes; live writers' stay
+        resumed = None
         if overwrite:
             ck_path.unlink(missing_ok=True)
+            (ck_dir / PREVIOUS_NAME).unlink(missing_ok=True)
             _remove_stale_best(ck_dir, keep=None)
-        elif ck_path.exists():
-            ck = load_checkpoint(ck_path)
-            if ck.get("config_hash") != cfg_hash:
-                raise CheckpointMismatchError(
-                    f"{ck_path}: written by a different configuration "
-                    f"({_config_diff(ck.get('config', {}), cfg)}); use another checkpoint_dir "
-                    "or pass overwrite=True to discard it"
-                )
+        else:
+            resumed = _resume_state(ck_dir, cfg, cfg_hash)
+        if resumed is not None:
+            ck, best_state = resumed
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             history = list(ck["history"])
             start_epoch = int(ck["epoch"])
             best_epoch = ck["best_epoch"]
             best_score = float(ck["best_score"])
-            best_file = ck["best_file"]
-            if best_file is not None:
-                bpath = ck_dir / best_file
-                if not bpath.exists():
-                    raise FileNotFoundError(
-                        f"{bpath}: best weights named by {ck_path} are missing; "
-                        "pass overwrite=True to start again"
-                    )
-                best = torch.load(bpath, map_location="cpu", weights_only=True)
-                if best.get("epoch") != best_epoch:
-                    raise RuntimeError(
-                        f"{bpath}: holds epoch {best.get('epoch')}, {ck_path} expects "
-                        f"{best_epoch}; pass overwrite=True to start again"
-                    )
-                best_state = best["model"]
+            best_file = saved_best = ck["best_file"]
             if ck.get("loss_fn") is not None:
                 if not hasattr(loss_fn, "load_state_dict"):
                     raise RuntimeError(f"{ck_path}: holds loss state but loss_fn cannot load it")
@@ -788,7 +870,7 @@ def fit(
                 batch = _prepare(raw, dev, fmt, where)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(dev, amp_dtype):
-                    out = loss_fn(model, batch)
+                    out = loss_fn(forward, batch)
                 if not (isinstance(out, tuple) and len(out) == 2):
                     raise TypeError(f"{where}: loss_fn must return (loss, dict of floats)")
                 loss, parts = out
@@ -844,11 +926,11 @@ def fit(
             if ck_dir is not None and ck_path is not None:
                 if improved:
                     best_file = _best_name(epoch)
-                    atomic_save(
+                    _ckpt.save(
                         {"epoch": epoch, "score": best_score, "model": best_state},
-                        ck_dir / best_file,
+                        ck_dir / best_file, config_digest=cfg_hash,
                     )
-                atomic_save(
+                _ckpt.save(
                     {
                         "format": CHECKPOINT_FORMAT,
                         "config": cfg,
@@ -866,9 +948,10 @@ def fit(
                         else None,
                         "torch_version": str(torch.__version__),
                     },
-                    ck_path,
+                    ck_path, config_digest=cfg_hash, keep_previous=ck_dir / PREVIOUS_NAME,
                 )
-                _remove_stale_best(ck_dir, keep=best_file)
+                _remove_stale_best(ck_dir, best_file, saved_best)  # saved_best: the previous's
+                saved_best = best_file
 
             epoch_bar.update(1)
             postfix = {"loss": f"{record['train_loss']:.4g}"}

@@ -19,6 +19,9 @@ spacing; both masks empty -> 0.0, exactly one empty -> ``inf``.
 
 Counting (P2 Tables 7-8): :func:`count_blobs`, :func:`counting_mae` and
 :func:`game` (Guerrero-Gomez-Olmedo et al., 2015).
+
+Lung containment (P2 Sec. 4.3.1): :func:`lung_containment`, the share of predicted pixels
+inside the lung mask.
 """
 
 from __future__ import annotations
@@ -515,6 +518,28 @@ def counting_scores(
     for L in levels:
         out[f"game{L}"] = mean_game(preds, trues, shapes, L)
     return out
+
+
+def lung_containment(pred_masks: Sequence[ArrayLike], lung_masks: Sequence[ArrayLike]) -> float:
+    """Share of the predicted infection pixels that lie inside the lung mask, pooled over
+    images: ``sum |pred & lung| / sum |pred|`` (P2 Sec. 4.3.1: CB "produces masks that are
+    more contained in the region of interest (the lungs)"). ``nan`` when nothing is predicted.
+    """
+    if len(pred_masks) != len(lung_masks):
+        raise ValueError(
+            f"lung_containment: got {len(pred_masks)} predictions and {len(lung_masks)} lung masks"
+        )
+    inside = total = 0
+    for i, (pred, lung) in enumerate(zip(pred_masks, lung_masks, strict=True)):
+        p, lu = _np_binary(pred, f"pred_masks[{i}]"), _np_binary(lung, f"lung_masks[{i}]")
+        if p.shape != lu.shape:
+            raise ValueError(
+                f"lung_containment: image {i} has prediction shape {p.shape} and lung shape "
+                f"{lu.shape}"
+            )
+        inside += int(np.count_nonzero(p & lu))
+        total += int(np.count_nonzero(p))
+    return inside / total if total else math.nan
 
 
 def summarize(values: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:

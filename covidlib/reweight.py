@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
@@ -57,9 +58,11 @@ __all__ = [
     "LossFn",
     "RGSMethod",
     "ReweightResult",
+    "WeightQuality",
     "batch_statistics_only",
     "combine_weights",
     "compute_weights",
+    "example_dice",
     "gradient_embedding_norms",
     "meta_parameters",
     "mode_settings",
@@ -71,7 +74,10 @@ __all__ = [
     "rgm_weights",
     "rgs_weights",
     "sgd_step",
+    "spearman",
+    "weight_quality",
     "weighted_update",
+    "weights_on_batches",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -502,3 +508,104 @@ def weighted_update(model: nn.Module, optimizer: torch.optim.Optimizer, x_p: tor
     optimizer.step()
     return {"loss": float(total.detach()), "pseudo": float(pseudo.detach()),
             "expert": float(expert.detach())}
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanism check: do the weights find the bad pseudo-labels? (issue 14, P4)
+# --------------------------------------------------------------------------------------------
+
+
+def example_dice(pseudo: np.ndarray, truth: np.ndarray, smooth: float = 1.0) -> np.ndarray:
+    """True quality of each pseudo-labelled example: ``(2 |P & T| + s) / (|P| + |T| + s)``
+    per example (axis 0), ``s = smooth`` so that an empty pseudo-label of an empty truth
+    scores 1 instead of 0 / 0."""
+    p = np.asarray(pseudo) > 0
+    t = np.asarray(truth) > 0
+    if p.shape != t.shape or p.ndim < 2:
+        raise ValueError(f"example_dice: pseudo {p.shape} and truth {t.shape} must be equal "
+                         "arrays of examples (N, ...)")
+    axes = tuple(range(1, p.ndim))
+    inter = (p & t).sum(axis=axes)
+    return (2.0 * inter + smooth) / (p.sum(axis=axes) + t.sum(axis=axes) + smooth)
+
+
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Spearman rank correlation (ties get their average rank); NaN when either side is
+    constant or has fewer than 3 values."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"spearman: two vectors of equal length needed, got {x.shape}, "
+                         f"{y.shape}")
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
+@dataclass(frozen=True)
+class WeightQuality:
+    """How well weights track the true quality of pseudo-labels (issue 14, P4 mechanism):
+    ``rho`` Spearman(weight, quality); ``kept`` / ``dropped`` mean quality of the examples
+    with ``w* > 0`` / ``w* = 0`` after the AL rectification (Alg. 1 line 16)."""
+
+    n: int
+    rho: float
+    n_kept: int
+    n_dropped: int
+    kept: float
+    dropped: float
+
+    @property
+    def present(self) -> bool:
+        """The mechanism shows: positive rank correlation and the kept examples better."""
+        gap = self.kept - self.dropped if self.n_kept and self.n_dropped else float("nan")
+        return bool(np.isfinite(self.rho) and self.rho > 0 and np.isfinite(gap) and gap > 0)
+
+
+def weight_quality(weights: Sequence[float] | np.ndarray, quality: Sequence[float] | np.ndarray,
+                   w_star: Sequence[float] | np.ndarray | None = None) -> WeightQuality:
+    """Rank correlation of ``weights`` with ``quality`` and the mean quality of the examples
+    the rectified weights ``w_star`` keep (> 0) and drop (= 0); ``w_star`` defaults to
+    ``weights`` (already rectified)."""
+    w = np.asarray(weights, dtype=float)
+    q = np.asarray(quality, dtype=float)
+    ws = w if w_star is None else np.asarray(w_star, dtype=float)
+    if not (w.shape == q.shape == ws.shape) or w.ndim != 1:
+        raise ValueError(f"weight_quality: weights {w.shape}, quality {q.shape} and w_star "
+                         f"{ws.shape} must be vectors of one length")
+    keep = ws > 0
+    return WeightQuality(
+        n=int(w.size), rho=spearman(w, q), n_kept=int(keep.sum()),
+        n_dropped=int((~keep).sum()),
+        kept=float(q[keep].mean()) if keep.any() else float("nan"),
+        dropped=float(q[~keep].mean()) if (~keep).any() else float("nan"))
+
+
+def weights_on_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], *,
+                       lam: float = 0.5, alpha: float = 1.0,
+                       norm: Literal["l2", "mean_abs"] = "l2",
+                       rgs_method: RGSMethod = "jvp", loss_fn: LossFn = p4_loss
+                       ) -> dict[str, np.ndarray]:
+    """Alg. 1's weights (lines 4-16) at the model's current parameters for each
+    ``(x_p, y_p, x_v, y_v)`` batch, without any update: ``w_p`` (RGS), ``w_u`` (RGM),
+    ``w_com`` (Eq. 8 with ``lam``), ``rgs_al`` / ``rgsm_al`` (rectified ``w_p`` /
+    ``w_com``), each concatenated over the batches."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("w_p", "w_u", "w_com", "rgs_al",
+                                                         "rgsm_al")}
+    _check_lambda(lam)
+    if not 0 < lam < 1:
+        raise ValueError(f"weights_on_batches: lambda={lam!r} must lie strictly between 0 "
+                         "and 1 so that both RGS and RGM are computed")
+    for x_p, y_p, x_v, y_v in batches:
+        res = compute_weights(model, x_p, y_p, x_v, y_v, lam=float(lam),
+                              rectify=True, alpha=alpha, loss_fn=loss_fn, norm=norm,
+                              rgs_method=rgs_method)
+        assert res.w_p is not None and res.w_u is not None
+        parts = {"w_p": res.w_p, "w_u": res.w_u, "w_com": res.w_com,
+                 "rgs_al": rectify_weights(res.w_p), "rgsm_al": res.w_star}
+        for k, v in parts.items():
+            out[k].append(v.detach().float().cpu().numpy())
+    if not out["w_p"]:
+        raise ValueError("weights_on_batches: no batch given")
+    return {k: np.concatenate(v) for k, v in out.items()}

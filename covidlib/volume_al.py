@@ -8,6 +8,8 @@ to label the most uncertain volumes; random selection is the baseline (P3 Fig. 2
   class probability, averaged over the C classes. :func:`volume_score` sums it over a volume,
   :func:`volume_scores` does both for a set of volumes with a trained model.
 * :func:`select_top_k` / :func:`select_random`: the two acquisition rules.
+* :func:`score_error_correlation`: the mechanism P3's rule rests on, measured: Spearman's rank
+  correlation between the volumes' scores and the current model's error (1 - Dice) on them.
 * :func:`prepare_volume`: HU window to [0, 1] and resampling to a fixed grid (anti-aliased
   linear for the image, nearest for the labels, via scikit-image); :class:`VolumeDataset`
   serves whole volumes or random patches to :func:`covidlib.engine.fit`.
@@ -58,8 +60,11 @@ __all__ = [
     "resample_image",
     "round_weights",
     "run_volume_al",
+    "score_error_correlation",
     "select_random",
     "select_top_k",
+    "training_curve",
+    "volume_dice",
     "volume_score",
     "volume_scores",
 ]
@@ -153,6 +158,34 @@ def select_top_k(scores_by_id: Mapping[str, float], k: int) -> list[str]:
             raise ValueError(f"select_top_k: score of {cid!r} is {s!r}, not a number")
     ranked = sorted(scores_by_id, key=lambda c: (-float(scores_by_id[c]), c))
     return ranked[:k]
+
+
+def score_error_correlation(scores_by_id: Mapping[str, float],
+                            dice_by_id: Mapping[str, float]) -> float:
+    """Spearman's rank correlation between each volume's P3 score and the model's error
+    ``1 - Dice`` on it (does the score point at the volumes the model gets wrong?).
+
+    Both mappings must name the same volumes. Fewer than 3 volumes, or constant scores or
+    errors, give nan (no ranking to compare).
+    """
+    if set(scores_by_id) != set(dice_by_id):
+        raise ValueError(
+            "score_error_correlation: scores and Dice name different volumes "
+            f"({sorted(set(scores_by_id) ^ set(dice_by_id))})")
+    ids = sorted(scores_by_id)
+    s = np.array([float(scores_by_id[c]) for c in ids])
+    d = np.array([float(dice_by_id[c]) for c in ids])
+    for name, arr in (("score", s), ("Dice", d)):
+        if not np.isfinite(arr).all():
+            bad = [c for c, x in zip(ids, arr, strict=True) if not np.isfinite(x)]
+            raise ValueError(f"score_error_correlation: {name} of {bad} is not finite")
+    if (d < 0).any() or (d > 1).any():
+        raise ValueError("score_error_correlation: Dice values must lie in [0, 1]")
+    if len(ids) < 3 or np.ptp(s) == 0 or np.ptp(d) == 0:
+        return math.nan
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(s, 1.0 - d).statistic)
 
 
 def select_random(candidates: Sequence[str], k: int, rng: np.random.Generator) -> list[str]:
@@ -408,10 +441,22 @@ def class_dice(pred: torch.Tensor, label: torch.Tensor, classes: Sequence[int]
     return {int(c): scores(confusion(pred == c, label == c))["dice"] for c in classes}
 
 
+def volume_dice(model: nn.Module, volumes: Sequence[Volume], target: int,
+                device: str | torch.device = "cpu") -> dict[str, float]:
+    """Dice of class ``target`` of the model's (eval-mode, argmax) prediction, per volume."""
+    return {v.case_id: class_dice(predict_volume(model, v, device).argmax(0), v.label,
+                                  [target])[target] for v in volumes}
+
+
 def _mean_dice(model: nn.Module, volumes: Sequence[Volume], target: int, device: Any) -> float:
-    vals = [class_dice(predict_volume(model, v, device).argmax(0), v.label, [target])[target]
-            for v in volumes]
-    return float(np.mean(vals))
+    return float(np.mean(list(volume_dice(model, volumes, target, device).values())))
+
+
+def training_curve(history: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+    """``epoch``, ``train_loss`` and ``val_dice`` (nan when not validated) of each epoch of a
+    :func:`covidlib.engine.fit` history (JSON-able; no wall times, so runs compare equal)."""
+    return [{"epoch": int(h["epoch"]), "train_loss": float(h["train_loss"]),
+             "val_dice": float(h.get("val_dice", math.nan))} for h in history]
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,6 +520,7 @@ def _train_round(
         "test_target_dice_mean": float(np.mean(tgt)),
         "test_target_dice_std": float(np.std(tgt)),
         "epochs": res.epochs_completed,
+        "curve": training_curve(res.history),
         "seconds_train": float(sum(h.get("seconds", 0.0) for h in res.history)),
     }
 

@@ -14,6 +14,7 @@ from covidlib.acquisition import (
     entropy_of_mean,
     expected_entropy,
     image_scores,
+    infected_share,
     pixel_uncertainty,
     region_scores,
     score_images,
@@ -21,6 +22,7 @@ from covidlib.acquisition import (
     select_random_regions,
     select_regions,
 )
+from covidlib.data.oracle import region_grid
 from covidlib.models import FCN8VGG16, UNet2D
 
 torch.set_num_threads(1)
@@ -236,3 +238,19 @@ def test_score_images_errors():
         score_images(model, x[0], 2)
     with pytest.raises(ValueError, match="no dropout"):
         score_images(UNet2D(3, 2, base_width=4, depth=2, dropout=0.0), x, 2, n_regions=4)
+
+
+def test_infected_share_by_hand():
+    # two 4 x 4 images, K = 4 (2 x 2 boxes: 0 top-left, 1 top-right, 2 bottom-left, 3 ...)
+    masks = np.zeros((2, 4, 4), dtype=np.uint8)
+    masks[0, 0, 0] = 1  # image 0: infection in region 0 only
+    masks[1, 3, 3] = 1  # image 1: infection in region 3 only
+    boxes = region_grid((4, 4), 4)
+    assert infected_share(masks, boxes, [(0, 0), (1, 3)]) == 1.0
+    assert infected_share(masks, boxes, [(0, 0), (0, 1), (1, 0), (1, 3)]) == 0.5
+    assert infected_share(masks, boxes, [(0, 3), (1, 0), (1, 1)]) == 0.0
+    assert math.isnan(infected_share(masks, boxes, []))
+    with pytest.raises(IndexError, match=r"pick \(2, 0\)"):
+        infected_share(masks, boxes, [(2, 0)])
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        infected_share(masks[0], boxes, [(0, 0)])

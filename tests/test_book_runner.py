@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from covidlib.report import book as book_mod
 from covidlib.report.book import (
     BookError,
     PlanEntry,
@@ -211,3 +212,178 @@ def test_the_longest_chapters_are_submitted_first(tmp_path):
     assert previous_seconds(tmp_path, "gpu") == {"a": 7.0}
     (tmp_path / "book_timings_gpu.json").write_text("[1, 2")
     assert previous_seconds(tmp_path, "gpu") == {}
+
+
+# ------------------------------------------------------------------ incremental builds
+class _FakeKernel:
+    """Stands in for papermill: writes the executed copy (notebook text + parameters) and
+    counts which chapters ran; ``fail`` names chapters that raise."""
+
+    def __init__(self):
+        self.ran: list[str] = []
+        self.fail: set[str] = set()
+
+    def __call__(self, entry, repo, profile, results_dir, device="auto", log=print):
+        self.ran.append(entry.output)
+        if entry.output in self.fail:
+            return book_mod.RunOutcome(entry, "failed", 0.1, "boom")
+        out = Path(repo) / "book" / "_generated" / f"{entry.output}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        src = (Path(repo) / "notebooks" / f"{entry.notebook}.ipynb").read_text()
+        out.write_text(json.dumps({"src": src, "params": entry.parameters,
+                                   "profile": profile}))
+        if entry.stage == 0:  # a chapter records its scorecard row (with the run's date)
+            card = Path(results_dir) / "scorecard" / f"{entry.output}.json"
+            card.parent.mkdir(parents=True, exist_ok=True)
+            card.write_text(json.dumps({"run": len(self.ran)}))
+        return book_mod.RunOutcome(entry, "ok", 0.5)
+
+
+@pytest.fixture
+def fake_book(tmp_path, monkeypatch):
+    """A two-stage plan of three tiny notebooks, with papermill replaced by _FakeKernel."""
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "plan.yml").write_text(
+        "- {notebook: a, output: a_out, title: A, parameters: {x: 1}}\n"
+        "- {notebook: b, output: b_out, title: B, inputs: [bench/b.json]}\n"
+        "- {notebook: card, output: card_out, title: Scorecard, stage: 1}\n")
+    for name in ("a", "b", "card"):
+        _notebook(tmp_path / "notebooks" / f"{name}.ipynb", f"print({name!r})")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "b.json").write_text("{}")
+    kernel = _FakeKernel()
+    monkeypatch.setattr(book_mod, "run_entry", kernel)
+    sources = {"digest": "v1"}
+    monkeypatch.setattr(book_mod, "source_digest", lambda package=None: sources["digest"])
+
+    def build(**kw):
+        kernel.ran.clear()
+        outcomes = execute_plan(tmp_path, "cpu", tmp_path / "results", workers=1,
+                                log=lambda s: None, **kw)
+        return sorted(kernel.ran), {o.entry.output: o.status for o in outcomes}
+
+    return tmp_path, kernel, sources, build
+
+
+def test_a_no_change_rebuild_executes_nothing(fake_book):
+    repo, _, _, build = fake_book
+    assert build()[0] == ["a_out", "b_out", "card_out"]
+    ran, status = build()
+    assert ran == [] and set(status.values()) == {"reused"}
+    timings = json.loads((repo / "results" / "book_timings_cpu.json").read_text())
+    # the whole build's wall time stays; the incremental one is recorded beside it
+    assert timings["wall_seconds"] >= 0 and timings["a_out"]["status"] == "ok"
+    assert timings["last_incremental"]["executed"] == 0
+    assert timings["last_incremental"]["reused"] == 3
+    assert previous_seconds(repo / "results", "cpu") == {"a_out": 0.5, "b_out": 0.5,
+                                                         "card_out": 0.5}
+
+
+def test_a_changed_notebook_reexecutes_that_chapter_and_the_later_stage(fake_book):
+    repo, _, _, build = fake_book
+    build()
+    _notebook(repo / "notebooks" / "a.ipynb", "print('a, edited')")
+    # a stage-1 chapter (the scorecard) reads what the earlier ones wrote: it runs again too
+    assert build()[0] == ["a_out", "card_out"]
+    assert build()[0] == []
+
+
+def test_parameters_inputs_and_sources_are_part_of_the_key(fake_book):
+    repo, _, sources, build = fake_book
+    build()
+    plan = repo / "book" / "plan.yml"
+    plan.write_text(plan.read_text().replace("{x: 1}", "{x: 2}"))
+    assert build()[0] == ["a_out", "card_out"]
+    (repo / "bench" / "b.json").write_text('{"new": 1}')
+    assert build()[0] == ["b_out", "card_out"]
+    sources["digest"] = "v2"  # a covidlib file changed: every chapter imports the package
+    assert build()[0] == ["a_out", "b_out", "card_out"]
+    # another profile is another key
+    kernel_runs, _ = build()
+    assert kernel_runs == []
+    execute_plan(repo, "gpu", repo / "results", workers=1, log=lambda s: None)
+    assert build()[0] == ["a_out", "b_out", "card_out"]  # the gpu run replaced the copies
+
+
+def test_changed_results_or_scorecard_entries_reexecute(fake_book):
+    repo, _, _, build = fake_book
+    build()
+    results = repo / "results"
+    (results / "p2").mkdir()
+    (results / "p2" / "abc.json").write_text("{}")  # a result appeared (or was deleted)
+    assert build()[0] == ["a_out", "b_out", "card_out"]
+    assert build()[0] == []
+    (results / "scorecard" / "P2-T2.json").write_text("{}")  # only the scorecard reads these
+    assert build()[0] == ["card_out"]
+    # claims, locks and the book's own files do not count as results
+    (results / "p2" / "abc.lock").write_text("")
+    (results / "p2" / ".tmp123").write_text("")
+    assert build()[0] == []
+
+
+def test_force_only_deleted_copies_and_failures(fake_book):
+    repo, kernel, _, build = fake_book
+    build()
+    assert build(force=True)[0] == ["a_out", "b_out", "card_out"]
+    ran, status = build(only=["b_out"])
+    assert ran == ["b_out"] and status == {"b_out": "ok"}
+    assert build()[0] == ["card_out"]  # b_out rewrote its scorecard entry
+    (repo / "book" / "_generated" / "a_out.ipynb").unlink()
+    assert build()[0] == ["a_out", "card_out"]
+    kernel.fail = {"b_out"}
+    build(force=True)
+    kernel.fail = set()
+    assert build()[0] == ["b_out", "card_out"]  # a failed chapter runs again next time
+
+
+def test_stale_reason_says_what_changed(tmp_path):
+    out = tmp_path / "x.ipynb"
+    key = {"notebook": "n", "parameters": {"x": 1}, "sources": "s", "inputs": {},
+           "results": "r", "scorecard": ""}
+    assert book_mod.stale_reason(key, None, out) == "never executed with this profile"
+    record = {"format": book_mod.CACHE_FORMAT, **key, "output": "nope"}
+    assert book_mod.stale_reason(key, record, out) == "no executed copy (x.ipynb)"
+    out.write_text("executed")
+    assert book_mod.stale_reason(key, record, out) == "the executed copy is another run's"
+    record["output"] = book_mod._sha(out)
+    assert book_mod.stale_reason(key, record, out) is None
+    assert book_mod.stale_reason({**key, "sources": "t"}, record,
+                                 out) == "the covidlib sources changed"
+    assert book_mod.stale_reason({**key, "results": "q"}, record,
+                                 out) == "the results cache changed"
+
+
+def test_source_digest_follows_the_package_files(tmp_path):
+    pkg = tmp_path / "covidlib"
+    (pkg / "__pycache__").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (tmp_path / "data_manifests").mkdir()
+    (tmp_path / "data_manifests" / "d.yaml").write_text("name: d\n")
+    first = book_mod.source_digest(pkg)
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert book_mod.source_digest(pkg) == first  # byte code does not count
+    (tmp_path / "data_manifests" / "d.yaml").write_text("name: e\n")
+    assert book_mod.source_digest(pkg) != first
+
+
+def test_inputs_must_be_a_list_of_paths(tmp_path):
+    plan = tmp_path / "plan.yml"
+    plan.write_text("- {notebook: a, output: b, title: t, inputs: bench.json}\n")
+    with pytest.raises(BookError, match="'inputs' must be a list of paths"):
+        load_plan(plan)
+
+
+@pytest.mark.slow
+def test_a_real_kernel_run_is_reused_the_second_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(book_mod, "source_digest", lambda package=None: "fixed")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "plan.yml").write_text(
+        "- {notebook: tiny, output: tiny_out, title: Tiny, parameters: {x: 2}}\n")
+    _notebook(tmp_path / "notebooks" / "tiny.ipynb", "print(x * 21)")
+    first = execute_plan(tmp_path, "cpu", tmp_path / "r", workers=1, log=lambda s: None)
+    assert [o.status for o in first] == ["ok"]
+    executed = tmp_path / "book" / "_generated" / "tiny_out.ipynb"
+    assert nbformat.read(executed, as_version=4).cells[-1].outputs[0]["text"] == "42\n"
+    stamp = executed.stat().st_mtime_ns
+    again = execute_plan(tmp_path, "cpu", tmp_path / "r", workers=1, log=lambda s: None)
+    assert [o.status for o in again] == ["reused"] and executed.stat().st_mtime_ns == stamp

@@ -13,6 +13,7 @@ def test_phantom_fingerprint_hashes_generator_version_and_config(synthetic_root,
     ds = open_dataset("synthetic", synthetic_root)
     info = json.loads((ds.root / "phantom.json").read_text())
     fp = ds.fingerprint()
+    fp.pop("splits"), fp.pop("files")  # issue 16: see tests/test_cache.py
     assert fp == {"name": "synthetic", "real": False,
                   "generator": config_hash({"version": info["generator_version"],
                                             "config": info["config"]})}
@@ -28,4 +29,5 @@ def test_phantom_fingerprint_hashes_generator_version_and_config(synthetic_root,
 
 def test_real_data_has_no_generator(shared_data):
     fp = open_dataset("covid-semiseg", shared_data).fingerprint()
+    fp.pop("splits"), fp.pop("files")  # issue 16: see tests/test_cache.py
     assert fp == {"name": "covid-semiseg", "real": True, "generator": None}

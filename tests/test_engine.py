@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from covidlib import checkpoint as ckpt
 from covidlib import engine
 from covidlib.engine import (
     CHECKPOINT_NAME,
+    PREVIOUS_NAME,
     CheckpointMismatchError,
     amp_settings,
     atomic_save,
@@ -147,8 +149,8 @@ def test_uninterrupted_run_learns_and_checkpoints(uninterrupted) -> None:
     ck = load_checkpoint(a.checkpoint_path)
     assert ck["epoch"] == 4 and ck["best_epoch"] == a.best_epoch
     assert sorted(p.name for p in a.checkpoint_path.parent.iterdir()) == sorted(
-        [CHECKPOINT_NAME, f"best-epoch{a.best_epoch:04d}.pt"]
-    )
+        [CHECKPOINT_NAME, PREVIOUS_NAME, f"best-epoch{a.best_epoch:04d}.pt"]
+    )  # the previous checkpoint's best epoch was the same (3 of 4)
     assert a.best_path == a.checkpoint_path.parent / f"best-epoch{a.best_epoch:04d}.pt"
 
 
@@ -247,10 +249,89 @@ def test_config_mismatch_names_file_and_change(tmp_path) -> None:
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["config"]["lr"] == 1e-3
 
 
-def test_unreadable_checkpoint_is_reported(tmp_path) -> None:
+def test_unreadable_checkpoint_is_moved_aside_and_training_restarts(tmp_path) -> None:
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match=r"checkpoint\.pt: cannot read checkpoint"):
+    with pytest.warns(UserWarning, match=r"checkpoint\.pt: cannot read checkpoint.*moved to "
+                      r"checkpoint\.pt\.corrupt-.*starts again from epoch 0"):
+        _, res = run(tmp_path, 1)
+    assert res.epochs_completed == 1
+    (aside,) = tmp_path.glob("checkpoint.pt.corrupt-*")
+    assert aside.read_bytes() == b"not a checkpoint"  # kept, never deleted
+
+
+# ------------------------------------------------------- issue 16, case 4: verified on load
+
+
+def _flip_one_bit(path: Path, from_end: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[-from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bit_in_best_weights_is_found_and_the_run_restarts(uninterrupted, tmp_path):
+    run(tmp_path, 4)
+    best = tmp_path / f"best-epoch{uninterrupted.best_epoch:04d}.pt"
+    _flip_one_bit(best)  # before: loaded silently and returned as the best model
+    with pytest.raises(ckpt.CorruptCheckpointError, match=r"best-epoch0003\.pt: sha256 of the "
+                       r"payload is .* was written: the file was altered"):
+        ckpt.load(best)
+    with pytest.warns(UserWarning, match=r"best-epoch0003\.pt: sha256.*no good checkpoint is "
+                      r"left: training starts again from epoch 0"):
+        _, b = run(tmp_path, 4)
+    assert_same_states(uninterrupted.best_state, b.best_state)  # retrained, same numbers
+    assert len(list(tmp_path.glob("*.corrupt-*"))) >= 2  # best file and the checkpoints
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+    run(tmp_path, 3)
+    ck = tmp_path / CHECKPOINT_NAME
+    ck.write_bytes(ck.read_bytes()[:-100])  # cut short
+    with pytest.raises(ckpt.CorruptCheckpointError, match=r"checkpoint\.pt: cut short or "
+                       r"extended: the payload has \d+ bytes, \d+ were written"):
+        load_checkpoint(ck)
+    with pytest.warns(UserWarning, match=r"checkpoint\.pt: cut short.*resuming from "
+                      r".*checkpoint\.prev\.pt after epoch 2"):
+        _, b = run(tmp_path, 4)
+    assert_same_states(uninterrupted.final_state, b.final_state)  # bit-identical resume
+    assert without_seconds(uninterrupted.history) == without_seconds(b.history)
+
+
+def test_config_digest_is_stored_and_checked(tmp_path):
+    path = ckpt.save({"w": torch.ones(2)}, tmp_path / "x.pt", config_digest="abc")
+    assert ckpt.read_header(path)["config_digest"] == "abc"
+    assert torch.equal(ckpt.load(path, config_digest="abc")["w"], torch.ones(2))
+    with pytest.raises(ckpt.CheckpointMismatchError,
+                       match=r"x\.pt: written by a different configuration \(configuration "
+                             r"digest abc -> abd\)"):
+        ckpt.load(path, config_digest="abd")
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save({"w": 1}, tmp_path / "y.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_fit_keeps_a_live_writers_temp_file(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        mine = tmp_path / f".{CHECKPOINT_NAME}.{host}.{live.pid}.tmp"
+        theirs = tmp_path / f".{CHECKPOINT_NAME}.{host}.{dead.pid}.tmp"
+        older = tmp_path / f".{CHECKPOINT_NAME}.{dead.pid}.tmp"  # an older version's name
+        for p in (mine, theirs, older):
+            p.write_bytes(b"half")
         run(tmp_path, 1)
+        assert mine.exists() and not theirs.exists() and not older.exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 # ------------------------------------------------------------------ model selection

@@ -30,7 +30,8 @@ from covidlib.data.manifest import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["covid-semiseg", "covid19-20", "lctsc", "ma-20", "medseg-100", "medseg-9", "synthetic"]
+SHIPPED = ["covid-semiseg", "covid19-20", "lctsc", "ma-20", "ma20-slices", "medseg-100", "medseg-9",
+           "synthetic"]
 MA_IDS = [f"coronacases_{i:03d}" for i in range(1, 11)] + [
     "radiopaedia_4_85506_1", "radiopaedia_7_85703_0", "radiopaedia_10_85902_1",
     "radiopaedia_10_85902_3", "radiopaedia_14_85914_0", "radiopaedia_27_86410_0",
@@ -77,8 +78,8 @@ def test_shipped_manifests_all_load(monkeypatch):
 def test_access_and_sources():
     assert {n: load_manifest(n).access for n in SHIPPED} == {
         "covid-semiseg": "manual", "covid19-20": "manual", "lctsc": "manual",
-        "ma-20": "download", "medseg-100": "download", "medseg-9": "download",
-        "synthetic": "generated",
+        "ma-20": "download", "ma20-slices": "manual", "medseg-100": "download",
+        "medseg-9": "download", "synthetic": "generated",
     }  # fmt: skip
     ma = load_manifest("ma-20")
     assert [f.name for f in ma.files] == [
@@ -195,7 +196,7 @@ def test_lctsc_p3_split_22_6_22():
         sorted(perm[:22]), sorted(perm[22:28]), sorted(perm[28:50]),
     )  # fmt: skip
     assert m.organ_map == {1: "SpinalCord", 2: "Lung_R", 3: "Lung_L", 4: "Heart", 5: "Esophagus"}
-    assert m.format == "dicom-rtstruct" and m.infection_labels == ()
+    assert m.format == "nifti-volumes" and m.infection_labels == ()  # NIfTI conversion (H4)
 
 
 def test_covid19_20_glob_and_kfold():
@@ -328,14 +329,25 @@ def test_data_search_path_env(monkeypatch, tmp_path):
     assert data_search_path()[0].name == "covidlib"
 
 
-def test_manifest_dir_env_override(monkeypatch, tmp_path):
+def test_user_manifests_are_added_to_the_shipped_ones(monkeypatch, tmp_path):
+    """Issue 17: $COVIDLIB_MANIFESTS used to REPLACE the shipped manifests."""
+    from covidlib.data.manifest import manifest_search_path
+
     write(tmp_path, good_manifest())
-    monkeypatch.setenv("COVIDLIB_MANIFESTS", str(tmp_path))
-    assert manifest_dir() == tmp_path and list_datasets() == ["toy"]
-    assert load_manifest("toy").local_dir == "toy"
+    other = tmp_path / "more"
+    other.mkdir()
+    d = good_manifest()
+    d.update(name="toy2")
+    write(other, d, "toy2")
+    monkeypatch.setenv("COVIDLIB_MANIFESTS", os.pathsep.join([str(tmp_path), str(other)]))
+    assert manifest_search_path() == [tmp_path, other, REPO / "data_manifests"]
+    assert list_datasets() == sorted([*SHIPPED, "toy", "toy2"])
+    assert manifest_dir() == REPO / "data_manifests"
+    assert load_manifest("toy").local_dir == "toy" and load_manifest("toy2").name == "toy2"
+    assert load_manifest("ma-20").path == REPO / "data_manifests" / "ma-20.yaml"
     monkeypatch.setenv("COVIDLIB_MANIFESTS", str(tmp_path / "nope"))
     with pytest.raises(DataError, match="COVIDLIB_MANIFESTS"):
-        manifest_dir()
+        list_datasets()
 
 
 def test_locate_first_complete_folder_or_names_every_place(monkeypatch, tmp_path):
@@ -464,3 +476,96 @@ def test_covid_semiseg_modified_copy_is_detected(tmp_path):
     with pytest.raises(DataError) as e:  # the real group check names the first missing file
         verify_tree(m, tmp_path, groups=["train"])
     assert e.value.where == str(tmp_path / first) and "missing" in e.value.reason
+
+
+# --------------------------------------------------------------------------- issue 16 item 5/6
+@pytest.mark.parametrize("text, shown", [("[01, b, c, d]", "1"), ("[010, b, c, d]", "8"),
+                                         ("[7, b, c, d]", "7")])
+def test_case_ids_must_be_yaml_strings(tmp_path, text, shown):
+    """Unquoted 01 / 010 used to become '1' / '8' (YAML integer / octal) silently."""
+    d = good_manifest()
+    d["splits"] = {}
+    p = tmp_path / "toy.yaml"
+    src = yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+    assert src.count("cases: [a, b, c, d]") == 1
+    p.write_text(src.replace("cases: [a, b, c, d]", f"cases: {text}"))
+    with pytest.raises(DataError) as e:
+        load_manifest(p)
+    msg = str(e.value)
+    assert str(p) in msg and "layout.groups[0].cases[0]" in msg
+    assert f"case id {shown} is a YAML number" in msg and f'["{shown}"]' in msg
+    assert "quote every case id" in msg
+
+
+def test_quoted_numeric_case_ids_keep_their_zeros(tmp_path):
+    d = good_manifest()
+    d["layout"]["groups"][0]["cases"] = ["01", "010", "c", "d"]
+    d["splits"] = {"sep": {"method": "by-case", "train": ["01"], "val": ["010"], "test": ["d"]}}
+    m = load_manifest(write(tmp_path, d))
+    assert m.case_ids()[:2] == ["01", "010"] and m.split("sep").val == ("010",)
+
+
+def test_non_utf8_manifest_names_the_file(tmp_path):
+    p = write(tmp_path, good_manifest())
+    p.write_bytes(p.read_bytes().replace(b"Toy 2020", b"Toy \xe9t\xe9 2020"))
+    with pytest.raises(DataError) as e:
+        load_manifest(p)
+    assert str(p) in str(e.value) and "not UTF-8" in str(e.value) and "0xe9" in str(e.value)
+
+
+def test_symlink_loop_manifest_is_reported_as_a_loop(tmp_path, monkeypatch):
+    write(tmp_path, good_manifest())
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    with pytest.raises(DataError, match="symlink loop"):
+        load_manifest(tmp_path / "loop.yaml")
+    monkeypatch.setenv("COVIDLIB_MANIFESTS", str(tmp_path))
+    with pytest.raises(DataError, match="symlink loop"):
+        load_manifest("loop")
+
+
+def test_one_bad_manifest_does_not_stop_data_list(tmp_path, monkeypatch, capsys):
+    from covidlib.cli import main
+    from covidlib.data.manifest import scan_manifests
+
+    write(tmp_path, good_manifest())
+    (tmp_path / "broken.yaml").write_bytes(b"name: broken\ntitle: \xff\n")
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    monkeypatch.setenv("COVIDLIB_MANIFESTS", str(tmp_path))
+    scanned = dict(scan_manifests())
+    assert set(scanned) >= {"broken", "loop", "toy"}
+    assert isinstance(scanned["broken"], DataError) and isinstance(scanned["loop"], DataError)
+    assert main(["data", "list", "--root", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "toy" in out and "not present" in out  # the good one is still listed
+    assert "broken" in out and "BROKEN" in out and "not UTF-8" in out
+    assert "symlink loop" in out and "2 manifest(s) could not be loaded" in err
+
+
+VOLUME_BAD = [
+    ({"csv": "v.csv", "pattern": "(?P<volume>x)"}, "give exactly one of 'csv'"),
+    ({"pattern": "(x)"}, "needs a named group (?P<volume>"),
+    ({"pattern": "(?P<volume>"}, "not a regular expression"),
+    ({"csv": "v.csv", "case_id": "vol_{z}"}, "needs exactly one placeholder {volume}"),
+    ({"csv": "v.csv", "derived": "yes"}, "expected true or false"),
+    ({"csv": "../v.csv"}, "must be a relative path"),
+    ({"csv": "v.csv", "colour": 1}, "unknown key"),
+]
+
+
+@pytest.mark.parametrize("spec, message", VOLUME_BAD, ids=[m for _, m in VOLUME_BAD])
+def test_volumes_key_is_validated(tmp_path, spec, message):
+    d = yaml.safe_load((REPO / "data_manifests" / "ma20-slices.yaml").read_text())
+    d["layout"]["groups"][0]["volumes"] = spec
+    d["splits"] = {}
+    p = write(tmp_path, d, "ma20-slices")
+    with pytest.raises(DataError) as e:
+        load_manifest(p)
+    assert str(p) in str(e.value) and "layout.groups[0].volumes" in str(e.value)
+    assert message in str(e.value)
+
+
+def test_volumes_only_for_image_slices(tmp_path):
+    d = good_manifest()
+    d["layout"]["groups"][1]["volumes"] = {"csv": "v.csv"}
+    with pytest.raises(DataError, match=r"volumes: volumes group slices into volumes"):
+        load_manifest(write(tmp_path, d))

@@ -118,6 +118,10 @@ def test_center_crop_keeps_the_middle():
 def test_resolve_data(tmp_path):
     assert p2.resolve_data("P2-T2", "synthetic") == ("synthetic", "a-like", False)
     assert p2.resolve_data("P2-T6", "auto", tmp_path) == ("synthetic", "sep", False)
+    with pytest.raises(DataError, match="ma20-slices"):  # every real candidate is named
+        p2.resolve_data("P2-T5", "real", tmp_path)
+    with pytest.raises(ValueError, match="'ma-20', 'ma20-slices'"):
+        p2.resolve_data("P2-T8", "covid-semiseg")
     with pytest.raises(DataError, match="covid-semiseg"):
         p2.resolve_data("P2-T2", "real", tmp_path)
     with pytest.raises(ValueError, match="'covid-semiseg' for P2-T3"):
@@ -279,7 +283,8 @@ def test_settings_comparison_and_sources():
     src = rep.data_sources(["P2-T4"], "synthetic",
                            max_slices={"train": 45, "val": None, "test": 96})
     row = src.loc["P2 Table 4"]
-    assert (row["dataset"], row["split"], row["data"]) == ("synthetic", "b-sep", "synthetic")
+    assert (row["dataset"], row["split"], row["data"]) == ("synthetic", "b-sep", "phantom")
+    assert row["centre crop"] == "none"
     assert "volumes 1-5 train" in row["slices"] and "at most 45 / all / 96" in row["slices"]
 
 
@@ -287,7 +292,7 @@ def test_settings_comparison_and_sources():
 
 
 def test_tiny_runs_are_deterministic_cached_and_drawn(synthetic_root, tmp_path):
-    s = p2.settings("cpu", TINY)
+    s = p2.table_settings("P2-T2", "cpu", TINY)  # no centre crop outside COVID-19-C
     run = p2.make_run("synthetic", "a-like", "cb_flip_rot", 0, s)
     a = p2.run_p2(run, synthetic_root, device="cpu")
     b = p2.run_p2(run, synthetic_root, device="cpu")

@@ -43,9 +43,20 @@ def test_segmentation_notebook(tmp_path, synthetic_root):
         assert set(frame["n_seeds"]) == {2}
         assert frame.loc["pl", "dice_paper"] == {"P2-T2": 0.54, "P2-T4": 0.57}[artifact]
         assert frame[[f"{m}_mean" for m in ("dice", "iou", "sens", "spec")]].notna().all().all()
-    assert _mimes(nb).count("image/png") == 1  # Figure 3
+    assert _mimes(nb).count("image/png") == 3  # Figure 3 and the two baseline curves
     text = json.dumps(nb)
     assert "pairs are ordered as in the paper" in text and "P2 Table 4" in text
+    # the baseline's curve (one per table) beside Figure 3, and a three-way verdict per claim
+    assert "**Baseline** (Fully Supervised)" in text and "predicted pixels inside the lungs" in text
+    assert any(v in text for v in ("**reproduced**", "**not reproduced**", "**inconclusive**"))
+    # COVID-19-A's sizes reach the prose through glue: P2's printed 50 / 5 / 48, ours 45 / 5 / 48
+    glued = {o["metadata"]["scrapbook"]["name"]: v for c in nb.cells if c.cell_type == "code"
+             for o in c.outputs if "scrapbook" in o.get("metadata", {})
+             for k, v in o["data"].items() if k.endswith("text/plain")}
+    assert {k: glued[f"p2_a_{k}"] for k in ("paper_train", "paper_val", "paper_test",
+                                            "paper_train_only")} == {
+        "paper_train": "50", "paper_val": "5", "paper_test": "48", "paper_train_only": "45"}
+    assert glued["p2_a_ours_train"] == "6"  # the tiny profile keeps 6 training slices
     for artifact in ("P2-T2", "P2-T4", "P2-F3", "P2-S"):
         entry = json.loads((results / "scorecard" / f"{artifact}.json").read_text())
         assert entry["verdict"] and entry["provenance"]["profile"] == "cpu"

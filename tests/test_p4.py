@@ -293,3 +293,34 @@ def test_paper_tables_come_from_the_yaml():
     assert len(t2) == 12 and list(t2.columns)[-1] == "Average"
     assert t2.iloc[10]["Average"] == "0.621 ± 0.211"  # RGS&M+AL, DS
     assert report.paper_averages("P4-T3")["fully"]["dice"] == 0.730
+
+
+def test_uniform_pseudo_label_row_is_not_called_fan_et_al():
+    """P4's "Semi-supervised" row adopts Fan et al.'s (progressive) strategy; ours weights
+    the whole pool uniformly, and is named for that (issue 12, item 3)."""
+    assert p4.METHOD_LABELS["semi"] == "Uniform pseudo-labels"
+    assert p4.PAPER_NAMES["semi"] == "Semi-supervised"  # the paper's row still matches
+    assert "semi" in report.paper_averages("P4-T2")
+    rows = [_row(m, 0, "a", 0.5, 1.0) for m in ("fully", "semi", "rgsm_al")]
+    t4 = report.table4(_fake(rows, ("fully", "semi", "rgsm_al")))
+    ours = t4[t4["Method type"] == "Semi-supervised (ours)"]["Methods"].iloc[0]
+    assert "Uniform pseudo-labels" in ours and "Fan et al.'s strategy" not in ours
+
+
+def test_converged_and_three_way_verdict():
+    assert report.converged([0.1, 0.3, 0.50, 0.51], tol=0.02)  # last 0.51 vs 0.50
+    assert not report.converged([0.1, 0.3, 0.40, 0.50], tol=0.02)
+    assert report.converged([0.2] * 8, tol=0.02) and not report.converged([0.5], tol=0.02)
+    hist = {"step": [0], "loss": [1.0], "curve_step": [1, 2], "curve_dice": [0.2, 0.6]}
+    rows = [_row(m, 0, f"c{i}", d + (0.2 if m == "rgsm_al" else 0.0), 1.0)
+            for m in ("fully", "rgsm_al") for i, d in enumerate([0.3, 0.5, 0.4])]
+    res = _fake(rows, ("fully", "rgsm_al"), {("fully", 0, 0): {"history": hist}})
+    v = report.claim_verdict(res, "P4-T3")
+    assert v["verdict"] == "reproduced" and v["diff"] == pytest.approx(0.2)
+    rows = [_row(m, 0, f"c{i}", d, 1.0) for m in ("fully", "rgsm_al")
+            for i, d in enumerate([0.3, 0.5, 0.4])]
+    res = _fake(rows, ("fully", "rgsm_al"), {("fully", 0, 0): {"history": hist}})
+    assert report.claim_verdict(res, "P4-T3")["verdict"] == "inconclusive"  # 0.2 -> 0.6
+    hist["curve_dice"] = [0.6, 0.6]
+    v = report.claim_verdict(res, "P4-T3")
+    assert v["verdict"] == "not reproduced" and v["converged"] and v["mechanism"] is None

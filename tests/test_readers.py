@@ -417,7 +417,7 @@ def test_unknown_label_values_are_named(volumes):
     root, d, groups = volumes
     bad = np.zeros((3, 6, 5), np.float32)
     bad[0, 0, :2] = [3, 7]
-    write_nifti(d / "inf" / "c1.nii.gz", bad)
+    write_nifti(d / "inf" / "c1.nii.gz", bad, spacing=(5.0, 0.6, 0.6))
     with pytest.raises(DataError) as e:
         load_cases(manifest("nifti-volumes", groups), root, progress=False)
     assert_names(e, d / "inf" / "c1.nii.gz", "unknown label values [3, 7]")
@@ -446,7 +446,7 @@ def test_group_extras_teacher_intensity_organs(volumes):
     root, d, groups = volumes
     organs = np.zeros((3, 6, 5), np.float32)
     organs[0, 0, 0] = 4
-    write_nifti(d / "inf" / "org.nii.gz", organs)
+    write_nifti(d / "inf" / "org.nii.gz", organs, spacing=(5.0, 0.6, 0.6))
     g = dict(groups[0], organs="inf/org.nii.gz", teacher="lung/{case}.nii.gz",
              labels="noisy-teacher", intensity="uint8", site="site-A")
     m = manifest("nifti-volumes", [g], organ_map={1: "lung", 4: "heart"})
@@ -465,7 +465,7 @@ def test_alt_mask_uses_its_own_label_map(volumes):
     root, d, groups = volumes
     alt = np.zeros((3, 6, 5), np.float32)
     alt[0, 0, 0] = 9
-    write_nifti(d / "inf" / "alt_c1.nii.gz", alt)
+    write_nifti(d / "inf" / "alt_c1.nii.gz", alt, spacing=(5.0, 0.6, 0.6))
     g = dict(groups[0], alt_masks={"fine": SimpleNamespace(path="inf/alt_{case}.nii.gz",
                                                            label_map={0: "bg", 9: "x"},
                                                            mask_scale=1)})
@@ -647,3 +647,112 @@ def test_synthetic_phantom_round_trips_through_its_manifest(tmp_path):
         np.testing.assert_array_equal(c.organs, g.organs)
         np.testing.assert_array_equal(c.lung, (g.lung != 0).astype(np.uint8))
         assert c.spacing == pytest.approx(g.spacing, rel=1e-6)  # header stores float32
+
+
+# --------------------------------------------------------------------------- issue 16 item 5/6
+@pytest.mark.parametrize("how", ["flipped x", "other spacing", "shifted origin"])
+def test_mask_affine_must_agree_with_the_image(volumes, how):
+    """A mask on another grid used to come back mirrored / misplaced without a word."""
+    root, d, groups = volumes
+    mask = nib.load(str(d / "inf" / "c1.nii.gz"))
+    aff = mask.affine.copy()
+    if how == "flipped x":
+        aff[0, 0], aff[0, 3] = -aff[0, 0], aff[0, 0] * 4  # same extent, x axis reversed
+    elif how == "other spacing":
+        aff[2, 2] = 2.5
+    else:
+        aff[1, 3] = 3.0
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj), aff), str(d / "inf" / "c1.nii.gz"))
+    with pytest.raises(DataError) as e:
+        load_cases(manifest("nifti-volumes", groups), root, progress=False)
+    assert_names(e, d / "inf" / "c1.nii.gz", str(d / "img" / "c1.nii.gz"), "affine differs")
+
+
+def test_mask_affine_rounding_noise_is_accepted(volumes):
+    root, d, groups = volumes
+    mask = nib.load(str(d / "inf" / "c1.nii.gz"))
+    aff = mask.affine + 1e-6
+    aff[3] = [0, 0, 0, 1]
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj), aff), str(d / "inf" / "c1.nii.gz"))
+    (case,) = load_cases(manifest("nifti-volumes", groups), root, cases=["c1"], progress=False)
+    assert case.mask[1, 2:4, 1:3].all()
+
+
+def _png16(path: Path, arr: np.ndarray, colour: int) -> Path:
+    """A 16-bit PNG written byte by byte (Pillow cannot write 48-bit RGB)."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("colour,shape", [(2, (4, 4, 3)), (0, (4, 4))])
+def test_16_bit_png_is_rejected_not_truncated(tmp_path, colour, shape):
+    """Pillow keeps only the high byte of a 16-bit RGB PNG (1000 -> 3) without a word."""
+    p = _png16(tmp_path / "deep.png", np.full(shape, 1000, np.uint16), colour)
+    for kind in ("image", "mask"):
+        with pytest.raises(DataError) as e:
+            read_slice_image(p, kind)
+        assert_names(e, p, "16-bit", "8 bit")
+
+
+def test_slice_far_smaller_than_the_model_grid_is_rejected():
+    from covidlib.data.preprocess import MAX_UPSCALE, check_upscale, preprocess_slice
+
+    one = np.ones((1, 1), np.uint8)
+    with pytest.raises(DataError, match=r"1 x 1 pixels is too small for the model grid 64 x 64"):
+        preprocess_slice(one * 200, one, "uint8", size=64)
+    check_upscale((8, 8), 64)  # exactly MAX_UPSCALE: accepted
+    assert MAX_UPSCALE == 8
+    with pytest.raises(DataError, match="at least 8 x 8"):
+        check_upscale((7, 8), 64)
+    image, mask = preprocess_slice(np.full((256, 256), 9.0), np.ones((256, 256), np.uint8),
+                                   "uint8", size=352)  # ma20-slices into P2's grid: fine
+    assert image.shape == (3, 352, 352) and mask.all()
+
+
+def test_slice_dataset_rejects_a_tiny_slice():
+    from covidlib.data.torch_datasets import SliceDataset
+    from covidlib.data.types import Case
+
+    tiny = Case("t", np.zeros((1, 1, 1), np.float32), mask=np.ones((1, 1, 1), np.uint8),
+                intensity="uint8")
+    with pytest.raises(DataError, match=r"case 't' slice 0.*too small"):
+        SliceDataset([tiny], [("t", 0)], size=64)
+
+
+def test_symlink_loop_is_reported_as_such(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(DataError, match="symlink loop"):
+        read_slice_image(a)
+    with pytest.raises(DataError, match="symlink loop"):
+        read_nifti(a)
+    dangling = tmp_path / "c.png"
+    dangling.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match="broken symlink"):
+        read_slice_image(dangling)
+
+
+def test_symlink_loop_in_a_layout_names_the_case(tmp_path):
+    d = tmp_path / "toy"
+    (d / "img").mkdir(parents=True)
+    png(d / "img" / "s1.png", np.zeros((4, 4), np.uint8))
+    (d / "gt").mkdir()
+    (d / "gt" / "s1.png").symlink_to(d / "gt" / "s1.png")
+    m = manifest("image-slices", [dict(name="all", image="img/{case}.png",
+                                       mask="gt/{case}.png", cases=["s1"])], mask_scale=255)
+    with pytest.raises(DataError) as e:
+        load_cases(m, tmp_path, progress=False)
+    assert_names(e, d / "gt" / "s1.png", "missing mask file of case 's1'", "symlink loop")

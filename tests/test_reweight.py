@@ -364,3 +364,68 @@ def test_weighted_update_is_eq9():
                                w_star, x_e=x_v, y_e=y_v, loss_fn=_ce)
     expected = float((_ce(ref(x_v), y_v).mean() + loss).detach())
     assert math.isclose(parts["loss"], expected, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------ mechanism check
+
+
+def test_example_dice_hand_computed():
+    import numpy as np
+
+    truth = np.zeros((3, 2, 2), np.uint8)
+    truth[0, 0, :] = 1  # 2 voxels
+    truth[1, 0, 0] = 1
+    pseudo = np.zeros_like(truth)
+    pseudo[0, 0, 0] = 1  # overlap 1: (2 + 1) / (1 + 2 + 1)
+    pseudo[1, 1, 1] = 1  # no overlap: 1 / (1 + 1 + 1)
+    q = rw.example_dice(pseudo, truth)
+    assert q.tolist() == pytest.approx([0.75, 1 / 3, 1.0])  # both empty: 1
+    with pytest.raises(ValueError, match="equal"):
+        rw.example_dice(pseudo, truth[:2])
+
+
+def test_spearman_hand_computed():
+    # ranks (1, 2, 3, 4) vs (2, 1, 4, 3): d^2 = 4 -> 1 - 6 * 4 / (4 * 15) = 0.6
+    assert rw.spearman([0.1, 0.2, 0.3, 0.4], [5, 1, 9, 7]) == pytest.approx(0.6)
+    # ties take the average rank: x ranks (1.5, 1.5, 3), y (1, 2, 3) -> Pearson of ranks
+    assert rw.spearman([0, 0, 1], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
+    assert math.isnan(rw.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_weight_quality_kept_and_dropped():
+    w_star = [0.0, 0.6, 0.4, 0.0, 0.0, 1.0]
+    q = [0.1, 0.8, 0.5, 0.2, 0.3, 0.9]
+    wq = rw.weight_quality(w_star, q)
+    assert (wq.n, wq.n_kept, wq.n_dropped) == (6, 3, 3)
+    assert wq.kept == pytest.approx((0.8 + 0.5 + 0.9) / 3)
+    assert wq.dropped == pytest.approx((0.1 + 0.2 + 0.3) / 3)
+    assert wq.rho > 0 and wq.present
+    # unrectified weights with a separate rectified vector
+    wq2 = rw.weight_quality([0.3, 0.2, 0.5], [0.2, 0.9, 0.5], w_star=[0.0, 0.0, 0.5])
+    # ranks (2, 1, 3) vs (1, 3, 2): d^2 = 6 -> 1 - 6 * 6 / (3 * 8) = -0.5
+    assert wq2.rho == pytest.approx(-0.5) and wq2.n_kept == 1 and wq2.kept == 0.5
+    assert wq2.dropped == pytest.approx(0.55) and not wq2.present
+    with pytest.raises(ValueError, match="one length"):
+        rw.weight_quality([1.0], [1.0, 2.0])
+
+
+def test_weights_on_batches_find_the_flipped_label():
+    """At fixed parameters, RGS gives the wrongly pseudo-labelled sample weight 0 and the
+    rectified RGS weights drop it: its true quality (Dice 0) is the dropped mean."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = _zero_conv()
+    x_p, y_p, x_v, y_v = _flipped_problem()
+    w = rw.weights_on_batches(model, [(x_p, y_p, x_v, y_v)], lam=0.5, alpha=0.1,
+                              rgs_method="meta")
+    assert set(w) == {"w_p", "w_u", "w_com", "rgs_al", "rgsm_al"}
+    assert w["w_p"].shape == (4,) and w["w_p"][2] == 0 and w["rgs_al"][2] == 0
+    truth = (x_p[:, 0] > 0).numpy()
+    q = rw.example_dice(y_p.numpy(), truth, smooth=0.0)
+    assert q.tolist() == pytest.approx([1, 1, 0, 1])
+    wq = rw.weight_quality(w["w_p"], q, w["rgs_al"])
+    assert wq.dropped == 0.0 and wq.kept == 1.0 and wq.present
+    assert np.allclose(w["w_com"], 0.5 * w["w_p"] + 0.5 * w["w_u"])
+    with pytest.raises(ValueError, match="strictly between"):
+        rw.weights_on_batches(model, [(x_p, y_p, x_v, y_v)], lam=1.0)

@@ -106,7 +106,8 @@ def test_table_has_every_artifact_and_says_not_run(tmp_path):
     # long or empty paper values point to their source instead
     assert frame.set_index("artifact").loc["P4-S", "paper"] == "see P4 Sec 3"
     assert frame.set_index("artifact").loc["P4-F2", "paper"] == "see P4 Fig 2"
-    assert scorecard.summary(frame) == {"artifacts": 25, "recorded": 2, "not_run": 23}
+    assert scorecard.summary(frame) == {"artifacts": 25, "recorded": 2, "not_run": 23,
+                                        "real_data": 0, "phantom": 2}
     html = scorecard.styled(frame).to_html()
     grey_rule = html.split("color: #888")[0].rsplit("}", 1)[-1]  # the selectors greyed out
     grey_rows = set(re.findall(r"_row(\d+)_col", grey_rule))
@@ -114,9 +115,9 @@ def test_table_has_every_artifact_and_says_not_run(tmp_path):
     assert len(grey_rows) == 23 and not grey_rows & recorded
     assert "lower than the paper" in html
     shown = scorecard.display_frame(frame).set_index("artifact")
-    assert list(shown.columns) == ["what", "paper", "ours", "verdict", "run"]
-    assert shown.loc["P2-T2", "run"] == ("synthetic · synthetic · cpu · Test CPU, 2 cores · "
-                                         "2026-01-02")
+    assert list(shown.columns) == ["what", "paper", "ours", "verdict", "data", "run"]
+    assert shown.loc["P2-T2", "run"] == "synthetic · cpu · Test CPU, 2 cores · 2026-01-02"
+    assert shown.loc["P2-T2", "data"] == "phantom"
     assert shown.loc["P3-F9", "run"] == ""
 
 
@@ -138,3 +139,47 @@ def test_the_shipped_paper_values_load(monkeypatch):
     frame = scorecard.table("/nonexistent-results")
     assert set(scorecard.EXPECTED_ARTIFACTS) - {"P1-headline"} <= set(frame["artifact"])
     assert (frame["verdict"] == NOT_RUN).all()
+
+
+@pytest.mark.parametrize(("prov", "kind"), [
+    ({"dataset": "synthetic"}, "phantom"),                 # the phantom's manifest
+    ({"dataset": "covid-semiseg/mixed"}, "real"),          # name up to the split
+    ({"dataset": "COVID-19-A"}, "real"),                   # a paper alias of covid-semiseg
+    ({"dataset": "no-such-set", "data": "synthetic"}, "phantom"),  # old entries: data field
+    ({"dataset": "no-such-set", "data": "real"}, "real"),
+    ({"dataset": "no-such-set"}, ""),                      # nothing to go by: left empty
+])
+def test_data_kind_comes_from_the_manifest(prov, kind):
+    assert scorecard.data_kind(prov) == kind
+
+
+def test_data_kind_reads_the_manifests_data_kind(monkeypatch):
+    from covidlib.data import manifest as manifest_mod
+
+    class Fake:
+        name, aliases, data_kind = "ma20-slices", {"P2": "COVID-19-C"}, "real 2-D derivative"
+
+    monkeypatch.setattr(manifest_mod, "list_datasets", lambda: ["ma20-slices"])
+    monkeypatch.setattr(manifest_mod, "load_manifest", lambda name: Fake())
+    assert scorecard.data_kind({"dataset": "ma20-slices/sep"}) == "real 2-D derivative"
+    assert scorecard.data_kind({"dataset": "COVID-19-C"}) == "real 2-D derivative"
+
+
+def test_data_column_override_and_real_data_count(tmp_path):
+    real = {**PROV, "dataset": "covid-semiseg/mixed", "data": "real"}
+    scorecard.record(tmp_path, "P2-T2", paper=0.7, ours=0.6, verdict="holds", provenance=real)
+    scorecard.record(tmp_path, "P1-H", paper=0.9, ours=0.8, verdict="holds", provenance=PROV)
+    # a phantom-named run that the chapter says rests on a real 2-D derivative
+    path = scorecard.record(tmp_path, "P3-F9", paper=1, ours=1, verdict="holds",
+                            provenance=PROV, data="real 2-D derivative")
+    assert json.loads(path.read_text())["data"] == "real 2-D derivative"
+    frame = scorecard.table(tmp_path).set_index("artifact")
+    assert frame.loc["P2-T2", "data"] == "real"
+    assert frame.loc["P1-H", "data"] == "phantom"
+    assert frame.loc["P3-F9", "data"] == "real 2-D derivative"
+    assert frame.loc["P2-T3", "data"] == ""  # not run: no data
+    counts = scorecard.summary(frame.reset_index())
+    assert (counts["recorded"], counts["real_data"], counts["phantom"]) == (3, 2, 1)
+    with pytest.raises(ScorecardError, match="data='fake' is not one of"):
+        scorecard.record(tmp_path, "P2-T2", paper=0.7, ours=0.6, verdict="holds",
+                         provenance=real, data="fake")

@@ -278,3 +278,50 @@ def test_make_loss_names():
     assert float(loss) == pytest.approx(math.log(2) + 1 - 1e-5 / (4 + 1e-5), rel=1e-5)
     with pytest.raises(ValueError, match="unknown loss"):
         val.make_loss("focal")
+
+
+# ------------------------------------------------------------------ mechanism and curves
+
+
+def test_score_error_correlation_by_hand():
+    # errors 1 - Dice: a 0.1, b 0.5, c 0.3, d 0.9 -> ranks 1 3 2 4; scores rank 1 2 3 4;
+    # d = (0, 1, -1, 0): rho = 1 - 6 * 2 / (4 * (16 - 1)) = 0.8
+    scores = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    dice = {"a": 0.9, "b": 0.5, "c": 0.7, "d": 0.1}
+    assert val.score_error_correlation(scores, dice) == pytest.approx(0.8)
+    # the highest score on the best-segmented volume: perfectly wrong ranking
+    assert val.score_error_correlation({"a": 3.0, "b": 2.0, "c": 1.0},
+                                       {"a": 0.9, "b": 0.5, "c": 0.1}) == pytest.approx(-1.0)
+    assert math.isnan(val.score_error_correlation({"a": 1.0, "b": 2.0}, {"a": 0.1, "b": 0.2}))
+    assert math.isnan(val.score_error_correlation(scores, dict.fromkeys(scores, 0.5)))
+    with pytest.raises(ValueError, match=r"different volumes \(\['e'\]\)"):
+        val.score_error_correlation(scores, {**dice, "e": 0.5})
+    with pytest.raises(ValueError, match="Dice values"):
+        val.score_error_correlation(scores, {**dice, "a": 1.5})
+    with pytest.raises(ValueError, match=r"score of \['b'\]"):
+        val.score_error_correlation({**scores, "b": float("nan")}, dice)
+
+
+def test_training_curve_keeps_loss_and_val_dice_per_epoch():
+    hist = [{"epoch": 1, "steps": 2, "train_loss": 0.9, "val_dice": 0.2, "seconds": 1.3},
+            {"epoch": 2, "steps": 2, "train_loss": 0.5, "seconds": 1.1}]
+    out = val.training_curve(hist)
+    assert out[0] == {"epoch": 1, "train_loss": 0.9, "val_dice": 0.2}
+    assert out[1]["epoch"] == 2 and math.isnan(out[1]["val_dice"])
+
+
+def test_round_records_its_training_curve(tmp_path):
+    recs = _run(tmp_path, "random")
+    curve = recs[0]["curve"]
+    assert [c["epoch"] for c in curve] == [1]  # _CFG trains 1 epoch
+    assert curve[0]["val_dice"] == pytest.approx(recs[0]["val_dice"])
+
+
+def test_volume_dice_per_volume_matches_class_dice():
+    torch.manual_seed(0)
+    model = UNet3D(1, 2, base_width=2, depth=1, dropout=0.5)
+    vols = list(_toy_volumes(2).values())
+    got = val.volume_dice(model, vols, 1)
+    for v in vols:
+        pred = val.predict_volume(model, v).argmax(0)
+        assert got[v.case_id] == pytest.approx(val.class_dice(pred, v.label, [1])[1])

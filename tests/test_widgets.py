@@ -107,7 +107,8 @@ def test_store_restores_undoes_and_names_bad_lines(tmp_path):
         AnnotationStore(path, {"dataset": "toy", "n_regions": 16})
     path.write_text(path.read_text() + '{"kind": "point", "case_id": "c0", "z": 1, '
                     '"box": [0, 16, 0, 16], "y": 20, "x": 3, "label": 1}\n')
-    with pytest.raises(DataError, match=r"labels.jsonl: line 3: point \(20, 3\) is outside"):
+    # line 5: header, a, b, the undo of b (the log is append-only), then the bad line
+    with pytest.raises(DataError, match=r"labels.jsonl: line 5: point \(20, 3\) is outside"):
         AnnotationStore(path, {"dataset": "toy"})
     path.write_text("hello\n")
     with pytest.raises(DataError, match="line 1: not JSON"):
@@ -149,7 +150,7 @@ def _factory():
 
 def _session(path, **kw):
     args = {"model_factory": _factory, "n_regions": 4, "n_mc": 2, "size": 16,
-            "regions_per_cycle": 2, "epochs": 2, "dataset": "toy"}
+            "regions_per_cycle": 2, "epochs": 2, "dataset": "toy", "regions": "grid"}
     return LabelSession(_cases(), path, **{**args, **kw})
 
 
@@ -183,7 +184,9 @@ def test_session_click_background_undo_next_and_reopen(tmp_path):
     # undo brings the background region back as the current one, and off the file
     assert s.undo() == bg
     assert (s.current().case_id, s.current().z, s.current().box) == (bg.case_id, bg.z, bg.box)
-    assert len(path.read_text().splitlines()) == 2
+    undo_line = json.loads(path.read_text().splitlines()[-1])  # the log is append-only
+    assert undo_line["kind"] == "undo" and undo_line["id"] == bg.id
+    assert list(AnnotationStore(path, {"dataset": "toy", "n_regions": 4})) == [first]
     skipped = s.current()
     s.next()
     assert (s.current().case_id, s.current().z, s.current().box) != (
@@ -316,3 +319,229 @@ def test_widget_turns_canvas_clicks_into_image_points(tmp_path):
     rgba = heatmap_rgba(np.array([[0.0, math.log(2)], [2.0, math.log(2) / 2]]))
     assert rgba[..., 3].tolist() == [[0, 140], [140, 70]]  # 0.55 * 255 = 140.25
     assert w2.summary().startswith("2 labels (2 points, 0 background) · 6 s of clicking")
+
+
+# ---------------------------------------------------------------- questions on the body
+
+
+def test_body_mask_and_body_regions_by_hand():
+    from covidlib.widgets import body_mask, body_regions
+
+    gray = np.zeros((8, 8), np.uint8)
+    gray[2:7, 1:6] = 200          # the body ...
+    gray[3:5, 2:4] = 10           # ... with a dark lung inside (a hole, filled)
+    gray[0, 7] = 200              # a speck of noise (a smaller component, dropped)
+    body = body_mask(gray)
+    expected = np.zeros((8, 8), bool)
+    expected[2:7, 1:6] = True
+    np.testing.assert_array_equal(body, expected)
+    assert body_mask(np.full((4, 4), 9, np.uint8)).all()  # no contrast: nothing left out
+    boxes = [(0, 4, 0, 4), (0, 4, 4, 8), (4, 8, 0, 4), (4, 8, 4, 8)]
+    # pixels of the body per box: 2*3=6, 2*2=4, 3*3=9, 3*2=6 of 16
+    assert body_regions(body, boxes, 0.3).tolist() == [True, False, True, True]
+    assert body_regions(body, boxes, 0.0).tolist() == [True, True, True, True]
+    with pytest.raises(ValueError, match="min_fraction=2"):
+        body_regions(body, boxes, 2)
+
+
+def _lung_cases() -> list[Case]:
+    cases = _cases()
+    for c in cases:  # the lung: the top half (the infection, rows 4..7, is inside it)
+        c.lung = np.zeros(c.image.shape, bool)
+        c.lung[:, :12, :] = True
+    return cases
+
+
+def test_body_mode_asks_only_about_regions_on_the_lung(tmp_path):
+    args = {"model_factory": _Flat, "n_regions": 4, "n_mc": 2, "size": 16,
+            "regions_per_cycle": 6, "dataset": "toy"}
+    s = LabelSession(_lung_cases(), tmp_path / "b.jsonl", **args)
+    assert s.regions == "body"
+    # one region per image (P1), ties to the first allowed region: the top row
+    assert [q.box for q in s.queue] == [(0, 16, 0, 16)] * 6
+    for ref in s.refs:
+        assert s.allowed[ref].tolist() == [True, True, False, False]
+    grid = LabelSession(_lung_cases(), tmp_path / "g.jsonl", regions="grid", **args)
+    assert [q.box for q in grid.queue] == [(0, 16, 0, 16)] * 6
+    for ref in grid.refs:  # answer the top row everywhere
+        for box in ((0, 16, 0, 16), (0, 16, 16, 32)):
+            grid.label_region(ref, box, RegionLabel("background"))
+            s.label_region(ref, box, RegionLabel("background"))
+    assert grid.queue and all(q.box[0] == 16 for q in grid.queue)  # the grid goes on below
+    assert s.queue == [] and s.current() is None  # the body mode has nothing left to ask
+    # without a lung mask the body comes from the image (here: the bright square)
+    img = LabelSession(_cases(), tmp_path / "i.jsonl", **args)
+    assert {q.box for q in img.queue} == {(0, 16, 16, 32)}
+    rnd = LabelSession(_lung_cases(), tmp_path / "r.jsonl", strategy="random", **args)
+    assert all(q.box[0] == 0 for q in rnd.queue) and len(rnd.queue) == 6
+    with pytest.raises(ValueError, match="regions='lungs'"):
+        LabelSession(_cases(), tmp_path / "x.jsonl", regions="lungs", **args)
+    with pytest.raises(ValueError, match="strategy='bald'"):
+        LabelSession(_cases(), tmp_path / "y.jsonl", strategy="bald", **args)
+
+
+def test_warm_started_first_questions_fall_on_the_body(tmp_path, synthetic_root):
+    from covidlib.data.api import open_dataset
+    from covidlib.widgets import body_regions, pretrain
+
+    cases = open_dataset("synthetic", synthetic_root).cases()[:3]
+    other, mine = cases[:2], cases[2:]
+    z0 = mine[0].n_slices // 2
+    refs = [(c.case_id, z) for c in other for z in range(0, c.n_slices, 4)]
+    state = pretrain(cases, refs, size=32, epochs=2, batch_size=8)
+    pool = [(mine[0].case_id, z) for z in range(z0 - 3, z0 + 3)]
+    s = LabelSession(cases, tmp_path / "warm.jsonl", n_regions=16, n_mc=2, size=32,
+                     slices=pool, init_state=state, regions_per_cycle=5)
+    assert s.warm and len(s.queue) == 5
+    for q in s.queue:  # every question overlaps the lung (5 % of its pixels at least)
+        lung = mine[0].lung[q.z]
+        assert body_regions(lung, [q.box], 0.05).all()
+    cold = LabelSession(cases, tmp_path / "cold.jsonl", n_regions=16, n_mc=2, size=32,
+                        slices=pool, regions_per_cycle=5)
+    warm_model = s.model.state_dict()
+    assert any(not torch.equal(warm_model[k], v) for k, v in cold.model.state_dict().items())
+    with pytest.raises(ValueError, match="init_state does not fit"):
+        LabelSession(cases, tmp_path / "bad.jsonl", model_factory=_factory, n_regions=16,
+                     size=32, slices=pool, init_state=state)
+
+
+def test_labels_given_while_a_cycle_trains_are_kept(tmp_path):
+    import threading
+
+    path = tmp_path / "bg.jsonl"
+    s = _session(path)
+    s.label_region(("c0", 1), (0, 16, 16, 32), RegionLabel("point", point=(5, 21, 1)))
+    started, clicked, fractions = threading.Event(), threading.Event(), []
+
+    def on_progress(f):
+        fractions.append(f)
+        if not started.is_set():
+            started.set()
+            assert clicked.wait(30)
+
+    done = []
+    shown = s.current()
+    s.start_cycle(on_progress, on_done=lambda r, e: done.append((r, e)))
+    assert started.wait(30) and s.training
+    with pytest.raises(ValueError, match="already running"):
+        s.start_cycle()
+    s.background()  # answered while the cycle trains
+    after_click = s.current()
+    assert json.loads(path.read_text().splitlines()[-1])["kind"] == "background"
+    clicked.set()
+    assert s.wait(60) and not s.training
+    (result, error), = done
+    assert error is None and result.labels == 1 and s.cycle == 1  # trained on the first label
+    assert len(s.annotations) == 2 and s.annotations[-1].box == shown.box
+    assert s.current().box == after_click.box  # the question on screen stays
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+
+
+# ------------------------------------------------------------------------- labels out
+
+
+def _export_fixture():
+    cases = _cases()
+    cases[0].spacing = (2.5, 0.75, 0.5)  # (z, y, x) mm
+    anns = [Annotation("point", "c0", 1, (0, 16, 16, 32), 5, 21, 1, "2026-01-02T10:11:12"),
+            Annotation("background", "c0", 1, (16, 32, 0, 16), label=0, time="t2"),
+            Annotation("point", "c1", 2, (0, 16, 16, 32), 7, 23, 2, "t3"),
+            Annotation("background", "c0", 0, (0, 16, 0, 16), label=0, time="t4")]
+    return cases, anns
+
+
+def _key(a):
+    return (a.case_id, a.z, a.box, a.kind, a.y, a.x, a.label)
+
+
+def test_export_points_csv_round_trips_and_names_bad_rows(tmp_path):
+    from covidlib.widgets.export import from_points, read_points_csv, write_points_csv
+
+    _, anns = _export_fixture()
+    path = write_points_csv(anns, tmp_path / "p.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "kind,case_id,z,y,x,label,y0,y1,x0,x1,time"
+    assert lines[1] == "point,c0,1,5,21,1,0,16,16,32,2026-01-02T10:11:12"
+    assert lines[2] == "background,c0,1,,,0,16,32,0,16,t2"
+    assert read_points_csv(path) == anns
+    path.write_text(path.read_text().replace("point,c0,1,5,21", "point,c0,1,5,x21"))
+    with pytest.raises(DataError, match=r"p.csv: line 2.*x='x21' is not an integer"):
+        read_points_csv(path)
+    oracle = from_points({("c0", 1): [(5, 21, 1), (30, 2, 0)]})
+    assert [(a.kind, a.box, a.label) for a in oracle] == [
+        ("point", (5, 6, 21, 22), 1), ("background", (30, 31, 2, 3), 0)]
+    assert read_points_csv(write_points_csv(oracle, tmp_path / "o.csv")) == oracle
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "png"])
+def test_export_label_masks_in_the_image_geometry_round_trip(tmp_path, fmt):
+    from covidlib.data.readers import read_nifti
+    from covidlib.widgets.export import label_volume, read_label_masks, write_label_masks
+
+    cases, anns = _export_fixture()
+    vol = label_volume(anns, (3, 32, 32), "c0")
+    assert vol[1, 5, 21] == 1 and vol[1, 20, 3] == 0 and vol[1, 5, 20] == IGNORE
+    assert (vol[2] == IGNORE).all() and (vol[0, :16, :16] == 0).all()
+    files = write_label_masks(anns, cases, tmp_path / fmt, fmt=fmt)
+    if fmt == "nifti":
+        assert [f.name for f in files] == ["c0.labels.nii.gz", "c1.labels.nii.gz"]
+        data, spacing = read_nifti(files[0])  # covidlib's own reader: same geometry
+        assert data.shape == cases[0].image.shape and spacing == (2.5, 0.75, 0.5)
+        np.testing.assert_array_equal(data, vol)
+    else:
+        assert sorted(f.relative_to(tmp_path / fmt).as_posix() for f in files) == [
+            "c0/0000.png", "c0/0001.png", "c1/0002.png"]
+    back = read_label_masks(tmp_path / fmt, n_regions=4)
+    assert sorted(map(_key, back)) == sorted(map(_key, anns))  # masks keep no times/order
+
+
+def test_export_slicer_markups_round_trip_with_spacing(tmp_path):
+    from covidlib.widgets.export import SLICER_SCHEMA, read_slicer_markups, write_slicer_markups
+
+    cases, anns = _export_fixture()
+    files = write_slicer_markups(anns, cases, tmp_path / "mrk")
+    assert [f.name for f in files] == ["c0.mrk.json", "c1.mrk.json"]
+    doc = json.loads(files[0].read_text())
+    assert doc["@schema"] == SLICER_SCHEMA
+    fid, roi1, _roi2 = doc["markups"]
+    assert fid["type"] == "Fiducial" and fid["coordinateSystem"] == "LPS"
+    # point (z 1, y 5, x 21) with spacing x 0.5, y 0.75, z 2.5 mm -> LPS (-10.5, -3.75, 2.5)
+    assert fid["controlPoints"][0]["position"] == [-10.5, -3.75, 2.5]
+    assert roi1["type"] == "ROI" and roi1["size"] == [8.0, 12.0, 2.5]
+    assert roi1["center"] == [-3.75, -17.625, 2.5]  # centre pixel (y 23.5, x 7.5)
+    back = read_slicer_markups(tmp_path / "mrk", cases)
+    assert sorted(back, key=_key) == sorted(anns, key=_key)  # times kept too
+    with pytest.raises(DataError, match="case 'c0' is not loaded"):
+        read_slicer_markups(files[0], cases[1:])
+
+
+def test_widget_trains_in_the_background_and_keeps_clicks(tmp_path):
+    import threading
+
+    pytest.importorskip("anywidget")
+    from covidlib.widgets.view import LabelWidget
+
+    s = _session(tmp_path / "wb.jsonl")
+    w = LabelWidget(s)
+    w.handle_event({"event": "background"})
+    gate, taken, original = threading.Event(), threading.Event(), s.train_cycle
+
+    def gated(keep_current, on_progress):  # holds the cycle after it took its labels
+        def hold(f):
+            taken.set()
+            assert gate.wait(30)
+            on_progress(f)
+        return original(keep_current=keep_current, on_progress=hold)
+
+    s.train_cycle = gated
+    assert w.handle_event({"event": "train"}).startswith("training a cycle in the background")
+    assert w.busy and s.training and taken.wait(30)
+    assert w.handle_event({"event": "train"}) == "a cycle is already training"
+    w.handle_event({"event": "background"})  # buttons stay live while it trains
+    assert len(s.annotations) == 2
+    assert json.loads((tmp_path / "wb.jsonl").read_text().splitlines()[-1])["kind"] == \
+        "background"
+    gate.set()
+    assert s.wait(60)
+    assert not w.busy and w.progress == 1.0 and s.cycle == 1
+    assert "cycle 1: trained on 1 labels" in w.status and len(s.annotations) == 2

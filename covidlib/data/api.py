@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from covidlib.cache import config_hash
+from covidlib.cache import config_hash, tree_digest
 from covidlib.data.errors import DataError
 from covidlib.data.manifest import Manifest, load_manifest, locate
 from covidlib.data.readers import load_cases
@@ -33,31 +34,44 @@ class Dataset:
         return self.manifest.access != "generated"
 
     @property
+    def data_kind(self) -> str:
+        """``real``, ``phantom`` or ``real 2-D derivative`` (the manifest's ``data_kind``)."""
+        return self.manifest.data_kind
+
+    @property
     def labelled_groups(self) -> list[str]:
         """Groups whose masks are ground truth (a noisy teacher's pool is excluded)."""
         return [g.name for g in self.manifest.layout.groups if g.labels == "expert"]
 
-    def cases(self, group: str | list[str] | None = None, progress: bool = False) -> list[Case]:
-        """The labelled cases (all labelled groups by default), read once and kept."""
+    def cases(self, group: str | list[str] | None = None, progress: bool = False,
+              alt_mask: str | None = None) -> list[Case]:
+        """The labelled cases (all labelled groups by default), read once and kept.
+
+        ``alt_mask`` reads a group's alternative mask as ``mask`` (e.g. ``"lung"`` of
+        ma20-slices, ``"multiclass"`` of covid-semiseg).
+        """
         groups = self.labelled_groups if group is None else group
-        key = tuple([groups] if isinstance(groups, str) else groups)
+        names = tuple([groups] if isinstance(groups, str) else groups)
+        key = (names, alt_mask)
         if key not in self._cases:
-            self._cases[key] = load_cases(self.manifest, self.root, list(key), progress=progress)
+            self._cases[key] = load_cases(self.manifest, self.root, list(names),
+                                          progress=progress, alt_mask=alt_mask)
         return self._cases[key]
 
     @cached_property
-    def _cases(self) -> dict[tuple[str, ...], list[Case]]:
+    def _cases(self) -> dict[tuple, list[Case]]:
         return {}
 
     def stats(self, connectivity: int = 2) -> dict[str, Any]:
         """P1/P2 Table 1 statistics over the labelled groups.
 
         ``cases`` (patients) is ``None`` for slice sets whose files carry no patient id
-        (COVID-SemiSeg): counting slices as patients would be wrong.
+        (COVID-SemiSeg): counting slices as patients would be wrong. Slices grouped into
+        volumes (``volumes`` in the manifest, e.g. ma20-slices) count their volumes.
         """
         stats = dataset_stats(self.cases(), self.manifest.infection_labels, connectivity)
         if self.manifest.layout.format == "image-slices" and not any(
-                "patient" in c.meta for c in self.cases()):
+                "patient" in c.meta or "slice_ids" in c.meta for c in self.cases()):
             stats["cases"] = None
         return stats
 
@@ -75,7 +89,16 @@ class Dataset:
         if info is not None:
             generator = config_hash({"version": info.get("generator_version"),
                                      "config": info.get("config")})
-        return {"name": self.name, "real": self.is_real, "generator": generator}
+        # issue 16: the splits' definitions and the files themselves (an edited split or a
+        # replaced file must not return a result computed on the old data)
+        splits = config_hash({k: dataclasses.asdict(v) for k, v in self.manifest.splits.items()})
+        return {"name": self.name, "real": self.is_real, "generator": generator,
+                "splits": splits, "files": self._files_digest}
+
+    @cached_property
+    def _files_digest(self) -> str:
+        """The files' :func:`~covidlib.cache.tree_digest`, taken once, like the cases."""
+        return tree_digest(self.root)
 
 
 def open_dataset(name: str, data_root: str | Path | None = None, generate: bool = True

@@ -262,6 +262,8 @@ def fetch(
     )
     root = Path(data_root).expanduser() if data_root is not None else data_search_path()[0]
     folder = root / m.local_dir
+    if m.access == "local":
+        return locate(m, data_root)  # local data: nothing to fetch, only to find
     if m.access == "manual":
         if folder.is_dir() and not missing_files(m, folder, limit=1):
             return folder

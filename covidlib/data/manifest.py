@@ -32,10 +32,11 @@ from typing import Any
 
 import yaml
 
-from covidlib.data.errors import DataError
+from covidlib.data.errors import DataError, missing_reason
 
 __all__ = [
     "ACCESS",
+    "DATA_KINDS",
     "FORMATS",
     "SPLIT_METHODS",
     "AltMask",
@@ -46,25 +47,32 @@ __all__ = [
     "Manifest",
     "PaperStats",
     "Split",
+    "VolumeSpec",
     "data_search_path",
     "file_sha256",
+    "find_manifest",
     "group_files",
+    "group_volumes",
     "how_to_get",
     "list_datasets",
     "load_manifest",
     "locate",
     "manifest_dir",
+    "manifest_search_path",
     "missing_files",
     "natural_key",
     "read_checksum_file",
+    "read_volume_csv",
     "resolve_cases",
+    "scan_manifests",
     "sha256_listing",
     "tree_digest",
     "verify_files",
     "verify_tree",
 ]
 
-ACCESS = ("download", "manual", "generated")
+ACCESS = ("download", "manual", "generated", "local")
+DATA_KINDS = ("real", "phantom", "real 2-D derivative")
 INTENSITIES = ("hu", "uint8")
 FORMATS = ("nifti-volumes", "nifti-stack", "image-slices", "dicom-rtstruct")
 UNPACK = ("zip", "tar", "none")
@@ -102,6 +110,30 @@ class AltMask:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """How the slices of an ``image-slices`` group form volumes (one Case stack per volume).
+
+    Either ``csv`` (a file in the dataset folder with one row per slice: ``slice_column`` =
+    the slice id that fills ``{case}`` in the templates, ``volume_column`` = its volume) or
+    ``pattern`` (a regular expression on the slice id with a named group ``volume`` and an
+    optional named group ``z``). ``case_id`` formats the volume value into the case id
+    (``"coronacases_{volume:03d}"``; digits are passed as int). Slices keep the CSV's row
+    order (``pattern``: ``z`` order, else natural order of the slice ids). ``ids`` lists the
+    expected volume case ids (checked on reading; splits are validated against them).
+    ``derived``: the grouping was inferred, not published with the data.
+    """
+
+    csv: str | None = None
+    pattern: str | None = None
+    slice_column: str = "slice"
+    volume_column: str = "volume"
+    case_id: str = "{volume}"
+    ids: tuple[str, ...] | None = None
+    derived: bool = False
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class Group:
     """A set of cases sharing path templates (relative to the dataset folder)."""
 
@@ -121,6 +153,7 @@ class Group:
     tree_sha256: str | None = None
     n_cases: int | None = None
     note: str | None = None
+    volumes: VolumeSpec | None = None  # slices grouped into volumes (image-slices only)
 
     def templates(self) -> dict[str, str]:
         """Every path template of the group: image/mask/lung/organs/teacher, alt masks, extras."""
@@ -196,6 +229,16 @@ class Manifest:
     notes: str | None = None
     file_checksums: Path | None = None  # sha256sum-format listing of the distribution
     path: Path | None = None  # the YAML file this was loaded from
+    declared_data_kind: str | None = None  # the YAML's data_kind (None: inferred)
+    derived_from: dict[str, str] = field(default_factory=dict)  # dataset: <manifest>, ...
+
+    @property
+    def data_kind(self) -> str:
+        """``real``, ``phantom`` or ``real 2-D derivative``: the YAML's ``data_kind``, else
+        inferred (``access: generated`` -> ``phantom``, anything else -> ``real``)."""
+        if self.declared_data_kind:
+            return self.declared_data_kind
+        return "phantom" if self.access == "generated" else "real"
 
     @property
     def groups(self) -> tuple[Group, ...]:
@@ -224,38 +267,67 @@ class Manifest:
         return self.splits[name]
 
     def case_ids(self) -> list[str]:
-        """All explicitly listed case ids, in group order (globbed groups contribute none)."""
-        return [c for g in self.layout.groups for c in (g.cases or ())]
+        """All explicitly listed case ids, in group order (globbed groups contribute none;
+        a group with ``volumes`` contributes its volume ``ids``)."""
+        out: list[str] = []
+        for g in self.layout.groups:
+            out.extend(g.volumes.ids or () if g.volumes is not None else g.cases or ())
+        return out
 
 
 # --------------------------------------------------------------------------- locations
-def manifest_dir() -> Path:
-    """The folder holding the shipped ``*.yaml`` manifests.
-
-    ``$COVIDLIB_MANIFESTS`` when set (must exist); otherwise ``data_manifests/`` next to the
-    ``covidlib`` package (the repository root of a checkout or editable install).
-    """
-    env = os.environ.get(ENV_MANIFESTS)
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_dir():
-            raise DataError(p, f"${ENV_MANIFESTS} points to a folder that does not exist")
-        return p
+def _shipped_dir() -> Path:
     import covidlib
 
-    p = Path(covidlib.__file__).resolve().parents[1] / "data_manifests"
-    if not p.is_dir():
+    return Path(covidlib.__file__).resolve().parents[1] / "data_manifests"
+
+
+def manifest_search_path() -> list[Path]:
+    """Folders searched for ``<name>.yaml``, in order: the entries of ``$COVIDLIB_MANIFESTS``
+    (``os.pathsep``-separated; each must exist), then the shipped ``data_manifests/``.
+
+    User manifests are ADDED to the shipped ones; a user manifest with a shipped name takes
+    its place (the first folder on the path wins, as with ``PATH``).
+    """
+    out = []
+    for entry in os.environ.get(ENV_MANIFESTS, "").split(os.pathsep):
+        if entry.strip():
+            p = Path(entry).expanduser()
+            if not p.is_dir():
+                raise DataError(p, f"${ENV_MANIFESTS} names a folder that does not exist")
+            out.append(p)
+    shipped = _shipped_dir()
+    if shipped.is_dir():
+        out.append(shipped)
+    if not out:
         raise DataError(
-            p,
+            shipped,
             "manifest folder not found (a non-editable install does not ship it); "
             f"set ${ENV_MANIFESTS} to a copy of the repository's data_manifests/ folder",
         )
-    return p
+    return out
+
+
+def manifest_dir() -> Path:
+    """The folder of the shipped manifests (``data_manifests/`` next to the package), or the
+    first ``$COVIDLIB_MANIFESTS`` folder where none is shipped (see
+    :func:`manifest_search_path`, which every lookup uses)."""
+    shipped = _shipped_dir()
+    return shipped if shipped.is_dir() else manifest_search_path()[0]
+
+
+def find_manifest(name: str) -> Path | None:
+    """The first ``<name>.yaml`` on :func:`manifest_search_path` (None: none)."""
+    for folder in manifest_search_path():
+        p = folder / f"{name}.yaml"
+        if p.is_file() or p.is_symlink():
+            return p
+    return None
 
 
 def list_datasets() -> list[str]:
-    """Names of the shipped manifests (``data_manifests/*.yaml``), sorted."""
-    return sorted(p.stem for p in manifest_dir().glob("*.yaml"))
+    """Names of every manifest on :func:`manifest_search_path` (user and shipped), sorted."""
+    return sorted({p.stem for d in manifest_search_path() for p in d.glob("*.yaml")})
 
 
 def data_search_path() -> list[Path]:
@@ -277,10 +349,16 @@ def natural_key(s: str) -> list:
 
 def resolve_cases(group: Group, folder: str | Path) -> list[str]:
     """Case ids of ``group``: its explicit list, or the ``case_glob`` matches in ``folder``
-    (the text matched by ``*``), naturally sorted."""
+    (the text matched by ``*``), naturally sorted; for a group whose slices come from a
+    ``volumes.csv`` (no list, no glob) the CSV's slice ids in row order.
+
+    For a group with ``volumes`` these are the SLICE ids that fill ``{case}`` in the
+    templates; :func:`group_volumes` turns them into volume case ids."""
     if group.cases is not None:
         return list(group.cases)
-    assert group.case_glob is not None
+    if group.case_glob is None:
+        assert group.volumes is not None and group.volumes.csv is not None
+        return [sl for sl, _ in read_volume_csv(group, folder)]
     pre, post = group.case_glob.split("*")
     folder = Path(folder)
     found = []
@@ -289,6 +367,94 @@ def resolve_cases(group: Group, folder: str | Path) -> list[str]:
         if rel.startswith(pre) and rel.endswith(post) and len(rel) > len(pre) + len(post):
             found.append(rel[len(pre) : len(rel) - len(post)])
     return sorted(set(found), key=natural_key)
+
+
+def read_volume_csv(group: Group, folder: str | Path) -> list[tuple[str, str]]:
+    """Rows ``(slice id, volume value)`` of a group's ``volumes.csv``, in file order.
+
+    Raises :class:`DataError` naming the CSV for a missing file, a missing column, an empty
+    value or a slice listed twice.
+    """
+    import csv
+
+    spec = group.volumes
+    assert spec is not None and spec.csv is not None
+    path = Path(folder) / spec.csv
+    if not path.is_file():
+        raise DataError(path, f"volume table of group {group.name!r} not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            header = list(rows[0]) if rows else []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(path, f"not a readable UTF-8 CSV ({type(e).__name__}: {e})") from None
+    for col in (spec.slice_column, spec.volume_column):
+        if rows and col not in header:
+            raise DataError(path, f"no column {col!r} (columns: {header}); see volumes of "
+                            f"group {group.name!r} (slice_column / volume_column)")
+    if not rows:
+        raise DataError(path, "volume table is empty (expected a header and one row per slice)")
+    out, seen = [], set()
+    for i, r in enumerate(rows, 2):
+        sl = (r.get(spec.slice_column) or "").strip()
+        vol = (r.get(spec.volume_column) or "").strip()
+        if not sl or not vol:
+            raise DataError(path, f"line {i}: empty slice or volume value")
+        if sl in seen:
+            raise DataError(path, f"line {i}: slice {sl!r} listed twice")
+        seen.add(sl)
+        out.append((sl, vol))
+    return out
+
+
+def _volume_case_id(spec: VolumeSpec, value: str) -> str:
+    return spec.case_id.format(volume=int(value) if value.isdigit() else value)
+
+
+def group_volumes(group: Group, folder: str | Path) -> dict[str, list[str]]:
+    """Volume case id -> its slice ids (in slice order) for a group with ``volumes``.
+
+    Every slice of the group (see :func:`resolve_cases`) must belong to exactly one volume
+    and every CSV row must name a slice of the group; listed ``ids`` must be exactly the
+    volumes found. Volumes come in order of first appearance (CSV) or natural order (pattern).
+    """
+    spec = group.volumes
+    if spec is None:
+        raise DataError(group.name, "group has no 'volumes' (its slices are separate cases)")
+    slices = resolve_cases(group, folder)
+    where: str | Path = Path(folder) / spec.csv if spec.csv else f"group {group.name!r}"
+    out: dict[str, list[str]] = {}
+    if spec.csv:
+        rows = read_volume_csv(group, folder)
+        listed = {sl for sl, _ in rows}
+        stray = [sl for sl in slices if sl not in listed]
+        if stray:
+            raise DataError(where, f"{len(stray)} slice(s) of group {group.name!r} have no row, "
+                            f"e.g. {stray[:5]}")
+        present = set(slices)
+        extra = [sl for sl, _ in rows if sl not in present]
+        if extra:
+            raise DataError(where, f"{len(extra)} row(s) name slices without files in group "
+                            f"{group.name!r}, e.g. {extra[:5]}")
+        for sl, vol in rows:
+            out.setdefault(_volume_case_id(spec, vol), []).append(sl)
+    else:
+        rx = re.compile(str(spec.pattern))
+        keyed: dict[str, list[tuple[Any, str]]] = {}
+        for sl in slices:
+            m = rx.fullmatch(sl)
+            if m is None:
+                raise DataError(sl, f"slice id does not match volumes.pattern {spec.pattern!r} "
+                                f"of group {group.name!r}")
+            z = m.groupdict().get("z")
+            key = natural_key(z) if z is not None else natural_key(sl)
+            keyed.setdefault(_volume_case_id(spec, m.group("volume")), []).append((key, sl))
+        for vid in sorted(keyed, key=natural_key):
+            out[vid] = [sl for _, sl in sorted(keyed[vid])]
+    if spec.ids is not None and set(spec.ids) != set(out):
+        raise DataError(where, f"volumes found {sorted(out, key=natural_key)[:12]} differ from "
+                        f"the manifest's volumes.ids {list(spec.ids)[:12]} (group {group.name!r})")
+    return out
 
 
 def group_files(
@@ -305,7 +471,10 @@ def group_files(
     tpls = group.templates()
     if required_only:
         tpls = {k: v for k, v in tpls.items() if k in TEMPLATE_KEYS}
-    return sorted({t.format(case=c) for t in tpls.values() for c in cases})
+    out = {t.format(case=c) for t in tpls.values() for c in cases}
+    if group.volumes is not None and group.volumes.csv:
+        out.add(group.volumes.csv)
+    return sorted(out)
 
 
 def missing_files(manifest: Manifest, folder: str | Path, limit: int | None = None) -> list[str]:
@@ -335,6 +504,18 @@ def missing_files(manifest: Manifest, folder: str | Path, limit: int | None = No
     return out
 
 
+def scan_manifests() -> list[tuple[str, Manifest | DataError]]:
+    """Every manifest on the search path, loaded: ``(name, Manifest)`` or ``(name, DataError)``
+    for one that does not load, so one bad file never hides the others."""
+    out: list[tuple[str, Manifest | DataError]] = []
+    for name in list_datasets():
+        try:
+            out.append((name, load_manifest(name)))
+        except DataError as e:
+            out.append((name, e))
+    return out
+
+
 def _as_manifest(m: Manifest | str | os.PathLike) -> Manifest:
     return m if isinstance(m, Manifest) else load_manifest(m)
 
@@ -357,6 +538,8 @@ def locate(manifest: Manifest | str | os.PathLike, data_root: str | Path | None 
     every place looked, the URLs and the manual instructions."""
     m = _as_manifest(manifest)
     roots = [Path(data_root).expanduser()] if data_root is not None else data_search_path()
+    if m.access == "local" and data_root is None and m.path is not None:
+        roots = [*roots, m.path.parent]  # your own data may sit beside its manifest
     looked = []
     for root in roots:
         folder = root / m.local_dir
@@ -406,7 +589,8 @@ def _hash_files(folder: Path, paths: Iterable[str], progress: bool = False) -> d
     for rel in it:
         p = folder / rel
         if not p.is_file():
-            raise DataError(p, "missing file (listed in the manifest layout)")
+            raise DataError(p, f"missing file (listed in the manifest layout): "
+                            f"{missing_reason(p)}")
         out[rel] = file_sha256(p)
     return out
 
@@ -524,13 +708,19 @@ class _V:
         if not isinstance(d, dict):
             raise self.fail(key, f"expected a mapping, got {type(d).__name__}")
         req, opt = list(required), set(optional)
-        for r in req:
-            if r not in d:
-                raise self.fail(_join(key, r), "missing required key")
-        for k in d:
-            if k not in opt and k not in req:
-                allowed = sorted([*req, *opt])
-                raise self.fail(_join(key, str(k)), f"unknown key (allowed: {allowed})")
+        missing = [r for r in req if r not in d]
+        hint = (" (your own data? 'access: local' needs only "
+                f"{', '.join(LOCAL_REQUIRED)})") if key == "" else ""
+        if len(missing) == 1:
+            raise self.fail(_join(key, missing[0]), "missing required key" + hint)
+        if missing:  # every missing key at once
+            raise self.fail(key, f"missing required keys {missing}{hint}")
+        unknown = [str(k) for k in d if k not in opt and k not in req]
+        if unknown:
+            allowed = sorted([*req, *opt])
+            where = _join(key, unknown[0]) if len(unknown) == 1 else key
+            what = "unknown key" if len(unknown) == 1 else f"unknown keys {unknown}"
+            raise self.fail(where, f"{what} (allowed: {allowed})")
         return d
 
     def str_(self, v: Any, key: str, allow_none: bool = False) -> str | None:
@@ -564,7 +754,11 @@ class _V:
             raise self.fail(key, f"expected a list of case ids, got {type(v).__name__}")
         out = []
         for i, c in enumerate(v):
-            if isinstance(c, bool) or not isinstance(c, str | int) or str(c) == "":
+            if isinstance(c, int | float) and not isinstance(c, bool):
+                raise self.fail(f"{key}[{i}]", f"case id {c!r} is a YAML number, not a string: "
+                                f"quote every case id, e.g. [\"{c}\"] (unquoted, YAML reads 01 "
+                                "as 1 and 010 as the octal 8)")
+            if not isinstance(c, str) or c == "":
                 raise self.fail(f"{key}[{i}]", f"case id must be a string, got {c!r}")
             out.append(str(c))
         dup = _first_dup(out)
@@ -645,8 +839,8 @@ def _parse_files(v: _V, d: dict, access: str) -> tuple[FileSpec, ...]:
         raise v.fail("files", f"file name {dup!r} listed twice")
     if access == "download" and not out:
         raise v.fail("files", "access 'download' needs at least one file")
-    if access == "generated" and out:
-        raise v.fail("files", "access 'generated' downloads nothing; use files: []")
+    if access in ("generated", "local") and out:
+        raise v.fail("files", f"access {access!r} downloads nothing; use files: []")
     return tuple(out)
 
 
@@ -657,7 +851,7 @@ def _parse_group(v: _V, g: Any, k: str, fmt: str) -> Group:
         ["name", "image"],
         [
             "mask", "lung", "organs", "teacher", "cases", "case_glob", "labels", "site",
-            "intensity", "alt_masks", "extras", "tree_sha256", "n_cases", "note",
+            "intensity", "alt_masks", "extras", "tree_sha256", "n_cases", "note", "volumes",
         ],
     )  # fmt: skip
     name = v.str_(g["name"], f"{k}.name")
@@ -670,8 +864,11 @@ def _parse_group(v: _V, g: Any, k: str, fmt: str) -> Group:
             if needs_case and "{case}" not in tpl[key]:
                 raise v.fail(f"{k}.{key}", f"format {fmt!r} needs {{case}} in the template")
     has_cases, has_glob = "cases" in g, "case_glob" in g
-    if has_cases == has_glob:
-        raise v.fail(k, "give exactly one of 'cases' (explicit list) or 'case_glob'")
+    volumes = _parse_volumes(v, g["volumes"], f"{k}.volumes", fmt) if "volumes" in g else None
+    from_csv = volumes is not None and volumes.csv is not None
+    if (has_cases and has_glob) or (not from_csv and has_cases == has_glob):
+        raise v.fail(k, "give exactly one of 'cases' (explicit list) or 'case_glob'"
+                     + (" (or neither: slices from volumes.csv)" if volumes else ""))
     cases = glob = None
     if has_cases:
         cases = v.ids(g["cases"], f"{k}.cases")
@@ -725,7 +922,46 @@ def _parse_group(v: _V, g: Any, k: str, fmt: str) -> Group:
         tree_sha256=v.hex64(g.get("tree_sha256"), f"{k}.tree_sha256"),
         n_cases=n_cases,
         note=v.str_(g.get("note"), f"{k}.note", allow_none=True),
+        volumes=volumes,
         **tpl,
+    )
+
+
+def _parse_volumes(v: _V, d: Any, k: str, fmt: str) -> VolumeSpec:
+    """``volumes:`` of an image-slices group (see :class:`VolumeSpec`)."""
+    v.mapping(d, k, [], ["csv", "pattern", "slice_column", "volume_column", "case_id", "ids",
+                         "derived", "note"])
+    if fmt != "image-slices":
+        raise v.fail(k, f"volumes group slices into volumes; format {fmt!r} has volumes already")
+    if ("csv" in d) == ("pattern" in d):
+        raise v.fail(k, "give exactly one of 'csv' (slice,volume table) or 'pattern' (regex)")
+    pattern = v.str_(d.get("pattern"), f"{k}.pattern", allow_none=True)
+    if pattern is not None:
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise v.fail(f"{k}.pattern", f"not a regular expression: {e}") from None
+        if "volume" not in rx.groupindex:
+            raise v.fail(f"{k}.pattern", "needs a named group (?P<volume>...)")
+    case_id = v.str_(d.get("case_id", "{volume}"), f"{k}.case_id") or "{volume}"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(case_id) if f is not None]
+    except ValueError as e:
+        raise v.fail(f"{k}.case_id", f"bad template {case_id!r}: {e}") from None
+    if fields != ["volume"]:
+        raise v.fail(f"{k}.case_id", f"needs exactly one placeholder {{volume}}: {case_id!r}")
+    derived = d.get("derived", False)
+    if not isinstance(derived, bool):
+        raise v.fail(f"{k}.derived", f"expected true or false, got {derived!r}")
+    return VolumeSpec(
+        csv=v.relpath(d["csv"], f"{k}.csv", template=False) if "csv" in d else None,
+        pattern=pattern,
+        slice_column=v.str_(d.get("slice_column", "slice"), f"{k}.slice_column") or "slice",
+        volume_column=v.str_(d.get("volume_column", "volume"), f"{k}.volume_column") or "volume",
+        case_id=case_id,
+        ids=v.ids(d["ids"], f"{k}.ids") if "ids" in d else None,
+        derived=derived,
+        note=v.str_(d.get("note"), f"{k}.note", allow_none=True),
     )
 
 
@@ -749,6 +985,17 @@ def _parse_layout(v: _V, d: dict) -> Layout:
                 )
             owner[c] = g.name
     return Layout(format=fmt, groups=groups)
+
+
+def _known_ids(layout: Layout) -> set[str] | None:
+    """Case ids splits may name: listed cases, or a volume group's ``ids`` (None: unknown)."""
+    known: set[str] = set()
+    for g in layout.groups:
+        ids = g.volumes.ids if g.volumes is not None else g.cases
+        if ids is None:
+            return None
+        known.update(ids)
+    return known
 
 
 def _check_known(v: _V, ids: Sequence[str], key: str, known: set[str] | None) -> None:
@@ -840,13 +1087,43 @@ def _parse_split(v: _V, name: str, s: Any, known: set[str] | None) -> Split:
     return Split(name, method, train=train, k=kk, seed=seed, folds=folds, note=note)
 
 
+LOCAL_REQUIRED = ("name", "access", "layout", "label_map")
+
+
+def _local_defaults(v: _V, d: dict) -> dict:
+    """``access: local`` (your own folder): only name, layout and label_map are needed; the
+    provenance keys default to "not stated", ``local_dir`` to the name, ``intensity`` to
+    uint8 for image slices (else hu), ``infection_labels`` to every non-zero label and
+    ``splits`` to none. Every missing required key is named at once."""
+    missing = [k for k in LOCAL_REQUIRED if k not in d]
+    if missing:
+        raise v.fail("", f"missing required key(s) {missing} (access: local needs only "
+                     f"{list(LOCAL_REQUIRED)})")
+    name = str(d["name"])
+    fmt = d["layout"].get("format") if isinstance(d["layout"], dict) else None
+    labels = d["label_map"] if isinstance(d["label_map"], dict) else {}
+    defaults = {
+        "title": name, "homepage": "not stated (local data)",
+        "licence": "not stated (local data)", "citation": "not stated (local data)",
+        "local_dir": name, "files": [],
+        "manual_instructions": f"Local data: the folder {d.get('local_dir', name)}/ in a data "
+                               "root ($COVIDLIB_DATA_PATH) or next to this manifest.",
+        "intensity": "uint8" if fmt == "image-slices" else "hu",
+        "infection_labels": [k for k in labels if k != 0], "splits": {},
+    }  # fmt: skip
+    return {**defaults, **d}
+
+
 def _parse(d: Any, src: Path) -> Manifest:
     v = _V(src)
+    if isinstance(d, dict) and d.get("access") == "local":
+        d = _local_defaults(v, d)
     required = [
         "name", "title", "homepage", "licence", "citation", "access", "local_dir", "files",
         "manual_instructions", "intensity", "layout", "label_map", "infection_labels", "splits",
     ]  # fmt: skip
-    optional = ["aliases", "mask_scale", "organ_map", "paper_stats", "notes", "file_checksums"]
+    optional = ["aliases", "mask_scale", "organ_map", "paper_stats", "notes", "file_checksums",
+                "data_kind", "derived_from"]
     v.mapping(d, "", required, optional)
     name = v.str_(d["name"], "name")
     if name != src.stem:
@@ -877,9 +1154,7 @@ def _parse(d: Any, src: Path) -> Manifest:
         if x not in label_map:
             raise v.fail(f"infection_labels[{i}]", f"{x} is not a key of label_map")
     mask_scale = v.int_(d.get("mask_scale", 1), "mask_scale", lo=1)
-    known = None if any(g.cases is None for g in layout.groups) else {
-        c for g in layout.groups for c in g.cases or ()
-    }
+    known = _known_ids(layout)
     if not isinstance(d["splits"], dict):
         raise v.fail("splits", "expected a mapping name -> split (may be empty: {})")
     splits = {str(n): _parse_split(v, str(n), s, known) for n, s in d["splits"].items()}
@@ -906,7 +1181,16 @@ def _parse(d: Any, src: Path) -> Manifest:
         checks = src.parent / rel
         if not checks.is_file():
             raise v.fail("file_checksums", f"listing {checks} not found")
+    data_kind = v.enum(d["data_kind"], "data_kind", DATA_KINDS) if "data_kind" in d else None
+    derived: dict[str, str] = {}
+    if "derived_from" in d:
+        v.mapping(d["derived_from"], "derived_from", ["dataset"],
+                  ["group", "kept", "intensity", "source", "note"])
+        derived = {str(a): str(v.str_(b, f"derived_from.{a}")) for a, b in
+                   d["derived_from"].items()}
     return Manifest(
+        declared_data_kind=data_kind,
+        derived_from=derived,
         name=name,  # type: ignore[arg-type]
         title=d["title"],
         aliases={str(k): str(a) for k, a in aliases.items()},
@@ -940,11 +1224,16 @@ def load_manifest(name_or_path: str | os.PathLike) -> Manifest:
     if isinstance(name_or_path, os.PathLike) or s.endswith((".yaml", ".yml")) or os.sep in s:
         path = Path(s).expanduser()
         if not path.is_file():
-            raise DataError(path, "manifest file not found")
+            raise DataError(path, f"manifest {missing_reason(path)}")
     else:
-        path = manifest_dir() / f"{s}.yaml"
+        found = find_manifest(s)
+        if found is None:
+            raise DataError(s, f"unknown dataset; known datasets: {list_datasets()} (folders "
+                            f"searched: {[str(d) for d in manifest_search_path()]}; "
+                            f"${ENV_MANIFESTS} adds folders)")
+        path = found
         if not path.is_file():
-            raise DataError(s, f"unknown dataset; known datasets: {list_datasets()}")
+            raise DataError(path, f"manifest {missing_reason(path)}")
     path = path.resolve()
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
@@ -954,6 +1243,9 @@ def load_manifest(name_or_path: str | os.PathLike) -> Manifest:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise DataError(path, f"invalid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start}); save the manifest as UTF-8") from None
     m = _parse(data, path)
     _CACHE[key] = m
     return m

@@ -24,12 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covidlib.data.errors import DataError
 from covidlib.data.types import Case
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LUNG_WINDOW",
+    "MAX_UPSCALE",
+    "check_upscale",
     "hu_to_uint8",
     "imagenet_normalize",
     "preprocess_slice",
@@ -88,6 +91,8 @@ def to_uint8(
     """
     if case.intensity == "uint8":
         img = np.asarray(case.image)
+        if img.dtype == np.uint8:  # nothing to check or convert (and no float copy)
+            return img
         if img.size and (img.min() < 0 or img.max() > 255 or (np.rint(img) != img).any()):
             raise ValueError(
                 f"case {case.case_id}: intensity 'uint8' but values are not integers in 0..255"
@@ -96,6 +101,23 @@ def to_uint8(
     if case.intensity == "hu":
         return hu_to_uint8(case.image, window=window, method=method)
     raise ValueError(f"case {case.case_id}: unknown intensity {case.intensity!r}")
+
+
+MAX_UPSCALE = 8.0  # a slice side may grow at most 8x to reach the model grid
+
+
+def check_upscale(shape: tuple[int, ...], size: int | tuple[int, int], where: str = "slice"
+                  ) -> None:
+    """Reject a slice far smaller than the model grid (``size``): upscaling a side more than
+    :data:`MAX_UPSCALE` times invents detail (a 1 x 1 infection mask would become a whole
+    grid of infection). Raises ``DataError`` naming ``where``, both sizes and the fix."""
+    h, w = _size2(size)
+    sh, sw = int(shape[-2]), int(shape[-1])
+    if sh < 1 or sw < 1 or h / sh > MAX_UPSCALE or w / sw > MAX_UPSCALE:
+        raise DataError(where, f"slice of {sh} x {sw} pixels is too small for the model grid "
+                        f"{h} x {w} (at most {MAX_UPSCALE:g}x upscaling per side, i.e. at least "
+                        f"{int(np.ceil(h / MAX_UPSCALE))} x {int(np.ceil(w / MAX_UPSCALE))} "
+                        "pixels); check the file, or use a profile with a smaller grid")
 
 
 def resize_image(img2d: np.ndarray, size: int | tuple[int, int] = 352) -> np.ndarray:
@@ -148,6 +170,7 @@ def preprocess_slice(
     to uint8 before normalisation, as with the authors' PIL pipeline. For HU input with
     ``method="minmax"`` pass the volume's ``value_range``, else the slice's own range is used.
     """
+    check_upscale(np.shape(image2d), size, "image")
     if intensity == "uint8":
         u8 = to_uint8(Case("slice", np.asarray(image2d), intensity="uint8"))
     elif intensity == "hu":

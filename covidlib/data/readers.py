@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from covidlib.data.errors import DataError
+from covidlib.data.errors import DataError, missing_reason
 from covidlib.data.types import Case
 
 __all__ = [
@@ -73,8 +73,14 @@ def _read_failure(e: BaseException, stage: str) -> str:
 
 def _load_nifti_array(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Shared NIfTI loading: canonical orientation, (z, y, x) axes, float32, all checks."""
+    data, spacing, _ = _load_nifti(path)
+    return data, spacing
+
+
+def _load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """:func:`_load_nifti_array` plus the file's own (stored) affine."""
     if not path.is_file():
-        raise DataError(path, "file not found")
+        raise DataError(path, missing_reason(path))
     try:
         img = nib.load(str(path))
     except _READ_ERRORS as e:
@@ -99,7 +105,29 @@ def _load_nifti_array(path: Path) -> tuple[np.ndarray, tuple[float, float, float
             path, f"{int(bad.sum())} non-finite voxels ({n_nan} NaN, {int(bad.sum()) - n_nan} inf)"
         )
     sx, sy, sz = (float(v) for v in nib.affines.voxel_sizes(canon.affine))
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), (sz, sy, sx)
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), (sz, sy, sx), np.asarray(img.affine)
+
+
+AFFINE_TOL_MM = 1e-3  # image and mask affines may differ by float rounding only
+
+
+def _check_affine(mask_aff: np.ndarray, image_aff: np.ndarray, mask_path: Path,
+                  image_path: Path, tol: float = AFFINE_TOL_MM) -> None:
+    """A mask must sit on its image's voxel grid: same orientation, spacing and origin
+    (within ``tol`` mm); otherwise it would be read mirrored or shifted."""
+    a, b = np.asarray(mask_aff, float), np.asarray(image_aff, float)
+    scale = max(1.0, float(np.abs(b[:3, :3]).max()))
+    if np.allclose(a[:3, :3], b[:3, :3], atol=tol * scale) and np.allclose(a[:3, 3], b[:3, 3],
+                                                                        atol=max(tol, 1e-2)):
+        return
+    def describe(aff: np.ndarray) -> str:
+        codes = "".join(nib.aff2axcodes(aff))
+        zooms = ", ".join(f"{v:g}" for v in nib.affines.voxel_sizes(aff))
+        origin = ", ".join(f"{v:g}" for v in aff[:3, 3])
+        return f"{codes}, spacing ({zooms}) mm, origin ({origin})"
+    raise DataError(mask_path, f"affine differs from its image {image_path}: mask "
+                    f"{describe(a)} vs image {describe(b)}; the mask would be read mirrored or "
+                    "shifted. Resample the mask onto the image grid (same affine) first")
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -135,9 +163,35 @@ def _as_labels(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- 8-bit slices
+def _values(arr: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a bincount for uint8: ~20x faster than np.unique)."""
+    if arr.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(arr.ravel(), minlength=256)).astype(np.uint8)
+    return np.unique(arr)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+
+
+def _png_bit_depth(path: Path) -> tuple[int, str] | None:
+    """(bits per sample, colour type) from a PNG's IHDR; None for other formats."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24], _PNG_COLOUR.get(head[25], f"colour type {head[25]}")
+
+
 def _open_image(path: Path) -> Image.Image:
     if not path.is_file():
-        raise DataError(path, "file not found")
+        raise DataError(path, missing_reason(path))
+    depth = _png_bit_depth(path)
+    if depth is not None and depth[0] > 8:
+        # Pillow would keep only the high byte of 16-bit RGB (0..65535 -> 0..255) silently
+        raise DataError(path, f"{depth[0]}-bit {depth[1]} PNG: covidlib reads 8-bit slices "
+                        "(0..255); convert it to 8 bit first (rescale your intensity window to "
+                        "0..255), or give the volume as NIfTI in Hounsfield units")
     try:
         im = Image.open(path)
         im.load()
@@ -196,7 +250,7 @@ def read_slice_image(
         return arr.astype(np.float32)
     scale = int(mask_scale)
     if scale != 1:
-        values = np.unique(arr)
+        values = _values(arr)
         off = values[values % scale != 0]
         if off.size:
             shown = off[:10].tolist()
@@ -234,9 +288,13 @@ def _manifest_label(manifest: Any) -> str:
 
 
 class CaseRef:
-    """Where one case (or one nifti-stack of cases) lives on disk, before loading."""
+    """Where one case (or one nifti-stack of cases) lives on disk, before loading.
 
-    __slots__ = ("case_id", "files", "group", "intensity", "labels", "site")
+    ``slices``: for a volume of slices (a group with ``volumes``), ``(slice id, files)`` per
+    slice in slice order; ``files`` is then the first slice's.
+    """
+
+    __slots__ = ("case_id", "files", "group", "intensity", "labels", "site", "slices")
 
     def __init__(
         self,
@@ -246,7 +304,9 @@ class CaseRef:
         site: str | None = None,
         intensity: str | None = None,
         labels: str = "expert",
+        slices: list[tuple[str, dict[str, Path]]] | None = None,
     ):
+        self.slices = slices
         self.case_id = case_id
         self.group = group
         self.files = files  # keys: image and optional mask / lung / organs / teacher
@@ -318,6 +378,45 @@ def _alt_mask(manifest: Any, g: Any, alt_mask: str) -> Any:
     return alts[alt_mask]
 
 
+def _case_files(manifest: Any, g: Any, cid: str, ddir: Path, alt_mask: str | None
+                ) -> dict[str, Path]:
+    """The existing files of case (or slice) ``cid`` of group ``g``, by template key."""
+    gname, label = str(_get(g, "name")), _manifest_label(manifest)
+    files: dict[str, Path] = {}
+    for key in TEMPLATES:
+        tpl = _get(g, key, None)
+        if key == "mask" and alt_mask is not None:
+            tpl = _get(_alt_mask(manifest, g, alt_mask), "path")
+        if not tpl:
+            continue
+        p = ddir / str(tpl).format(case=cid)
+        if not p.is_file():
+            raise DataError(p, f"missing {key} file of case '{cid}' (group '{gname}', {label}): "
+                            f"{missing_reason(p)}")
+        files[key] = p
+    if "image" not in files:
+        raise DataError(label, f"group '{gname}' has no image template")
+    return files
+
+
+def _volume_refs(manifest: Any, g: Any, ddir: Path, wanted: set[str] | None,
+                 matched: set[str], alt_mask: str | None) -> list[CaseRef]:
+    """One CaseRef per volume of a group whose slices are grouped (``volumes``)."""
+    from covidlib.data.manifest import group_volumes
+
+    refs = []
+    for vid, slice_ids in group_volumes(g, ddir).items():
+        if wanted is not None:
+            if vid not in wanted:
+                continue
+            matched.add(vid)
+        slices = [(sl, _case_files(manifest, g, sl, ddir, alt_mask)) for sl in slice_ids]
+        refs.append(CaseRef(vid, str(_get(g, "name")), slices[0][1], _get(g, "site", None),
+                            _get(g, "intensity", None), str(_get(g, "labels", "expert")),
+                            slices=slices))
+    return refs
+
+
 def iter_case_refs(
     manifest: Any,
     root: str | Path,
@@ -343,6 +442,9 @@ def iter_case_refs(
     refs: list[CaseRef] = []
     for g in _select_groups(manifest, group):
         gname = str(_get(g, "name"))
+        if _get(g, "volumes", None) is not None:
+            refs.extend(_volume_refs(manifest, g, ddir, wanted, matched, alt_mask))
+            continue
         for cid in _group_case_ids(manifest, g, ddir):
             if wanted is not None:
                 hits = {cid} if cid in wanted else set()
@@ -351,21 +453,7 @@ def iter_case_refs(
                 if not hits:
                     continue
                 matched |= hits
-            files: dict[str, Path] = {}
-            for key in TEMPLATES:
-                tpl = _get(g, key, None)
-                if key == "mask" and alt_mask is not None:
-                    tpl = _get(_alt_mask(manifest, g, alt_mask), "path")
-                if not tpl:
-                    continue
-                p = ddir / str(tpl).format(case=cid)
-                if not p.is_file():
-                    raise DataError(
-                        p, f"missing {key} file of case '{cid}' (group '{gname}', {label})"
-                    )
-                files[key] = p
-            if "image" not in files:
-                raise DataError(label, f"group '{gname}' has no image template")
+            files = _case_files(manifest, g, cid, ddir, alt_mask)
             refs.append(
                 CaseRef(cid, gname, files, _get(g, "site", None), _get(g, "intensity", None),
                         str(_get(g, "labels", "expert")))
@@ -385,16 +473,31 @@ def _check_shape(other: np.ndarray, ref_shape: tuple, other_path: Path, image_pa
         )
 
 
+def _scale_hint(values: set[int], allowed: set[int], scale_key: str | None) -> str:
+    """' ... set mask_scale: 255 ...' when every value is a multiple of one scale whose
+    quotients are allowed labels (a {0, 255} mask read with mask_scale 1)."""
+    nonzero = [int(v) for v in values if v]
+    if scale_key is None or not nonzero:
+        return ""
+    g = int(np.gcd.reduce(nonzero))
+    if g > 1 and all(v // g in allowed for v in nonzero):
+        return (f"; the mask looks scaled by {g} (values {sorted(values)[:6]}): set "
+                f"{scale_key}: {g} in the manifest (label = value / {g})")
+    return ""
+
+
 def _check_labels(
-    mask: np.ndarray, allowed: set[int] | None, path: Path, label: str, what: str = "label_map"
+    mask: np.ndarray, allowed: set[int] | None, path: Path, label: str, what: str = "label_map",
+    scale_key: str | None = None,
 ) -> None:
     if allowed is None:
         return
-    values = set(np.unique(mask).tolist())
+    values = set(_values(mask).tolist())
     unknown = sorted(values - allowed)
     if unknown:
         raise DataError(
-            path, f"unknown label values {unknown[:10]}; {what} of {label} allows {sorted(allowed)}"
+            path, f"unknown label values {unknown[:10]}; {what} of {label} allows "
+            f"{sorted(allowed)}{_scale_hint(values, allowed, scale_key)}"
         )
 
 
@@ -402,6 +505,98 @@ def _mask_dtype(allowed: set[int] | None) -> type:
     if allowed is not None and max(allowed, default=0) <= 255:
         return np.uint8
     return np.int32
+
+
+class _SliceChecks:
+    """What a slice's masks are checked against (one manifest / alt mask)."""
+
+    def __init__(self, scale: int, allowed: set[int] | None, organs_allowed: set[int] | None,
+                 mdtype: type, label: str, scale_key: str = "mask_scale"):
+        self.scale, self.allowed, self.organs_allowed = scale, allowed, organs_allowed
+        self.mdtype, self.label, self.scale_key = mdtype, label, scale_key
+
+
+def _group_of(manifest: Any, name: str) -> Any:
+    return next(g for g in _get(_get(manifest, "layout"), "groups") if _get(g, "name") == name)
+
+
+def _read_lung(path: Path) -> np.ndarray:
+    """A binary lung mask (any non-zero value is lung: {0,1}, {0,255}, left/right {0,1,2}).
+
+    The manifest's ``mask_scale`` belongs to the infection mask and is not applied here; a
+    soft or lossy mask (more than 3 distinct values) raises ``DataError``.
+    """
+    arr = read_slice_image(path, "mask")
+    values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
+    if values.size > 3:
+        raise DataError(path, f"lung mask holds {values.size} distinct values "
+                        f"({values[:6].tolist()}...): a soft/lossy mask? expected a label mask "
+                        "such as {0, 1}, {0, 255} or {0, 1, 2}")
+    return (arr != 0).astype(np.uint8)
+
+
+def _read_slice_files(f: dict[str, Path], c: _SliceChecks
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One slice's image (1, H, W) float32 and its masks (1, H, W), checked."""
+    image = read_slice_image(f["image"], "image")[None]
+    arrays: dict[str, np.ndarray] = {}
+    for key in ("mask", "lung", "organs"):
+        if key in f:
+            if key == "lung":
+                arr = _read_lung(f[key])[None]
+            else:
+                arr = read_slice_image(f[key], "mask", mask_scale=c.scale)[None]
+            _check_shape(arr, image.shape, f[key], f["image"])
+            arrays[key] = arr
+    if "mask" in arrays:
+        what = "label_map" if c.scale_key == "mask_scale" else c.scale_key.rsplit(".", 1)[0]
+        _check_labels(arrays["mask"], c.allowed, f["mask"], c.label,
+                      what + (".label_map" if what != "label_map" else ""), c.scale_key)
+        arrays["mask"] = arrays["mask"].astype(c.mdtype)
+    if "organs" in arrays:
+        _check_labels(arrays["organs"], c.organs_allowed, f["organs"], c.label, "organ_map")
+    return image, arrays
+
+
+def _read_slice_stack(ref: CaseRef, c: _SliceChecks
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A volume of slices: every slice read and checked, stacked to (Z, H, W) in order."""
+    assert ref.slices is not None
+    images, stacks = [], {}
+    first = ref.slices[0][1]["image"]
+    for _, files in ref.slices:
+        image, arrays = _read_slice_files(files, c)
+        if images and image.shape != images[0].shape:
+            raise DataError(files["image"], f"slice shape {image.shape[1:]} differs from "
+                            f"{first} {images[0].shape[1:]} in volume '{ref.case_id}'")
+        images.append(image)
+        for k, a in arrays.items():
+            stacks.setdefault(k, []).append(a)
+    return np.concatenate(images), {k: np.concatenate(v) for k, v in stacks.items()}
+
+
+def _read_slice_stack_cached(ref: CaseRef, c: _SliceChecks, manifest: Any,
+                             alt_mask: str | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`_read_slice_stack` through the decoded-stack disk cache (covidlib.data.stackcache).
+
+    The image comes back as uint8 (Z, H, W): the 8-bit values as stored, 4x smaller.
+    """
+    from covidlib.data.stackcache import cached_arrays
+
+    assert ref.slices is not None
+
+    def compute() -> dict[str, np.ndarray]:
+        image, arrays = _read_slice_stack(ref, c)
+        return {"image": image.astype(np.uint8), **arrays}
+
+    files = [p for _, fs in ref.slices for p in fs.values()]
+    settings = {"scale": c.scale, "allowed": sorted(c.allowed or []), "alt_mask": alt_mask,
+                "organs": sorted(c.organs_allowed or []), "dtype": np.dtype(c.mdtype).name,
+                "keys": sorted(ref.files)}
+    arrays = cached_arrays(str(_get(manifest, "name", "dataset")), ref.case_id, files,
+                           settings, compute, variant=alt_mask or "mask")
+    image = arrays.pop("image")
+    return image, arrays
 
 
 def _read_ref(ref: CaseRef, manifest: Any, alt_mask: str | None = None) -> Iterator[Case]:
@@ -433,20 +628,17 @@ def _read_ref(ref: CaseRef, manifest: Any, alt_mask: str | None = None) -> Itera
         meta_base["alt_mask"] = alt_mask
     f = ref.files
     if fmt == "image-slices":
-        image = read_slice_image(f["image"], "image")[None]
-        arrays: dict[str, np.ndarray] = {}
-        for key in ("mask", "lung", "organs"):
-            if key in f:
-                arr = read_slice_image(f[key], "mask", mask_scale=scale)[None]
-                _check_shape(arr, image.shape, f[key], f["image"])
-                arrays[key] = arr
-        if "mask" in arrays:
-            _check_labels(arrays["mask"], allowed, f["mask"], label)
-            arrays["mask"] = arrays["mask"].astype(mdtype)
-        if "organs" in arrays:
-            _check_labels(arrays["organs"], organs_allowed, f["organs"], label, "organ_map")
-        if "lung" in arrays:
-            arrays["lung"] = (arrays["lung"] != 0).astype(np.uint8)
+        scale_key = "mask_scale" if alt_mask is None else f"alt_masks.{alt_mask}.mask_scale"
+        checks = _SliceChecks(scale, allowed, organs_allowed, mdtype, label, scale_key)
+        if ref.slices is None:
+            image, arrays = _read_slice_files(f, checks)
+        else:
+            image, arrays = _read_slice_stack_cached(ref, checks, manifest, alt_mask)
+            meta_base["slice_ids"] = tuple(sl for sl, _ in ref.slices)
+            meta_base.update({f"{k}_paths": tuple(str(fs[k]) for _, fs in ref.slices)
+                              for k in f})
+            meta_base["volume_derived"] = bool(_get(_get(
+                _group_of(manifest, ref.group), "volumes"), "derived", False))
         yield Case(
             case_id=ref.case_id,
             image=image,
@@ -463,12 +655,14 @@ def _read_ref(ref: CaseRef, manifest: Any, alt_mask: str | None = None) -> Itera
             f"layout format {fmt!r} is not readable by covidlib.data.readers "
             "(it reads nifti-volumes, nifti-stack and image-slices; convert the data first)",
         )
-    image, spacing = read_nifti(f["image"])
+    image, spacing, image_aff = _load_nifti(f["image"])
     arrays = {}
     for key in ("mask", "lung", "organs"):
         if key in f:
-            arr, _ = read_nifti_labels(f[key])
+            data, _, aff = _load_nifti(f[key])
+            arr = _as_labels(data, f[key])
             _check_shape(arr, image.shape, f[key], f["image"])
+            _check_affine(aff, image_aff, f[key], f["image"])
             arrays[key] = arr
     if "mask" in arrays:
         _check_labels(arrays["mask"], allowed, f["mask"], label)

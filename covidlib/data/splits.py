@@ -30,7 +30,7 @@ from typing import Any
 from covidlib.data.errors import DataError
 from covidlib.data.types import Case
 
-__all__ = ["PARTS", "SliceRef", "fraction_bounds", "make_split"]
+__all__ = ["PARTS", "SliceRef", "fraction_bounds", "make_split", "split_sizes"]
 
 PARTS = ("train", "val", "test")
 SliceRef = tuple[str, int]
@@ -130,3 +130,23 @@ def make_split(
             out["test"].extend((cid, z) for z in range(n_upto, nz[cid]))
         return out
     raise DataError("split spec", f"unknown split method {method!r}")
+
+
+def split_sizes(cases: Sequence[Case] | Mapping[str, Case | int], manifest: Any
+                ) -> list[dict[str, Any]]:
+    """Slices and cases in train / val / test of every split of ``manifest`` (each fold of a
+    k-fold split is one row): ``{"name", "split", "fold", "method", "<part>_slices",
+    "<part>_cases"}``; ``name`` is e.g. ``"sep"`` or ``"p4-cv4 fold 2"``, ``fold`` None or int.
+    """
+    rows = []
+    for name, spec in _get(manifest, "splits").items():
+        folds = _get(spec, "folds", None)
+        for fold in range(len(folds)) if folds else [None]:
+            parts = make_split(cases, spec, fold=fold)
+            row: dict[str, Any] = {"name": name if fold is None else f"{name} fold {fold}",
+                                   "split": name, "fold": fold, "method": _get(spec, "method")}
+            for p in PARTS:
+                row[f"{p}_slices"] = len(parts[p])
+                row[f"{p}_cases"] = len({c for c, _ in parts[p]})
+            rows.append(row)
+    return rows

@@ -22,7 +22,15 @@ from tqdm.auto import tqdm
 from covidlib.data.errors import DataError
 from covidlib.data.types import Case
 
-__all__ = ["TABLE1_COLUMNS", "count_regions", "dataset_stats", "infection_mask", "table1"]
+__all__ = [
+    "TABLE1_COLUMNS",
+    "count_regions",
+    "dataset_stats",
+    "derivative_caveats",
+    "derivative_table1",
+    "infection_mask",
+    "table1",
+]
 
 TABLE1_COLUMNS = ("# Cases", "# Slices", "# Slices with Infections (%)", "# Infected Regions")
 
@@ -112,3 +120,46 @@ def table1(rows: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]]) 
     df = pd.DataFrame.from_dict(records, orient="index", columns=list(TABLE1_COLUMNS))
     df.index.name = "Name"
     return df
+
+
+def derivative_caveats(manifest: Any) -> list[str]:
+    """Plain sentences on how a derivative dataset differs from its source (manifest
+    ``derived_from`` / ``data_kind`` / grouped volumes); [] for a dataset that is no derivative."""
+    d = dict(getattr(manifest, "derived_from", None) or {})
+    if not d:
+        return []
+    out = [f"{manifest.name} is a {manifest.data_kind}, not the original: it is derived from "
+           f"{d['dataset']}" + (f" (group {d['group']})" if d.get("group") else "") + "."]
+    if d.get("kept"):
+        out.append(f"It keeps {d['kept']}, so its slice and region counts cannot equal the "
+                   "papers' full-volume rows.")
+    if d.get("intensity"):
+        out.append(f"Intensities: {d['intensity']}.")
+    if any(g.volumes is not None and g.volumes.derived for g in manifest.groups):
+        out.append("Its volume ids are derived (not published with the data); every "
+                   "per-volume split rests on them.")
+    return out
+
+
+def derivative_table1(manifest: Any, ours: Mapping[str, Any]) -> pd.DataFrame:
+    """Our Table 1 row of a derivative dataset beside the papers' rows of its SOURCE dataset.
+
+    ``manifest.derived_from["dataset"]`` names the source manifest; its ``paper_stats``
+    (P1 / P2 Table 1, full volumes) are the paper rows. The rows are shown side by side,
+    never as an agreement check: see :func:`derivative_caveats` for what differs.
+    """
+    from covidlib.data.manifest import load_manifest
+
+    d = dict(getattr(manifest, "derived_from", None) or {})
+    if "dataset" not in d:
+        raise DataError(getattr(manifest, "path", None) or manifest.name,
+                        "no derived_from.dataset: not a derivative of another dataset")
+    src = load_manifest(d["dataset"])
+    rows: dict[str, Any] = {
+        f"{paper}: {st.name} ({src.name}, full volumes)": st
+        for paper, st in sorted(src.paper_stats.items())
+    }
+    rows[f"ours: {manifest.name} ({manifest.data_kind})"] = dict(ours)
+    frame = table1(rows)
+    frame.insert(0, "source", ["paper"] * (len(rows) - 1) + ["measured"])
+    return frame

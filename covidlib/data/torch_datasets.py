@@ -20,6 +20,7 @@ from covidlib.data.oracle import IGNORE
 from covidlib.data.preprocess import (
     LUNG_WINDOW,
     Method,
+    check_upscale,
     imagenet_normalize,
     resize_image,
     resize_mask,
@@ -110,6 +111,7 @@ class SliceDataset(Dataset):
                 u8_cache.clear()
                 u8_cache[cid] = to_uint8(case, window=window, method=method)
                 current = cid
+            check_upscale(u8_cache[cid].shape, size, f"case {cid!r} slice {z}")
             img = np.clip(np.rint(resize_image(u8_cache[cid][z], size)), 0, 255).astype(np.uint8)
             mask = None
             if case.mask is not None:

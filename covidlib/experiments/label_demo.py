@@ -12,38 +12,50 @@ restored, so the chapter shows the same model and proposals as the run that made
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from covidlib.cache import ResultCache
+from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset
 from covidlib.data.splits import make_split
 from covidlib.engine import atomic_save
-from covidlib.widgets import LabelSession, MaskOracle, choose_pool, simulate
+from covidlib.widgets import LabelSession, MaskOracle, choose_pool, pretrain, simulate
 
-__all__ = ["PROFILES", "DemoRun", "demo", "history_frame", "own_session", "plot_history",
-           "plot_query", "settings"]
+__all__ = ["PROFILES", "STRATEGIES", "DemoRun", "compare", "curves_frame", "demo",
+           "history_frame", "load_cases", "own_session", "plot_curves", "plot_history",
+           "plot_query", "settings", "summary", "target_dice", "warm_start"]
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # seconds per cycle on 2 CPU cores: 64 px slices, a 3-level U-Net with 8 channels
-    "cpu": {"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 16,
-            "initial_images": 5, "regions_per_cycle": 5, "cycles": 3, "epochs": 15,
-            "lr": 1e-3, "batch_size": 4},
+    # seconds per cycle on 2 CPU cores: 64 px slices, a 3-level U-Net with 8 channels.
+    # warm_*: the warm start, the same model trained on full masks of other volumes (the
+    # first warm_volumes volumes of the split's train part; the pool comes from the others).
+    "cpu": {"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 48,
+            "initial_images": 0, "regions_per_cycle": 5, "cycles": 6, "epochs": 15,
+            "lr": 1e-3, "batch_size": 4, "regions": "body", "warm_volumes": 2,
+            "warm_slices": 48, "warm_epochs": 15, "warm_lr": 3e-3, "infection_weight": 10.0,
+            "point_weight": 10.0, "target_dice": None},
     "gpu": {"n_regions": 64, "size": 128, "n_mc": 8, "pool": 200, "eval": 100,
-            "initial_images": 5, "regions_per_cycle": 5, "cycles": 10, "epochs": 40,
-            "lr": 1e-3, "batch_size": 8},
+            "initial_images": 0, "regions_per_cycle": 5, "cycles": 10, "epochs": 40,
+            "lr": 1e-3, "batch_size": 8, "regions": "body", "warm_volumes": 2,
+            "warm_slices": 200, "warm_epochs": 20, "warm_lr": 3e-3, "infection_weight": 10.0,
+            "point_weight": 10.0, "target_dice": None},
     # P1 Implementation Details: K = 64 regions, 352 px, 5 initial images fully answered,
-    # 5 images x 1 region per cycle, at most 40 epochs, Adam lr 1e-4, batch size 1
-    # (P1 runs 100 cycles with FCN8-VGG16; the widget keeps its small U-Net).
+    # 5 images x 1 region per cycle, at most 40 epochs, Adam lr 1e-4, batch size 1, every
+    # region of the grid (P1 runs 100 cycles with FCN8-VGG16; the widget keeps its small
+    # U-Net). No warm start (warm_volumes 0): P1 starts from ImageNet weights only.
     "paper": {"n_regions": 64, "size": 352, "n_mc": 8, "pool": 368, "eval": 100,
               "initial_images": 5, "regions_per_cycle": 5, "cycles": 100, "epochs": 40,
-              "lr": 1e-4, "batch_size": 1},
+              "lr": 1e-4, "batch_size": 1, "regions": "grid", "warm_volumes": 0,
+              "warm_slices": 0, "warm_epochs": 0, "warm_lr": 0.0, "infection_weight": 1.0,
+              "point_weight": 1.0, "target_dice": None},
 }
+STRATEGIES = ("entropy", "random")
 
 
 def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -64,34 +76,102 @@ def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[s
 
 @dataclass
 class DemoRun:
+    """One simulated labelling run: the session at its end, its cycles (cycle 0: the warm
+    model before any answer), whether it came from the cache, and its configuration."""
+
     session: LabelSession
     history: list[dict[str, Any]]
     cached: bool
     config: dict[str, Any]
+    warm_state: dict[str, torch.Tensor] | None = None
+
+
+def load_cases(ds: Dataset) -> list:
+    """The labelled cases, with the lung masks of the dataset's alt mask ``lung`` when it has
+    one (ma20-slices), so the widget asks only about regions on the lungs."""
+    groups = ds.labelled_groups
+    group = groups if len(groups) > 1 else None
+    cases = ds.cases(group)
+    has_lung = all("lung" in g.alt_masks for g in ds.manifest.layout.groups
+                   if g.name in groups)
+    if not has_lung or all(c.lung is not None for c in cases):
+        return cases
+    lungs = {c.case_id: c.mask for c in ds.cases(group, alt_mask="lung")}
+    return [replace(c, lung=np.asarray(lungs[c.case_id]) > 0) if c.lung is None else c
+            for c in cases]
 
 
 def _split(ds: Dataset, cases: list) -> dict[str, list]:
-    """The dataset's first split (P2's for COVID-SemiSeg, ``sep`` for the phantom)."""
+    """The dataset's by-volume split ``sep`` when it has one, else its first split."""
     names = list(ds.manifest.splits)
     name = "sep" if "sep" in names else names[0]
     return make_split(cases, ds.manifest.split(name))
 
 
-def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results_dir: str | Path,
-         annotations_path: str | Path, seed: int = 0, device: str = "cpu") -> DemoRun:
-    """Simulated labelling on ``ds`` (see the module docstring); ``annotations_path`` is
-    replaced by the run's annotations."""
-    s = settings(profile, overrides)
-    groups = ds.labelled_groups
-    cases = ds.cases(groups if len(groups) > 1 else None)
+def _parts(ds: Dataset, cases: list, s: Mapping[str, Any], seed: int
+           ) -> tuple[list, list, list]:
+    """``(warm-start slices, pool, held-out slices)``: the first ``warm_volumes`` train
+    volumes train the warm start, the pool comes from the other train volumes, the held-out
+    slices from the test volumes (val when there is no test part)."""
     split = _split(ds, cases)
-    pool = choose_pool(cases, split["train"], n=s["pool"], seed=seed)
-    held_out = split["test"] or split["val"]
-    eval_refs = choose_pool(cases, held_out, n=s["eval"], seed=seed + 1)
+    train = split["train"]
+    volumes = list(dict.fromkeys(c for c, _ in train))
+    n_warm = int(s["warm_volumes"])
+    if n_warm and n_warm >= len(volumes):
+        raise ValueError(f"label_demo: warm_volumes={n_warm} leaves no train volume for the "
+                         f"pool ({len(volumes)} train volumes)")
+    warm_ids = set(volumes[:n_warm])
+    warm = ([] if not n_warm else
+            choose_pool(cases, [r for r in train if r[0] in warm_ids], n=s["warm_slices"],
+                        seed=seed + 2))
+    pool = choose_pool(cases, [r for r in train if r[0] not in warm_ids], n=s["pool"],
+                       seed=seed)
+    eval_refs = choose_pool(cases, split["test"] or split["val"], n=s["eval"], seed=seed + 1)
+    return warm, pool, eval_refs
+
+
+def warm_start(ds: Dataset, cases: list, refs: list, s: Mapping[str, Any], seed: int,
+               results_dir: str | Path, device: str = "cpu"
+               ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """The warm-start weights (:func:`covidlib.widgets.pretrain` on ``refs``, full masks),
+    cached in ``results_dir``; ``(None, None)`` when the profile has no warm start."""
+    if not refs or not s["warm_epochs"]:
+        return None, None
+    config = {"dataset": ds.fingerprint(), "slices": [list(r) for r in refs],
+              "size": s["size"], "epochs": s["warm_epochs"], "lr": s["warm_lr"],
+              "batch_size": s["batch_size"], "seed": seed, "device": device,
+              "infection_weight": s["infection_weight"],
+              "model": "unet2d(base_width=8, depth=3, dropout=0.5)", "loss": "cross-entropy"}
+    cache = ResultCache(results_dir)
+    weights = cache.path("label_demo_warm", config).with_suffix(".pt")
+    if weights.exists() and cache.get("label_demo_warm", config) is not None:
+        return torch.load(weights, map_location="cpu", weights_only=True), config
+    state = pretrain(cases, refs, size=s["size"], epochs=s["warm_epochs"], lr=s["warm_lr"],
+                     batch_size=s["batch_size"], seed=seed, device=device,
+                     infection_weight=s["infection_weight"])
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(state, weights)
+    cache.put("label_demo_warm", config, {"slices": len(refs)})
+    return state, config
+
+
+def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results_dir: str | Path,
+         annotations_path: str | Path, seed: int = 0, device: str = "cpu",
+         strategy: str = "entropy") -> DemoRun:
+    """Simulated labelling on ``ds`` (see the module docstring); ``annotations_path`` is
+    replaced by the run's annotations. ``strategy``: P1's ``entropy`` or ``random``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"label_demo: strategy={strategy!r}; choose one of {STRATEGIES}")
+    s = settings(profile, overrides)
+    cases = load_cases(ds)
+    warm_refs, pool, eval_refs = _parts(ds, cases, s, seed)
+    state, warm_config = warm_start(ds, cases, warm_refs, s, seed, results_dir, device)
     config = {"dataset": ds.name, "seed": seed, "device": device, "settings": s,
               "pool": [list(r) for r in pool], "eval": [list(r) for r in eval_refs],
               "model": "unet2d(base_width=8, depth=3, dropout=0.5)",
-              "session": {"reduce": "max", "warm_start": True, "loss": "point (P2 Eq. 2)"}}
+              "warm": None if warm_config is None else config_hash(warm_config),
+              "session": {"reduce": "max", "warm_start": True, "loss": "point (P2 Eq. 2)",
+                          "regions": s["regions"], "strategy": strategy}}
     cache = ResultCache(results_dir)
     path = Path(annotations_path)
     path.unlink(missing_ok=True)
@@ -99,25 +179,30 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
     if stored is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(stored["annotations"])
-    session = _session(cases, path, config)
+    session = _session(cases, path, config, state)
     weights = cache.path("label_demo", config).with_suffix(".pt")
     if stored is not None and weights.exists():
         session.restore_model(torch.load(weights, map_location="cpu", weights_only=True),
-                              cycle=len(stored["history"]))
-        return DemoRun(session, stored["history"], True, config)
+                              cycle=len(stored["history"]) - 1)
+        return DemoRun(session, stored["history"], True, config, state)
     if stored is not None:  # weights lost: run again from an empty file
         path.unlink()
-        session = _session(cases, path, config)
+        session = _session(cases, path, config, state)
+    start = {"cycle": 0, "labels": 0, "points": 0, "backgrounds": 0, "slices": 0,
+             "cost_seconds": 0.0, "train_seconds": 0.0, "train_loss": float("nan"),
+             **{f"test_{k}": v for k, v in session.evaluate(session.eval_refs).items()}}
     hist = simulate(session, MaskOracle(cases, ds.manifest.infection_labels, seed=seed),
-                    cycles=s["cycles"], initial_images=s["initial_images"], seed=seed)
-    history = [h.to_dict() for h in hist]
+                    cycles=s["cycles"], initial_images=s["initial_images"], seed=seed,
+                    progress=False)
+    history = [start] + [h.to_dict() for h in hist]
     weights.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({k: v.cpu() for k, v in session.model.state_dict().items()}, weights)
     cache.put("label_demo", config, {"history": history, "annotations": path.read_text()})
-    return DemoRun(session, history, False, config)
+    return DemoRun(session, history, False, config, state)
 
 
-def _session(cases: list, path: Path, config: Mapping[str, Any]) -> LabelSession:
+def _session(cases: list, path: Path, config: Mapping[str, Any],
+             state: Mapping[str, torch.Tensor] | None) -> LabelSession:
     s, opts = config["settings"], config["session"]
     return LabelSession(cases, path, n_regions=s["n_regions"], n_mc=s["n_mc"],
                         slices=[tuple(r) for r in config["pool"]], size=s["size"],
@@ -126,15 +211,103 @@ def _session(cases: list, path: Path, config: Mapping[str, Any]) -> LabelSession
                         eval_slices=[tuple(r) for r in config["eval"]],
                         dataset=config["dataset"], seed=config["seed"],
                         device=config["device"], reduce=opts["reduce"],
-                        warm_start=opts["warm_start"])
+                        warm_start=opts["warm_start"], regions=opts["regions"],
+                        strategy=opts["strategy"], init_state=state,
+                        point_weight=s["point_weight"])
 
 
 def own_session(ds: Dataset, run: DemoRun, annotations_path: str | Path) -> LabelSession:
     """A session for a person on the demo's pool and settings, labels kept in
-    ``annotations_path`` (restored when it exists); the model starts untrained."""
-    groups = ds.labelled_groups
-    cases = ds.cases(groups if len(groups) > 1 else None)
-    return _session(cases, Path(annotations_path), run.config)
+    ``annotations_path`` (restored when it exists); the model starts from the warm start."""
+    return _session(load_cases(ds), Path(annotations_path), run.config, run.warm_state)
+
+
+def compare(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None,
+            results_dir: str | Path, seeds: Iterable[int], device: str = "cpu",
+            strategies: Iterable[str] = STRATEGIES) -> dict[tuple[str, int], DemoRun]:
+    """The oracle labelling through the session API once per strategy and seed (P1's
+    entropy vs random); annotations under ``<results_dir>/label_demo/runs/``."""
+    folder = Path(results_dir) / "label_demo" / "runs"
+    out = {}
+    jobs = [(st, int(sd)) for st in strategies for sd in seeds]
+    for st, sd in tqdm(jobs, desc="simulated annotators", unit="run"):
+        out[(st, sd)] = demo(ds, profile, overrides, results_dir,
+                             folder / f"{ds.name}-{st}-{sd}.jsonl", seed=sd, device=device,
+                             strategy=st)
+    return out
+
+
+def curves_frame(runs: Mapping[tuple[str, int], DemoRun]):
+    """One row per (strategy, seed, cycle): answers, seconds of clicking, held-out Dice and
+    the share of the answers so far that were clicks on infection."""
+    import pandas as pd
+
+    rows = []
+    for (st, sd), run in runs.items():
+        for h in run.history:
+            rows.append({"strategy": st, "seed": sd, "cycle": h["cycle"],
+                         "answers": h["labels"], "seconds": h["cost_seconds"],
+                         "dice": h.get("test_dice", np.nan),
+                         "on_infection": h["points"] / h["labels"] if h["labels"] else np.nan})
+    return pd.DataFrame(rows)
+
+
+def target_dice(frame, s: Mapping[str, Any]) -> float:
+    """The Dice the summary counts clicks to: the profile's ``target_dice``, else 90 % of the
+    best final mean Dice over the strategies (rounded to 0.01)."""
+    if s.get("target_dice") is not None:
+        return float(s["target_dice"])
+    last = frame[frame["cycle"] == frame["cycle"].max()]
+    return round(0.9 * float(last.groupby("strategy")["dice"].mean().max()), 2)
+
+
+def summary(frame, target: float):
+    """Per strategy: final Dice (mean and sd over seeds), answers and seconds needed to first
+    reach ``target`` (mean over the seeds that reach it; how many did), share of the
+    questions that landed on infection."""
+    import pandas as pd
+
+    rows = []
+    for st, g in frame.groupby("strategy", sort=False):
+        last = g[g["cycle"] == g["cycle"].max()]
+        reach = []
+        for _sd, r in g.groupby("seed"):
+            hit = r[r["dice"] >= target].sort_values("cycle")
+            if len(hit):
+                reach.append(int(hit["answers"].iloc[0]))
+        rows.append({"strategy": st, "final Dice": float(last["dice"].mean()),
+                     "final Dice sd": float(last["dice"].std(ddof=0)),
+                     "answers to target": float(np.mean(reach)) if reach else np.nan,
+                     "seconds to target": 3.0 * float(np.mean(reach)) if reach else np.nan,
+                     "seeds reaching target": f"{len(reach)}/{g['seed'].nunique()}",
+                     "on infection": float(last["on_infection"].mean())})
+    return pd.DataFrame(rows)
+
+
+def plot_curves(frame, target: float | None = None):
+    """Held-out Dice against seconds of clicking (3 s per answer, P1 Sec. 5.3), mean and
+    per-seed range of each strategy."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=110)
+    for st, colour in zip(STRATEGIES, ("tab:red", "tab:blue"), strict=True):
+        g = frame[frame["strategy"] == st]
+        if g.empty:
+            continue
+        agg = g.groupby("cycle").agg(seconds=("seconds", "mean"), mean=("dice", "mean"),
+                                     lo=("dice", "min"), hi=("dice", "max"))
+        ax.plot(agg["seconds"], agg["mean"], "o-", color=colour,
+                label=f"{st} ({g['seed'].nunique()} seeds)")
+        ax.fill_between(agg["seconds"], agg["lo"], agg["hi"], color=colour, alpha=0.15)
+    if target is not None:
+        ax.axhline(target, color="k", ls=":", lw=1, label=f"target Dice {target:.2f}")
+    ax.set_xlabel("seconds of clicking (3 s per click or background tag)")
+    ax.set_ylabel("Dice on held-out test volumes")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def history_frame(history: list[dict[str, Any]]):

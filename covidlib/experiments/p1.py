@@ -42,6 +42,7 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from covidlib.acquisition import infected_share
 from covidlib.active import (
     ALConfig,
     ALData,
@@ -51,6 +52,8 @@ from covidlib.active import (
     train_fully_supervised,
 )
 from covidlib.cache import ResultCache, atomic_write_text, config_hash
+from covidlib.data.errors import DataError
+from covidlib.data.manifest import load_manifest, locate
 from covidlib.data.oracle import (
     FULL_SLICE_SECONDS,
     POINT_SECONDS,
@@ -59,13 +62,29 @@ from covidlib.data.oracle import (
     region_label,
 )
 from covidlib.report.figures import display_view
+from covidlib.verdict import (
+    Convergence,
+    Verdict,
+    baseline_converged,
+    combine_verdicts,
+    three_way_verdict,
+)
 
 __all__ = [
+    "DATASET_NAMES",
     "HEURISTIC_LABELS",
+    "MECHANISMS",
     "PROFILES",
+    "REAL_DATASET",
     "Runs",
     "al_config",
+    "baseline",
+    "baseline_convergence",
+    "baseline_curves",
+    "ceiling_config",
+    "chapter_verdict",
     "curves_frame",
+    "data_note",
     "describe",
     "effort_arithmetic",
     "effort_table",
@@ -74,6 +93,7 @@ __all__ = [
     "fig5_scorecard",
     "fig5_summary",
     "fig5_verdict",
+    "fig5_verdicts",
     "fig6_initial_images",
     "fig6_scorecard",
     "fig6_summary",
@@ -85,23 +105,32 @@ __all__ = [
     "figure5",
     "figure6",
     "figure7",
+    "figure_baseline",
     "headline_numbers",
     "headline_scorecard",
     "headline_table",
     "headline_verdict",
     "load_data",
+    "mechanism_present",
+    "mechanism_summary",
     "point_vs_pixel",
+    "pool_infected_share",
     "random_specificity_range",
+    "records_scorecard",
     "region_size",
+    "resolve_dataset",
     "run_al",
     "run_full",
+    "selection_shares",
     "settings",
     "upper_bound",
+    "upper_bound_check",
+    "upper_bound_table",
     "whole_image_costs",
     "write_csv",
 ]
 
-VERSION = "p1/1"
+VERSION = "p1/2"
 """Part of every cached config: bump it when a change alters results."""
 KIND_AL = "p1_al"
 KIND_FULL = "p1_full"
@@ -236,6 +265,43 @@ def fig6_initial_images(n_regions: int, budget_regions: int = 192) -> int:
     return max(1, math.floor(budget_regions / n_regions + 0.5))
 
 
+REAL_DATASET = "ma20-slices"
+"""P1's COVID-19-B (Ma et al.'s volumes, here the 10 Coronacases volumes as 2-D slices)."""
+DATASET_NAMES = {
+    "ma20-slices": "P1's COVID-19-B: real CT slices of Ma et al.'s Coronacases volumes "
+                   "(real 2-D derivative: infected slices only, 8-bit CLAHE)",
+    "synthetic": "the synthetic thorax phantom (a stand-in: no real data of this set here)",
+    "covid-semiseg": "COVID-SemiSeg (real slices, MedSeg; not one of P1's sets)",
+}
+
+
+def resolve_dataset(dataset: str, data_root: str | Path | None = None) -> str:
+    """The dataset a chapter runs on: ``"auto"`` -> :data:`REAL_DATASET` when its files are
+    found (``data_root`` or ``COVIDLIB_DATA_PATH``), else ``"synthetic"``; any other name is
+    returned as it is (opening it later names what is missing)."""
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"p1: dataset={dataset!r}: give 'auto' or a dataset name")
+    if dataset != "auto":
+        return dataset
+    try:
+        locate(load_manifest(REAL_DATASET), data_root)
+    except (DataError, FileNotFoundError):
+        return "synthetic"
+    return REAL_DATASET
+
+
+def records_scorecard(dataset: str, data_root: str | Path | None = None) -> bool:
+    """Whether a chapter on ``dataset`` writes P1's scorecard rows: it does when ``dataset``
+    is the best data found (:func:`resolve_dataset` of "auto"), so a phantom run never
+    overwrites a real one."""
+    return dataset == resolve_dataset("auto", data_root)
+
+
+def data_note(dataset: str) -> str:
+    """One line saying which data produced a table or figure."""
+    return f"data: {dataset}, {DATASET_NAMES.get(dataset, 'see its manifest')}"
+
+
 # --------------------------------------------------------------------------------------------
 # Cached runs
 # --------------------------------------------------------------------------------------------
@@ -258,47 +324,11 @@ def _cached(kind: str, config: dict[str, Any], compute: Any, results_dir: str | 
     if results_dir is None:
         return compute(None)
     cache = ResultCache(results_dir)
-    ck = Path(results_dir) / "p1_checkpoints" / config_hash(config)
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        hit = cache.get(kind, config)
-        if hit is not None:
-            return hit
-        _break_dead_claim(cache.path(kind, config).with_suffix(".lock"))
-        with cache.claim(kind, config) as owned:
-            if owned:
-                out = cache.cached(kind, config, lambda: compute(ck))
-                if ck.exists():  # finished: the result is stored, the states are not needed
-                    shutil.rmtree(ck, ignore_errors=True)
-                return out
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"p1: {cache.path(kind, config)} is claimed by another process "
-                               f"and did not appear within {wait_seconds:.0f} s")
-        time.sleep(1.0)
-
-
-def _break_dead_claim(lock: Path) -> None:
-    """Remove the claim of a process of this machine that no longer runs (killed), so that
-    a restarted chapter resumes its run instead of waiting for it."""
-    import os
-    import socket
-
-    try:
-        text = lock.read_text()
-    except (FileNotFoundError, OSError):
-        return
-    parts = text.split()
-    if len(parts) != 2 or parts[0] != socket.gethostname() or not parts[1].startswith("pid="):
-        return
-    try:
-        pid = int(parts[1][4:])
-        os.kill(pid, 0)
-    except ValueError:
-        return
-    except ProcessLookupError:
-        lock.unlink(missing_ok=True)
-    except PermissionError:  # alive, another user's
-        return
+    ck = Path(results_dir) / "p1_checkpoints" / config_hash(config)  # used under the claim
+    out = cache.compute_once(kind, config, lambda: compute(ck), wait_s=wait_seconds)
+    if ck.exists():  # finished: the result is stored, the states are not needed
+        shutil.rmtree(ck, ignore_errors=True)
+    return out
 
 
 def run_al(cfg: ALConfig, *, data_root: str | Path | None = None,
@@ -328,12 +358,15 @@ def run_full(cfg: ALConfig, epochs: int, *, data_root: str | Path | None = None,
 
 class Runs:
     """The runs of one chapter: ``items`` is a list of ``(labels, result)`` where ``labels``
-    holds split, heuristic, n_regions, supervision and seed."""
+    holds split, heuristic, n_regions, supervision and seed; ``full`` the fully supervised
+    baselines and ``ceiling`` the every-region-labelled runs, as ``({"split", "seed"},
+    result)``."""
 
     def __init__(self, profile: str, dataset: str, s: Mapping[str, Any]) -> None:
         self.profile, self.dataset, self.settings = profile, dataset, dict(s)
         self.items: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.full: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.ceiling: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.seconds = 0.0
 
     @property
@@ -456,6 +489,36 @@ def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
         res = run_full(cfg, int(runs.settings["full_epochs"]), data_root=data_root,
                        results_dir=results_dir, device=device)
         runs.full.append(({"split": split, "seed": seed}, res))
+        ceil = ceiling_config(cfg, runs.settings, data_root)
+        runs.ceiling.append(({"split": split, "seed": seed}, run_al(
+            ceil, data_root=data_root, results_dir=results_dir, device=device)))
+    runs.seconds += time.perf_counter() - t0
+    return runs
+
+
+def ceiling_config(cfg: ALConfig, s: Mapping[str, Any], data_root: Any = None) -> ALConfig:
+    """The upper-bound check's run: ``cfg`` with every region of every pool image labelled
+    at the start (point labels on the whole pool: the end point of the AL curve), no
+    selection cycle, trained as long as the fully supervised baseline (``full_epochs``
+    epochs over every image)."""
+    n = len(_data(cfg, data_root).train)
+    return ALConfig.from_mapping({**cfg.to_dict(), "initial_images": n, "cycles": 0,
+                                  "epochs": int(s["full_epochs"]), "epoch_items": None})
+
+
+def baseline(runs: Runs, splits: Sequence[str], seed: int = 0, *, data_root: Any = None,
+             results_dir: Any = None, device: str = "auto") -> Runs:
+    """Add the fully supervised baseline (per-pixel masks, structure loss) of each split at
+    ``seed`` to ``runs.full`` (cached: the headline chapter's runs of the same split and
+    seed are these)."""
+    t0 = time.perf_counter()
+    for split in splits:
+        if any(lab["split"] == split and lab["seed"] == seed for lab, _ in runs.full):
+            continue
+        cfg = al_config(runs.dataset, split, runs.settings, seed=seed)
+        res = run_full(cfg, int(runs.settings["full_epochs"]), data_root=data_root,
+                       results_dir=results_dir, device=device)
+        runs.full.append(({"split": split, "seed": seed}, res))
     runs.seconds += time.perf_counter() - t0
     return runs
 
@@ -567,21 +630,26 @@ def random_specificity_range(frame: pd.DataFrame) -> tuple[float, float]:
     return float(spec.min()), float(spec.max())
 
 
-def fig5_scorecard(frame: pd.DataFrame, verdicts: Mapping[str, str],
-                   paper: Mapping[str, Any]) -> dict[str, Any]:
+def fig5_scorecard(frame: pd.DataFrame, verdicts: Mapping[str, Verdict],
+                   paper: Mapping[str, Any], shares: pd.DataFrame | None = None
+                   ) -> dict[str, Any]:
     """The P1-F5 scorecard entry (``paper``, ``ours``, ``verdict``): entropy's last-cycle
-    Dice per split, random's specificity range, and the per-split verdicts of
-    :func:`fig5_verdict` ("holds" only when every split holds)."""
+    Dice per split, random's specificity range, the infected share of the selected regions
+    per heuristic (with ``shares``), and the per-split three-way verdicts combined
+    (:func:`covidlib.verdict.combine_verdicts`)."""
     lo, hi = paper["values"]["random_specificity_range"]
     dice = fig5_summary(frame).set_index(["split", "heuristic"])["Dice (last cycle)"]
     r_lo, r_hi = random_specificity_range(frame)
-    holds = all(v.startswith("holds") for v in verdicts.values())
+    ours: dict[str, Any] = {f"{split} entropy Dice": dice.loc[(split, "entropy")]
+                            for split in verdicts}
+    ours["random spec"] = f"{r_lo:.2f}-{r_hi:.2f}"
+    if shares is not None and not shares.empty:
+        for (split, h), g in shares.groupby(["split", "heuristic"], sort=False):
+            ours[f"{split} {h} infected share"] = round(float(g["infected share"].mean()), 2)
     return {
         "paper": f"entropy beats random on Dice (A/B, mixed and sep); random spec {lo}-{hi}",
-        "ours": {**{f"{split} entropy Dice": dice.loc[(split, "entropy")] for split in verdicts},
-                 "random spec": f"{r_lo:.2f}-{r_hi:.2f}"},
-        "verdict": ("holds" if holds else "not reproduced everywhere") + ": "
-                   + "; ".join(verdicts.values()),
+        "ours": ours,
+        "verdict": combine_verdicts(verdicts).text,
     }
 
 
@@ -714,15 +782,18 @@ def fig7_scorecard(summary: pd.DataFrame, verdict: str, paper: Mapping[str, Any]
     return {"paper": paper["claims"][0], "ours": ours, "verdict": verdict}
 
 
-def headline_scorecard(numbers: Mapping[str, float], values: Mapping[str, Any], verdict: str
-                       ) -> dict[str, Any]:
+def headline_scorecard(numbers: Mapping[str, float], values: Mapping[str, Any], verdict: str,
+                       check: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The P1-headline scorecard entry: effort fraction, Dice fraction, AL and full Dice
-    (ours from :func:`headline_numbers`, the paper's from its Sec. 5.3 values)."""
+    (ours from :func:`headline_numbers`, the paper's from its Sec. 5.3 values); with the
+    upper-bound ``check`` (:func:`upper_bound_check`) also the every-region Dice."""
     keys = {"effort fraction": "effort_fraction", "Dice fraction": "dice_fraction",
             "AL Dice": "al_dice", "full Dice": "full_dice"}
-    return {"paper": {name: values[key] for name, key in keys.items()},
-            "ours": {name: round(float(numbers[key]), 3) for name, key in keys.items()},
-            "verdict": verdict}
+    ours = {name: round(float(numbers[key]), 3) for name, key in keys.items()}
+    if check is not None:
+        ours["every-region point Dice"] = round(float(check["ceiling_dice"]), 3)
+    return {"paper": {name: values[key] for name, key in keys.items()}, "ours": ours,
+            "verdict": str(verdict)}
 
 
 def headline_numbers(runs: Runs) -> dict[str, float]:
@@ -786,6 +857,183 @@ def describe(s: Mapping[str, Any], data: ALData, paper_profile: Mapping[str, Any
         ("cost of a full slice", f"{FULL_SLICE_SECONDS:g} s", "96 s [36]"),
     ]
     return pd.DataFrame(rows, columns=["setting", "this profile", "P1"])
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanism checks, the baseline's convergence and the three-way verdicts (issue 14)
+# --------------------------------------------------------------------------------------------
+
+
+def selection_shares(runs: Runs, data_root: Any = None) -> pd.DataFrame:
+    """Per run and cycle: the regions selected after that cycle and the share of them that
+    hold infection (:func:`covidlib.acquisition.infected_share` on the pool's masks). P1
+    Sec. 5.1 explains entropy's win by this share."""
+    rows = []
+    for labels, res in runs.items:
+        cfg = ALConfig.from_mapping(res["config"])
+        data = _data(cfg, data_root)
+        boxes = region_grid((cfg.size, cfg.size), cfg.n_regions)
+        for rec in res["records"]:
+            picks = [tuple(p) for p in rec["selected"]]
+            if not picks:
+                continue
+            rows.append({"split": labels["split"], "heuristic": labels["heuristic"],
+                         "seed": labels["seed"], "cycle": rec["cycle"],
+                         "selected regions": len(picks),
+                         "infected share": infected_share(data.masks, boxes, picks)})
+    return pd.DataFrame(rows, columns=["split", "heuristic", "seed", "cycle",
+                                       "selected regions", "infected share"])
+
+
+def mechanism_summary(shares: pd.DataFrame, pool_share: Mapping[str, float] | None = None
+                      ) -> pd.DataFrame:
+    """Per split and heuristic: the mean infected share of the selected regions over cycles
+    and seeds, and its range over the cycles; with ``pool_share`` (split -> share of all
+    pool regions holding infection) the share random selection should approach."""
+    rows = []
+    for (split, h), g in shares.groupby(["split", "heuristic"], sort=False):
+        per_cycle = g.groupby("cycle")["infected share"].mean()
+        row = {"split": split, "heuristic": h,
+               "infected share (mean)": round(float(g["infected share"].mean()), 3),
+               "per cycle": ", ".join(f"{v:.2f}" for v in per_cycle)}
+        if pool_share is not None:
+            row["share in the whole pool"] = round(float(pool_share[split]), 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pool_infected_share(runs: Runs, split: str, data_root: Any = None) -> float:
+    """The share of all pool regions (of ``split``'s first run) that hold infection."""
+    res = runs.get(split=split)[0]
+    cfg = ALConfig.from_mapping(res["config"])
+    data = _data(cfg, data_root)
+    boxes = region_grid((cfg.size, cfg.size), cfg.n_regions)
+    picks = [(i, k) for i in range(len(data.masks)) for k in range(len(boxes))]
+    return infected_share(data.masks, boxes, picks)
+
+
+def mechanism_present(shares: pd.DataFrame, split: str, better: str = "entropy",
+                      baseline: str = "random") -> bool | None:
+    """P1's mechanism on ``split``: ``better`` selects a larger share of infected regions
+    than ``baseline`` (mean over cycles and seeds); None without both heuristics."""
+    g = shares[shares["split"] == split]
+    a = g[g["heuristic"] == better]["infected share"]
+    b = g[g["heuristic"] == baseline]["infected share"]
+    if a.empty or b.empty:
+        return None
+    return bool(a.mean() > b.mean())
+
+
+def baseline_curves(runs: Runs) -> pd.DataFrame:
+    """The fully supervised baselines' training curves: split, seed, epoch, train loss,
+    validation Dice."""
+    rows = [{"split": lab["split"], "seed": lab["seed"], **h}
+            for lab, r in runs.full for h in r.get("history", [])]
+    return pd.DataFrame(rows, columns=["split", "seed", "epoch", "train_loss", "val_dice"])
+
+
+def baseline_convergence(runs: Runs, split: str, window: int = 3, tol: float = 0.01
+                         ) -> Convergence:
+    """:func:`covidlib.verdict.baseline_converged` on the mean validation curve (over seeds)
+    of ``split``'s fully supervised baseline."""
+    c = baseline_curves(runs)
+    c = c[c["split"] == split]
+    if c.empty:
+        raise ValueError(f"p1: no fully supervised baseline of split {split!r} (run baseline())")
+    curve = c.groupby("epoch")["val_dice"].mean().sort_index()
+    return baseline_converged(curve.tolist(), window=window, tol=tol)
+
+
+def upper_bound_check(al_dice: float, ceiling_dice: float, full_dice: float,
+                      share: float = 0.9) -> dict[str, float | bool]:
+    """The upper-bound check (issue 14): how far the AL run is from its own end point (every
+    region labelled with points, ``ceiling_dice``), and how far that end point is from the
+    fully supervised Dice (``full_dice``). ``ceiling_reaches_full``: the point labels on the
+    whole pool reach ``share`` of the fully supervised Dice (P1's headline ratio, 0.9); when
+    they do not, no selection rule can reach P1's headline."""
+    def ratio(a: float, b: float) -> float:
+        return float(a) / float(b) if b > 0 else float("nan")
+
+    c_f = ratio(ceiling_dice, full_dice)
+    return {"al_dice": float(al_dice), "ceiling_dice": float(ceiling_dice),
+            "full_dice": float(full_dice), "al_of_ceiling": ratio(al_dice, ceiling_dice),
+            "ceiling_of_full": c_f, "al_of_full": ratio(al_dice, full_dice),
+            "ceiling_reaches_full": bool(c_f >= share) if math.isfinite(c_f) else False}
+
+
+def upper_bound_table(runs: Runs, split: str) -> tuple[pd.DataFrame, dict[str, float | bool]]:
+    """:func:`upper_bound_check` of ``split`` (means over seeds: entropy AL at its last cycle,
+    the every-region run, the fully supervised baseline) and a table of it."""
+    fin = _final(runs.curves)
+    al = fin[(fin["split"] == split) & (fin["heuristic"] == "entropy")]["dice"]
+    ceil = [r["records"][-1]["test"]["dice"] or 0.0 for lab, r in runs.ceiling
+            if lab["split"] == split]
+    full = [r["test"]["dice"] or 0.0 for lab, r in runs.full if lab["split"] == split]
+    if al.empty or not ceil or not full:
+        raise ValueError(f"p1: the upper-bound check of {split!r} needs entropy, ceiling and "
+                         "fully supervised runs (upper_bound())")
+    chk = upper_bound_check(float(al.mean()), float(np.mean(ceil)), float(np.mean(full)))
+    n_reg = [r["records"][-1]["n_labelled_regions"] for lab, r in runs.ceiling
+             if lab["split"] == split]
+    al_reg = fin[(fin["split"] == split) & (fin["heuristic"] == "entropy")][
+        "n_labelled_regions"].mean()
+    table = pd.DataFrame([
+        ("AL (entropy), last cycle", f"{al_reg:.0f}", round(chk["al_dice"], 3)),
+        ("every region labelled with points (AL end point)", f"{np.mean(n_reg):.0f}",
+         round(chk["ceiling_dice"], 3)),
+        ("fully supervised (per-pixel masks)", "all pixels", round(chk["full_dice"], 3)),
+    ], columns=["run", "labelled regions", "test Dice"])
+    return table, chk
+
+
+MECHANISMS = {
+    "P1-F5": "P1's mechanism (entropy selects more regions with infection than random)",
+    "P1-headline": "the upper bound (point labels on every region reach 90 % of the fully "
+                   "supervised Dice)",
+}
+
+
+def chapter_verdict(runs: Runs, split: str, comparison: str,
+                    mechanism_present: bool | None = None, mechanism: str = "mechanism"
+                    ) -> Verdict:
+    """The three-way verdict (:func:`covidlib.verdict.three_way_verdict`) of one claim on
+    ``split``: it holds when ``comparison`` (the sentence of :func:`fig5_verdict`,
+    :func:`fig6_verdict`, :func:`fig7_verdict` or :func:`headline_verdict`) starts with
+    "holds"; the baseline's convergence is :func:`baseline_convergence` of ``split``."""
+    return three_way_verdict(comparison.startswith("holds"), baseline_convergence(runs, split),
+                             mechanism_present, comparison, mechanism)
+
+
+def fig5_verdicts(runs: Runs, shares: pd.DataFrame, splits: Sequence[str]
+                  ) -> dict[str, Verdict]:
+    """Per split: :func:`chapter_verdict` of :func:`fig5_verdict` with P1's mechanism
+    (:func:`mechanism_present` on the selection ``shares``)."""
+    curves = runs.curves
+    return {split: chapter_verdict(runs, split, fig5_verdict(curves, split),
+                                   mechanism_present(shares, split), MECHANISMS["P1-F5"])
+            for split in splits}
+
+
+def figure_baseline(runs: Runs) -> Figure:
+    """The fully supervised baseline's training loss and validation Dice per epoch (one line
+    per split and seed); the dot marks the kept (best validation) epoch."""
+    c = baseline_curves(runs)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.3))
+    for (split, seed), g in c.groupby(["split", "seed"], sort=False):
+        lab = f"{split}, seed {seed}"
+        a.plot(g["epoch"], g["train_loss"], "-", lw=1.5, label=lab)
+        line = b.plot(g["epoch"], g["val_dice"], "-", lw=1.5, label=lab)[0]
+        if g["val_dice"].notna().any():
+            best = g.loc[g["val_dice"].idxmax()]
+            b.plot([best["epoch"]], [best["val_dice"]], "o", color=line.get_color())
+    a.set(xlabel="epoch", ylabel="training loss (structure loss)", title="training")
+    b.set(xlabel="epoch", ylabel="validation Dice", title="validation")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    b.legend(fontsize=8)
+    fig.suptitle(f"fully supervised baseline ({runs.dataset})", fontsize=11)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------------------------

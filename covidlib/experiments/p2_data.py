@@ -19,7 +19,7 @@ import numpy as np
 
 from covidlib.data.api import Dataset, open_dataset
 from covidlib.data.errors import DataError
-from covidlib.data.manifest import natural_key
+from covidlib.data.manifest import load_manifest, natural_key
 from covidlib.data.oracle import Point, point_annotation
 from covidlib.data.preprocess import resize_image, resize_mask, to_uint8
 from covidlib.data.splits import make_split
@@ -29,6 +29,7 @@ __all__ = [
     "A_LIKE_COUNTS",
     "STAND_INS",
     "center_crop",
+    "lung_views",
     "open_cached",
     "oracle_points",
     "prepared_cases",
@@ -36,6 +37,7 @@ __all__ = [
     "split_refs",
     "stand_in_spec",
     "thin",
+    "with_lungs",
 ]
 
 A_LIKE_COUNTS: dict[str, int] = {"train": 45, "val": 5, "test": 48}
@@ -105,23 +107,53 @@ def center_crop(case: Case, fraction: float) -> Case:
 
 
 def prepared_cases(ds: Dataset, crop: float) -> list[Case]:
-    """The dataset's labelled cases; volumes cut to their centre (8-bit slice sets such as
-    COVID-SemiSeg are stored cut to the lungs already and are left as they are)."""
-    cases = ds.cases()
-    if ds.manifest.layout.format == "image-slices":
-        return cases
+    """The dataset's labelled cases (with their lung masks where the dataset has them, see
+    :func:`with_lungs`), every slice cut to its central ``crop`` fraction.
+
+    Which data is cropped is the caller's choice (:data:`covidlib.experiments.p2.TABLES`:
+    the authors crop COVID-19-C only); ``crop=1`` leaves the slices as they are.
+    """
+    cases = with_lungs(ds)
     return [center_crop(c, crop) for c in cases]
+
+
+_LUNGS: dict[tuple[str, str], list[Case]] = {}
+
+
+def with_lungs(ds: Dataset) -> list[Case]:
+    """``ds.cases()`` with ``lung`` filled from the manifest's alternative mask ``"lung"``
+    (ma20-slices) when the cases carry none; unchanged when the dataset has no lung masks.
+    Read once per process."""
+    cases = ds.cases()
+    if all(c.lung is not None for c in cases):
+        return cases
+    if not any("lung" in g.alt_masks for g in ds.manifest.layout.groups):
+        return cases
+    key = (ds.name, str(ds.root))
+    if key not in _LUNGS:
+        from covidlib.data.readers import load_cases
+
+        groups = [g for g in ds.labelled_groups if "lung" in ds.manifest.group(g).alt_masks]
+        lungs = {c.case_id: c.mask for c in load_cases(ds.manifest, ds.root, groups,
+                                                          progress=False, alt_mask="lung")}
+        _LUNGS[key] = [c if c.lung is not None or c.case_id not in lungs else
+                       dataclasses.replace(c, lung=(lungs[c.case_id] != 0).astype(np.uint8))
+                       for c in cases]
+    return _LUNGS[key]
 
 
 def _infected(case: Case, z: int, labels: Iterable[int]) -> bool:
     return bool(np.isin(case.mask[z], list(labels)).any())
 
 
-def split_refs(ds: Dataset, split: str, cases: Sequence[Case],
+def split_refs(ds: Dataset, split: str | Mapping[str, Any], cases: Sequence[Case],
                max_slices: Mapping[str, int | None] | None = None) -> dict[str, list]:
-    """Train / val / test ``(case_id, z)`` lists of ``split`` (manifest split or stand-in),
-    thinned to ``max_slices`` per part."""
-    if split in STAND_INS:
+    """Train / val / test ``(case_id, z)`` lists of ``split`` (manifest split name, stand-in
+    name, or a split spec in the manifest schema, e.g. ``{"method": "by-case", "train":
+    [...], "val": [...], "test": [...]}``), thinned to ``max_slices`` per part."""
+    if isinstance(split, Mapping):
+        spec: Any = split
+    elif split in STAND_INS:
         if ds.manifest.access != "generated":
             raise ValueError(f"p2: stand-in split {split!r} is for the synthetic phantom, "
                              f"not {ds.name!r}")
@@ -166,13 +198,17 @@ def oracle_points(cases: Mapping[str, Case], refs: Iterable[tuple[str, int]], se
 
 
 @cache
-def _open(name: str, data_root: str | None) -> Dataset:
+def _open(name: str, data_root: str | None, stamp: tuple[int, int] | None) -> Dataset:
     return open_dataset(name, data_root)
 
 
 def open_cached(name: str, data_root: str | Path | None = None) -> Dataset:
-    """:func:`~covidlib.data.api.open_dataset`, opened once per process (cases read once)."""
-    return _open(name, None if data_root is None else str(data_root))
+    """:func:`~covidlib.data.api.open_dataset`, opened once per process (cases read once)
+    and again when its manifest file changed (edited in a running kernel)."""
+    path = load_manifest(name).path
+    st = Path(path).stat() if path is not None else None
+    stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+    return _open(name, None if data_root is None else str(data_root), stamp)
 
 
 
@@ -193,3 +229,13 @@ def slice_views(dataset: str, refs: Sequence[tuple[str, int]], size: int, crop: 
         mask = resize_mask(np.isin(case.mask[z], labels).astype(np.uint8), size) > 0
         out.append((img, mask, case))
     return out
+
+
+def lung_views(cases: Mapping[str, Case], refs: Sequence[tuple[str, int]], size: int
+               ) -> list[np.ndarray] | None:
+    """The lung mask (bool ``(size, size)``) of each ref at the network's resolution, resized
+    as :class:`SliceDataset` resizes infection masks; ``None`` when a case has no lung mask."""
+    if any(cases[cid].lung is None for cid, _z in refs):
+        return None
+    return [resize_mask((cases[cid].lung[z] != 0).astype(np.uint8), size) > 0
+            for cid, z in refs]

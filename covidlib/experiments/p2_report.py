@@ -6,6 +6,13 @@
 * :func:`ordering_verdicts`: sentences, computed from the numbers, saying whether the
   paper's orderings (e.g. CB(Flip, Rot) + PL > PL on Dice) hold in our runs.
 * :func:`figure3`: image, ground truth, PL and CB predictions on the same test slices.
+* :func:`baseline_curves` / :func:`baseline_convergence`: the baseline's training and
+  validation curve, and whether it flattened (:func:`covidlib.verdict.baseline_converged`).
+* :func:`lung_frame`: the mechanism check of P2 Sec. 4.3.1, the share of predicted infection
+  pixels inside the lungs per loss (PL vs CB), where the data has lung masks.
+* :func:`claim_verdicts`: every claim of the table as reproduced / not reproduced with a
+  converged baseline (mechanism present or absent) / inconclusive
+  (:func:`covidlib.verdict.three_way_verdict`).
 
 Paper values come from ``covidlib/report/paper_values/p2.yaml``, never from this code.
 """
@@ -16,7 +23,7 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +36,34 @@ from matplotlib.figure import Figure
 from covidlib.cache import atomic_write_text
 from covidlib.data.manifest import load_manifest
 from covidlib.experiments.p2 import TABLES, TableRuns, decode_mask, resolve_data, run_table
-from covidlib.experiments.p2_data import STAND_INS, slice_views
+from covidlib.experiments.p2_data import (
+    STAND_INS,
+    open_cached,
+    prepared_cases,
+    slice_views,
+    split_refs,
+)
 from covidlib.metrics import confusion, scores
 from covidlib.report import paper_values
 from covidlib.report.figures import display_view
+from covidlib.verdict import Convergence, Verdict, baseline_converged, three_way_verdict
 
 __all__ = [
+    "BASELINE",
     "LOWER_IS_BETTER",
     "METRICS",
     "METRIC_LABELS",
     "TableReport",
+    "a_split_counts",
+    "baseline_convergence",
+    "baseline_curves",
+    "claim_verdicts",
     "data_sources",
     "display_table",
     "figure3",
     "figure3_verdict",
+    "lung_display",
+    "lung_frame",
     "ordering_verdicts",
     "record_figure3",
     "record_settings",
@@ -71,6 +92,12 @@ _CLAIMS: dict[str, tuple[tuple[str, str, str], ...]] = {
                  ("lcfcn", "pl", "mae"), ("lcfcn", "pl", "game")),
 }
 _RANK_METRIC = {"segmentation": "dice", "counting": "mae"}
+
+BASELINE: dict[str, tuple[str, str]] = {"segmentation": ("fully", "val_dice"),
+                                        "counting": ("lcfcn", "val_mae")}
+"""The baseline whose convergence decides "inconclusive", and its validation score: the fully
+supervised network (Tables 2-6); the LCFCN loss for counting (Tables 7-8 have no fully
+supervised row; LCFCN is the baseline P2's CB LCFCN is measured against)."""
 
 
 def _paper(artifact: str) -> dict[str, Any]:
@@ -300,11 +327,20 @@ def _describe_split(name: str, split: str) -> str:
     return str(get("method"))
 
 
+def _data_kind(name: str) -> str:
+    """"real", "phantom" or "real 2-D derivative" (the manifest's ``data_kind``)."""
+    m = load_manifest(name)
+    kind = getattr(m, "data_kind", None)
+    return str(kind) if kind else ("phantom" if m.access == "generated" else "real")
+
+
 def data_sources(tables: Sequence[str], dataset: str = "auto",
                  data_root: str | Path | None = None,
-                 max_slices: Mapping[str, int | None] | None = None) -> pd.DataFrame:
+                 max_slices: Mapping[str, int | None] | None = None, crop: float = 1.0
+                 ) -> pd.DataFrame:
     """Which data each table runs on here (see :func:`covidlib.experiments.p2.resolve_data`);
-    ``max_slices`` (the profile's caps) adds how many slices per part are kept at most."""
+    ``max_slices`` (the profile's caps) adds how many slices per part are kept at most;
+    ``crop`` (the profile's centre crop) is shown for the tables it applies to (COVID-19-C)."""
     caps = ""
     if max_slices and any(v is not None for v in max_slices.values()):
         caps = "; at most " + " / ".join(
@@ -312,10 +348,12 @@ def data_sources(tables: Sequence[str], dataset: str = "auto",
             for p in ("train", "val", "test")) + " slices kept (evenly spread)"
     rows = []
     for artifact in tables:
-        name, split, real = resolve_data(artifact, dataset, data_root)
+        name, split, _real = resolve_data(artifact, dataset, data_root)
+        cut = crop if TABLES[artifact].crop and crop < 1 else None
         rows.append({"table": paper_values.artifact(artifact)["source"],
                      "P2 data": TABLES[artifact].paper_name, "dataset": name, "split": split,
-                     "data": "real" if real else "synthetic",
+                     "data": _data_kind(name),
+                     "centre crop": "none" if cut is None else f"central {cut:.0%}",
                      "slices": _describe_split(name, split) + caps})
     return pd.DataFrame(rows).set_index("table")
 
@@ -335,6 +373,9 @@ class TableReport:
     provenance: dict[str, str]
     seconds: float
     path: Path | None = None
+    claims: list[Verdict] = field(default_factory=list)
+    convergence: Convergence | None = None
+    lungs: pd.DataFrame | None = None
 
     @property
     def artifact(self) -> str:
@@ -349,10 +390,28 @@ class TableReport:
                 f"time here; computing them took {compute:.1f} s in total when they ran "
                 f"(device {self.runs.runs[0]['result'].get('device', '?')}).")
 
+    def evidence(self) -> str:
+        """Markdown: the baseline's convergence, the mechanism and one verdict per claim."""
+        loss = BASELINE[self.runs.task][0]
+        label = _paper(self.artifact)["rows"][loss]["label"]
+        conv = ("did not run" if self.convergence is None else
+                f"{'converged' if self.convergence.converged else 'not converged'} "
+                f"({self.convergence.reason})")
+        lines = [f"**Baseline** ({label}): {conv}; its curve is below."]
+        if self.lungs is not None:
+            parts = [f"{_short(row['label'])} {row['inside_lung_mean']:.2f} ± "
+                     f"{row['inside_lung_std']:.2f}" for _k, row in self.lungs.iterrows()]
+            lines.append("**Mechanism** (P2 Sec. 4.3.1, share of predicted infection pixels "
+                         "inside the lung mask; ground truth "
+                         f"{self.lungs['ground_truth'].mean():.2f}): " + "; ".join(parts) + ".")
+        claims = [f"- **{v.label}**: {v.text[len(v.label):].lstrip(' ,:')}"
+                  for v in self.claims]
+        return "\n\n".join(lines) + "\n\n" + "\n".join(claims)
+
     def heading(self) -> str:
         art = paper_values.artifact(self.artifact)
         tr = self.runs
-        data = ("the paper's own data, **real**" if tr.real else
+        data = (f"**{_data_kind(tr.dataset)}** data" if tr.real else
                 f"the **synthetic** stand-in `{tr.split}`")
         return (f"### {art['source']}: {art['title']}\n\n{TABLES[self.artifact].paper_name} "
                 f"in P2; here `{tr.dataset}` split `{tr.split}` ({data}); "
@@ -365,6 +424,13 @@ class TableReport:
         display(Markdown(self.heading()))
         display(display_table(self.frame))
         display(Markdown("\n".join(f"- {v}" for v in self.verdicts)))
+        display(Markdown(self.evidence()))
+        if self.lungs is not None:
+            display(lung_display(self.lungs))
+        if any(r["loss"] == BASELINE[self.runs.task][0] for r in self.runs.runs):
+            fig = baseline_curves(self.runs)
+            display(fig)
+            plt.close(fig)
         prov = " · ".join(f"{k}: {v}" for k, v in self.provenance.items() if v)
         display(Markdown(f"*{self.timing()}*  \n*{prov}*"))
 
@@ -385,6 +451,8 @@ def reproduce_table(artifact: str, *, dataset: str = "auto", profile: str = "cpu
                    results_dir, progress)
     frame = summary_frame(tr)
     verdicts = ordering_verdicts(frame, artifact)
+    conv, lungs = baseline_convergence(tr), lung_frame(tr)
+    claims = claim_verdicts(frame, tr, lungs, conv)
     used = tr.runs[0]["result"].get("device", device)
     prov = prov_mod.provenance(profile, f"{tr.dataset}/{tr.split}",
                                "cuda" if str(used).startswith("cuda") else "cpu", tr.real)
@@ -393,10 +461,12 @@ def reproduce_table(artifact: str, *, dataset: str = "auto", profile: str = "cpu
         path = write_results(frame, results_path(results_dir, artifact, tr.dataset))
         if record:
             paper, ours = scorecard_values(frame, artifact)
+            head = f"{claims[0].label}: " if claims else ""
             scorecard.record(results_dir, artifact, paper=paper, ours=ours,
-                             verdict=verdict_summary(frame, artifact), provenance=prov,
+                             verdict=head + verdict_summary(frame, artifact), provenance=prov,
                              note=f"{len(seeds)} seed(s); mean over seeds")
-    return TableReport(tr, frame, verdicts, prov, time.perf_counter() - t0, path)
+    return TableReport(tr, frame, verdicts, prov, time.perf_counter() - t0, path, claims, conv,
+                       lungs)
 
 
 def record_settings(results_dir: str | Path, s: Mapping[str, Any], provenance: Mapping[str, str]
@@ -513,3 +583,143 @@ def figure3_verdict(tr: TableRuns, seed: int | None = None,
     return (f"On the {len(items)} slices shown (seed {seed}) the CB prediction has the higher "
             f"Dice on {wins} (mean Dice CB {np.mean(d_cb):.2f} vs PL {np.mean(d_pl):.2f}): the "
             f"paper's claim that CB masks are closer to the ground truth {holds} here.")
+
+
+# --------------------------------------------------------------------------------------------
+# Evidence: the baseline's curve, the lung-containment mechanism, three-way verdicts
+# --------------------------------------------------------------------------------------------
+
+_TOL = {"val_dice": 0.01, "val_mae": 0.05}  # flat = the last epochs gain less than this
+
+
+def _mean_curve(tr: TableRuns, loss: str, key: str) -> list[float | None]:
+    curves = [[rec.get(key) for rec in r["result"].get("history", [])]
+              for r in tr.runs if r["loss"] == loss]
+    if not curves:
+        return []
+    out: list[float | None] = []
+    for i in range(min(len(c) for c in curves)):
+        vals = [float(c[i]) for c in curves if c[i] is not None and not math.isnan(c[i])]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out
+
+
+def baseline_convergence(tr: TableRuns, window: int = 3) -> Convergence | None:
+    """Has the table's baseline (:data:`BASELINE`) converged? Its validation curve, averaged
+    over seeds (MAE negated, so higher is better), judged by
+    :func:`covidlib.verdict.baseline_converged`; ``None`` when the baseline did not run."""
+    loss, key = BASELINE[tr.task]
+    curve = _mean_curve(tr, loss, key)
+    if not curve:
+        return None
+    if key == "val_mae":
+        curve = [None if v is None else -v for v in curve]
+    return baseline_converged(curve, window=window, tol=_TOL[key])
+
+
+def baseline_curves(tr: TableRuns) -> Figure:
+    """The baseline's training loss and validation score per epoch, one line per seed, the
+    kept (best validation) epoch marked."""
+    loss, key = BASELINE[tr.task]
+    runs = [r for r in tr.runs if r["loss"] == loss]
+    if not runs:
+        raise ValueError(f"{tr.artifact}: no {loss!r} run, so no baseline curve")
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(9.0, 3.0))
+    for r in runs:
+        hist = r["result"]["history"]
+        ep = [h["epoch"] for h in hist]
+        ax_l.plot(ep, [h.get("train_loss") for h in hist], marker=".", label=f"seed {r['seed']}")
+        val = [np.nan if h.get(key) is None else h[key] for h in hist]
+        line, = ax_v.plot(ep, val, marker=".", label=f"seed {r['seed']}")
+        best = r["result"].get("best_epoch")
+        if best is not None and 1 <= best <= len(val):
+            ax_v.plot([best], [val[best - 1]], "o", color=line.get_color(), mfc="none", ms=9)
+    name = {"val_dice": "validation Dice", "val_mae": "validation MAE"}[key]
+    ax_l.set(xlabel="epoch", ylabel="training loss", title="training")
+    ax_v.set(xlabel="epoch", ylabel=name, title=f"{name} (circle: epoch kept)")
+    ax_v.legend(fontsize=8)
+    label = _paper(tr.artifact)["rows"][loss]["label"]
+    fig.suptitle(f"{tr.artifact} baseline: {label} on {tr.dataset}/{tr.split}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def lung_frame(tr: TableRuns) -> pd.DataFrame | None:
+    """Share of predicted infection pixels inside the lungs (P2 Sec. 4.3.1), mean and sample
+    std over seeds per loss, beside the ground truth's share; ``None`` without lung masks."""
+    rows = []
+    for loss in TABLES[tr.artifact].losses:
+        runs = [r for r in tr.runs if r["loss"] == loss]
+        vals = np.array([_value(r["result"]["scores"].get("lung_containment")) for r in runs])
+        truth = [_value(r["result"]["scores"].get("lung_containment_truth")) for r in runs]
+        if not runs or np.isnan(truth).all():
+            continue
+        ok = vals[~np.isnan(vals)]
+        rows.append({"loss": loss, "label": _paper(tr.artifact)["rows"][loss]["label"],
+                     "inside_lung_mean": float(ok.mean()) if ok.size else math.nan,
+                     "inside_lung_std": float(ok.std(ddof=1)) if ok.size > 1 else 0.0,
+                     "ground_truth": float(np.nanmean(truth))})
+    return pd.DataFrame(rows).set_index("loss") if rows else None
+
+
+def _mechanism(lungs: pd.DataFrame | None, a: str, b: str) -> bool | None:
+    """CB's predictions more inside the lungs than PL's (None: not measured / not CB vs PL)."""
+    pair = {a, b}
+    if lungs is None or "pl" not in pair or not pair & {"cb_flip", "cb_flip_rot"}:
+        return None
+    cb = (pair - {"pl"}).pop()
+    if cb not in lungs.index or "pl" not in lungs.index:
+        return None
+    x, y = lungs.loc[cb, "inside_lung_mean"], lungs.loc["pl", "inside_lung_mean"]
+    return None if math.isnan(x) or math.isnan(y) else bool(x > y)
+
+
+def claim_verdicts(frame: pd.DataFrame, tr: TableRuns, lungs: pd.DataFrame | None = None,
+                   convergence: Convergence | None = None) -> list[Verdict]:
+    """One three-way verdict per claim of P2's text about this table (see
+    :func:`ordering_verdicts` for the claims): the claim holds when our means order the two
+    rows as the paper does; otherwise "inconclusive" unless the baseline converged, and for
+    CB vs PL the lung-containment mechanism is reported present or absent."""
+    conv = convergence if convergence is not None else baseline_convergence(tr)
+    out = []
+    for a, b, metric in _CLAIMS[tr.task]:
+        if a not in frame.index or b not in frame.index:
+            continue
+        pa, pb = frame.loc[a, f"{metric}_paper"], frame.loc[b, f"{metric}_paper"]
+        ma, mb = frame.loc[a, f"{metric}_mean"], frame.loc[b, f"{metric}_mean"]
+        if pa == pb or math.isnan(ma) or math.isnan(mb):
+            continue
+        holds = ma != mb and _better(ma, mb, metric) == _better(pa, pb, metric)
+        detail = _compare(frame, a, b, metric)
+        v = three_way_verdict(holds, conv if conv is not None else False,
+                              _mechanism(lungs, a, b), detail=detail,
+                              mechanism="lung containment (CB inside the lungs more than PL)")
+        out.append(v)
+    return out
+
+
+def a_split_counts(dataset: str = "auto", data_root: str | Path | None = None,
+                   max_slices: Mapping[str, int | None] | None = None) -> dict[str, int]:
+    """COVID-19-A split sizes for the book's prose (glue): as P2 prints them (n = 50 / 5 / 48;
+    50 + 5 + 48 = 103 > 98 images, so the 5 validation images are counted inside the 50) and
+    as Table 2 uses them here (the split of :func:`~covidlib.experiments.p2.resolve_data`,
+    capped by ``max_slices``)."""
+    printed = paper_values.artifact("P2-S")["values"]["a_split_printed"]
+    name, split, _real = resolve_data("P2-T2", dataset, data_root)
+    ds = open_cached(name, data_root)
+    parts = split_refs(ds, split, prepared_cases(ds, 1.0), max_slices)
+    return {"paper_train": int(printed["train"]), "paper_val": int(printed["val"]),
+            "paper_test": int(printed["test"]),
+            "paper_images": int(printed["train"]) + int(printed["test"]),
+            "paper_train_only": int(printed["train"]) - int(printed["val"]),
+            **{f"ours_{p}": len(parts[p]) for p in ("train", "val", "test")}}
+
+
+def lung_display(lungs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """:func:`lung_frame` as text: one line per loss, ``mean ± std`` and the ground truth."""
+    return pd.DataFrame(
+        {"predicted pixels inside the lungs": [
+            "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+            for m, sd in zip(lungs["inside_lung_mean"], lungs["inside_lung_std"], strict=True)],
+         "ground truth inside the lungs": [f"{v:.{digits}f}" for v in lungs["ground_truth"]]},
+        index=pd.Index(list(lungs["label"]), name="Loss function"))

@@ -4,11 +4,12 @@ Profiles, the volume split, the two tasks (the heart, as in P3 Fig. 2, and COVID
 infection), the runner over strategies and seeds, and the figures and tables of the chapter
 ``notebooks/p3_volume_al.ipynb``. The algorithm itself is :mod:`covidlib.volume_al`.
 
-Reading of P3 used here (Sec. III): 50 LCTSC volumes, 22 train / 22 test / 6 validation; 11 of
-the 22 labelled at the start, 5 added per iteration by the summed MC-dropout variance (T = 5,
-p = 0.5), 24 training epochs per run, C = 6 classes (background + spinal cord, right lung,
-left lung, heart, esophagus), Dice of the heart reported. Labelled sets 11, 16, 21 and 22 give
-the "4 iterations" of Fig. 2 and 21 / 50 = 42 % of the data. The network is fine-tuned on the
+Reading of P3 used here (Sec. III; its settings and quoted numbers are in
+``covidlib/report/paper_values/p3.yaml``): LCTSC volumes split into train / test /
+validation, half of the training volumes labelled at the start, a few added per iteration by
+the summed MC-dropout variance, C = 6 classes (background + spinal cord, right lung, left
+lung, heart, esophagus), validation Dice of the heart reported. On LCTSC the split is the
+manifest's ``p3`` split (``data_manifests/lctsc.yaml``). The network is fine-tuned on the
 grown set (P3 Sec. I, "the training model is fine-tuned using the augmented training set"),
 which is how two strategies can still differ once the whole pool is labelled.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 
 from covidlib.cache import ResultCache, atomic_write_text
 from covidlib.data.api import Dataset
+from covidlib.data.manifest import Split
 from covidlib.data.types import Case
 from covidlib.engine import resolve_device
 from covidlib.models import UNet3D
@@ -47,21 +50,33 @@ from covidlib.volume_al import (
     resample_image,
     round_weights,
     run_volume_al,
+    score_error_correlation,
+    volume_dice,
 )
 
 __all__ = [
     "AAPM_ORGANS",
+    "MECHANISM_RHO",
+    "ORGAN_ALIASES",
     "PROFILES",
     "TASKS",
     "P3Results",
+    "baseline_converged",
+    "baseline_curve",
+    "baseline_ok",
     "contour_figure",
     "curves_frame",
+    "default_tasks",
     "describe",
     "experiment_config",
     "figure2",
     "initial_set",
     "make_model",
+    "mechanism_frame",
+    "mechanism_summary",
+    "organ_labels",
     "paper_comparison",
+    "plot_baseline_curve",
     "plot_dice_curves",
     "prepare_task",
     "run",
@@ -71,21 +86,36 @@ __all__ = [
     "split_volumes",
     "task_spec",
     "verdict",
+    "volume_split",
     "write_curves",
 ]
 
 #: The five AAPM 2017 organs P3 segments, in its order (P3 Sec. III); C = 6 with background.
 AAPM_ORGANS: tuple[str, ...] = ("spinal cord", "right lung", "left lung", "heart", "esophagus")
 
+#: Spellings of P3's organ names in datasets' organ maps, after :func:`_norm` (lower case,
+#: letters and digits only): the phantom writes "right lung", LCTSC's RTSTRUCTs "Lung_R".
+ORGAN_ALIASES: dict[str, tuple[str, ...]] = {
+    "spinal cord": ("spinalcord", "cord"),
+    "right lung": ("rightlung", "lungr"),
+    "left lung": ("leftlung", "lungl"),
+    "heart": ("heart",),
+    "esophagus": ("esophagus", "oesophagus"),
+}
+
 TASKS: tuple[str, ...] = ("heart", "infection")
 """``heart``: P3's task (organ masks; Dice of the heart); ``infection``: the same procedure on
-the binary COVID-19 infection mask (any infection label)."""
+the binary COVID-19 infection mask (any infection label). :func:`default_tasks` picks those a
+dataset has labels for."""
 
 _COMMON: dict[str, Any] = {
     "window": [-1000.0, 400.0],  # HU -> [0, 1] (lung window, covidlib.data.preprocess)
     "dropout": 0.5,  # P3 Sec. III: p = 0.5
     "n_samples": 5,  # P3 Sec. III: T = 5
     "split_seed": 0,  # which volumes are test / val / pool (fixed across training seeds)
+    # "auto": the manifest's "p3" split when the dataset has one (LCTSC: P3's 22 / 6 / 22),
+    # else test / val / pool drawn with split_seed; "random": always drawn.
+    "split": "auto",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -107,10 +137,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "warm_epochs": 6,
         "test": 4,
         "val": 2,
-        "initial": 7,
-        "per_iteration": 3,
+        # P3's 11 of 22 and 5 of 22 as fractions of the pool: 7 and 3 of the phantom's 14,
+        # 11 and 5 of LCTSC's 22
+        "initial": 0.5,
+        "per_iteration": 5 / 22,
         "iterations": 2,
-        "full_reference": False,
+        # the fully supervised baseline (whole pool labelled, its training curve shown) for
+        # the first seed: it tells whether this small run has converged
+        "reference_seeds": 1,
     },
     # One H100: the phantom's native 48x160x160 grid, P3's C = 6 and 24 epochs, the 3D U-Net
     # of Cicek et al. (32 channels, 3 poolings), 48x96x96 patches (P4's 96^3 capped at the
@@ -131,10 +165,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "warm_epochs": 24,
         "test": 4,
         "val": 2,
-        "initial": 7,
-        "per_iteration": 3,
+        "initial": 0.5,  # as in the cpu profile: 7 / 3 of the phantom's pool, 11 / 5 of LCTSC's
+        "per_iteration": 5 / 22,
         "iterations": 3,
-        "full_reference": True,
+        "reference_seeds": None,  # every seed
     },
     # P3's own settings (Sec. III): C = 6, T = 5, p = 0.5, 24 epochs per run, split as
     # fractions that give exactly 22 test / 6 val / 22 pool, 11 initial, 5 per iteration on
@@ -158,7 +192,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "initial": 0.5,
         "per_iteration": 5 / 22,
         "iterations": 3,
-        "full_reference": True,
+        "reference_seeds": None,  # every seed
     },
 }
 
@@ -200,13 +234,21 @@ def _count(value: float | int, n: int, name: str) -> int:
     return max(1, math.floor(value * n + 0.5))
 
 
-def split_volumes(case_ids: Sequence[str], s: Mapping[str, Any]) -> dict[str, list[str]]:
-    """``pool`` / ``val`` / ``test`` ids, drawn at random (P3: "50 random images") with
-    ``split_seed`` from the naturally sorted ids; ``test`` and ``val`` are counts or fractions
-    of all volumes, the pool is the rest."""
+def split_volumes(case_ids: Sequence[str], s: Mapping[str, Any],
+                  manifest_split: Split | None = None) -> dict[str, list[str]]:
+    """``pool`` / ``val`` / ``test`` ids.
+
+    With ``manifest_split`` (a dataset's by-case ``p3`` split, e.g. LCTSC's 22 / 6 / 22 of P3
+    Sec. III) its train / val / test ids, which must all be among ``case_ids``; the profile's
+    ``test`` / ``val`` are then unused. Otherwise drawn at random (P3: "50 random images")
+    with ``split_seed`` from the sorted ids; ``test`` and ``val`` are counts or fractions of
+    all volumes, the pool is the rest.
+    """
     ids = sorted(case_ids)
     if len(set(ids)) != len(ids):
         raise ValueError("p3: duplicate case ids")
+    if manifest_split is not None:
+        return _manifest_split(ids, s, manifest_split)
     n = len(ids)
     n_test, n_val = _count(s["test"], n, "test"), _count(s["val"], n, "val")
     n_pool = n - n_test - n_val
@@ -225,6 +267,36 @@ def split_volumes(case_ids: Sequence[str], s: Mapping[str, Any]) -> dict[str, li
     }
 
 
+def _manifest_split(ids: Sequence[str], s: Mapping[str, Any], sp: Split) -> dict[str, list[str]]:
+    if sp.method != "by-case":
+        raise ValueError(f"p3: split {sp.name!r} is {sp.method!r}; P3 needs a by-case split of "
+                         "whole volumes")
+    out = {"pool": sorted(sp.train or ()), "val": sorted(sp.val or ()),
+           "test": sorted(sp.test or ())}
+    missing = sorted(set().union(*out.values()) - set(ids))
+    if missing:
+        raise ValueError(f"p3: split {sp.name!r} names {len(missing)} volume(s) the dataset does "
+                         f"not have: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if not out["val"]:
+        raise ValueError(f"p3: split {sp.name!r} has no validation volumes (P3 selects epochs "
+                         "on them)")
+    n_pool = len(out["pool"])
+    if n_pool < 2 or _count(s["initial"], n_pool, "initial") >= n_pool:
+        raise ValueError(f"p3: split {sp.name!r} has a pool of {n_pool}; it must exceed "
+                         f"initial={s['initial']!r}")
+    return out
+
+
+def volume_split(ds: Dataset, s: Mapping[str, Any]) -> dict[str, list[str]]:
+    """:func:`split_volumes` of ``ds``: its manifest's ``p3`` split when it has one and
+    ``s["split"]`` is ``"auto"``, else a random draw (``"random"``)."""
+    mode = s.get("split", "auto")
+    if mode not in ("auto", "random"):
+        raise ValueError(f"p3: split={mode!r} must be 'auto' or 'random'")
+    sp = ds.manifest.splits.get("p3") if mode == "auto" else None
+    return split_volumes([c.case_id for c in ds.cases()], s, sp)
+
+
 def initial_set(pool: Sequence[str], s: Mapping[str, Any], seed: int) -> list[str]:
     """The first labelled volumes: ``initial`` drawn at random from the pool for ``seed``
     (P3: "11 randomly selected images")."""
@@ -232,6 +304,46 @@ def initial_set(pool: Sequence[str], s: Mapping[str, Any], seed: int) -> list[st
     rng = np.random.default_rng([int(seed), 11])
     pool = sorted(pool)
     return sorted(pool[i] for i in rng.choice(len(pool), size=n, replace=False))
+
+
+def default_tasks(ds: Dataset) -> tuple[str, ...]:
+    """The tasks ``ds`` has labels for: ``heart`` with organ masks, ``infection`` with
+    infection labels (LCTSC: heart only; the phantom: both)."""
+    m = ds.manifest
+    out = tuple(t for t, ok in (("heart", bool(m.organ_map)),
+                                ("infection", bool(m.infection_labels))) if ok)
+    if not out:
+        raise ValueError(f"dataset {ds.name!r}: has neither organ masks nor infection labels; "
+                         "P3 has nothing to segment")
+    return out
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def organ_labels(organ_map: Mapping[int, str], organs: Sequence[str], dataset: str
+                 ) -> dict[str, int]:
+    """The organ-map label of each of P3's ``organs`` ("heart", "spinal cord", ...), matching
+    the dataset's spelling ("Heart", "SpinalCord", "Lung_R") through :data:`ORGAN_ALIASES`."""
+    by_norm: dict[str, list[int]] = {}
+    for k, v in organ_map.items():
+        by_norm.setdefault(_norm(str(v)), []).append(int(k))
+    out: dict[str, int] = {}
+    unknown = []
+    for o in organs:
+        keys = {_norm(o), *ORGAN_ALIASES.get(o, ())}
+        hits = sorted({lab for key in keys for lab in by_norm.get(key, [])})
+        if len(hits) > 1:
+            raise ValueError(f"p3: organ {o!r} matches labels {hits} of {dataset!r}'s organ_map")
+        if hits:
+            out[o] = hits[0]
+        else:
+            unknown.append(o)
+    if unknown:
+        raise ValueError(f"p3: organs {unknown} are not in {dataset!r}'s organ_map "
+                         f"({sorted(str(v) for v in organ_map.values())})")
+    return out
 
 
 def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,14 +354,10 @@ def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"dataset {ds.name!r}: has no organ masks (manifest organ_map is empty); the "
                 "heart task needs them (use the synthetic phantom or LCTSC)")
-        by_name = {v: k for k, v in organ_map.items()}
         organs = list(s["organs"])
-        unknown = [o for o in organs if o not in by_name]
-        if unknown:
-            raise ValueError(f"p3: organs {unknown} are not in {ds.name!r}'s organ_map "
-                             f"({sorted(by_name)})")
         if "heart" not in organs:
             raise ValueError("p3: the heart task needs 'heart' among the organs setting")
+        by_name = organ_labels(organ_map, organs, ds.name)
         return {
             "source": "organs",
             "classes": {i + 1: [by_name[o]] for i, o in enumerate(organs)},
@@ -257,6 +365,9 @@ def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
             "target": organs.index("heart") + 1,
         }
     if task == "infection":
+        if not ds.manifest.infection_labels:
+            raise ValueError(f"dataset {ds.name!r}: has no infection labels (manifest "
+                             "infection_labels is empty); run the heart task only")
         return {
             "source": "infection",
             "classes": {1: list(ds.manifest.infection_labels)},
@@ -267,15 +378,18 @@ def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def prepare_task(ds: Dataset, task: str, s: Mapping[str, Any],
-                 images: Mapping[str, torch.Tensor] | None = None) -> dict[str, Volume]:
-    """Every labelled case of ``ds`` windowed and resampled to ``s["grid"]`` for ``task``
-    (``images``: already resampled images by case id, shared between tasks)."""
+                 images: Mapping[str, torch.Tensor] | None = None,
+                 ids: Sequence[str] | None = None) -> dict[str, Volume]:
+    """The cases of ``ds`` (those in ``ids``, default all) windowed and resampled to
+    ``s["grid"]`` for ``task`` (``images``: already resampled images by case id, shared
+    between tasks)."""
     spec = task_spec(task, ds, s)
+    keep = None if ids is None else set(ids)
     return {
         c.case_id: prepare_volume(c, s["grid"], source=spec["source"], classes=spec["classes"],
                                   window=tuple(s["window"]),
                                   image=None if images is None else images[c.case_id])
-        for c in ds.cases()
+        for c in ds.cases() if keep is None or c.case_id in keep
     }
 
 
@@ -304,24 +418,28 @@ def experiment_config(dataset: str, task: str, s: Mapping[str, Any], spec: Mappi
 
 def describe(ds: Dataset, s: Mapping[str, Any], seeds: Sequence[int]) -> pd.DataFrame:
     """The chapter's setup beside P3's (Sec. III): split, schedule, model and MC sampling."""
-    ids = [c.case_id for c in ds.cases()]
-    sp = split_volumes(ids, s)
+    sp = volume_split(ds, s)
     n_pool = len(sp["pool"])
     k = _count(s["per_iteration"], n_pool, "per_iteration")
     n_init = _count(s["initial"], n_pool, "initial")
     sizes = sorted({min(n_init + i * k, n_pool) for i in range(int(s["iterations"]) + 1)})
     ref = _paper_settings()
+    ref_sizes = sorted({min(ref["initial_labelled"] + i * ref["per_iteration"], ref["train"])
+                        for i in range(4)})
+    source = "the manifest's p3 split" if s.get("split", "auto") == "auto" and \
+        "p3" in ds.manifest.splits else f"drawn with split_seed {s['split_seed']}"
     rows = [
         ("volumes (test / val / pool)",
          f"{ref['test']} / {ref['val']} / {ref['train']}",
-         f"{len(sp['test'])} / {len(sp['val'])} / {n_pool}"),
+         f"{len(sp['test'])} / {len(sp['val'])} / {n_pool} ({source})"),
         ("labelled at the start; added per iteration",
          f"{ref['initial_labelled']}; {ref['per_iteration']}", f"{n_init}; {k}"),
-        ("labelled volumes per iteration", "11, 16, 21, 22 (our reading)",
+        ("labelled volumes per iteration",
+         ", ".join(str(x) for x in ref_sizes) + " (our reading)",
          ", ".join(str(x) for x in sizes)),
         ("classes C (used in Eq. 1)", f"{ref['classes_C']}",
-         f"{len(task_spec('heart', ds, s)['class_names']) if ds.manifest.organ_map else '-'}"
-         " (heart task), 2 (infection task)"),
+         ", ".join(f"{len(task_spec(t, ds, s)['class_names'])} ({t} task)"
+                   for t in default_tasks(ds))),
         ("MC passes T; dropout p", f"{ref['mc_passes_T']}; {ref['dropout_p']}",
          f"{s['n_samples']}; {s['dropout']}"),
         ("epochs per run", f"{ref['epochs_per_run']}",
@@ -370,7 +488,7 @@ def run(
     ds: Dataset,
     s: Mapping[str, Any],
     *,
-    tasks: Sequence[str] = TASKS,
+    tasks: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
     strategies: Sequence[str] = STRATEGIES,
     results_dir: str | Path = "../results",
@@ -379,9 +497,11 @@ def run(
 ) -> P3Results:
     """Run P3's loop for every task, strategy and seed (cached; resumes where it stopped).
 
-    Results go to ``results_dir/p3_volume_al`` (one JSON per task, strategy, seed) and
-    ``results_dir/p3_round`` / ``p3_scores``; weights to ``results_dir/checkpoints/p3``.
+    ``tasks`` None: :func:`default_tasks` of ``ds``. Results go to ``results_dir/p3_volume_al``
+    (one JSON per task, strategy, seed) and ``results_dir/p3_round`` / ``p3_scores``; weights
+    to ``results_dir/checkpoints/p3``.
     """
+    tasks = default_tasks(ds) if tasks is None else tuple(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"p3: unknown task(s) {unknown}; choose from {TASKS}")
@@ -392,17 +512,20 @@ def run(
         raise ValueError("p3: seeds is empty")
     dev = str(resolve_device(device))
     cache = ResultCache(results_dir)
-    split = split_volumes([c.case_id for c in ds.cases()], s)
+    split = volume_split(ds, s)
+    used = sorted(set().union(*split.values()))
     res = P3Results(dict(s), ds, split, [int(x) for x in seeds],
                     checkpoint_root=Path(results_dir) / "checkpoints" / "p3")
     jobs = [(t, st, int(sd)) for t in tasks for sd in seeds for st in strategies]
-    bar = tqdm(total=len(jobs) + (len(tasks) * len(seeds) if s["full_reference"] else 0),
-               desc="P3 runs", disable=not progress)
-    images = {c.case_id: resample_image(c, s["grid"], tuple(s["window"])) for c in ds.cases()}
+    ref_seeds = _reference_seeds(s, seeds)
+    bar = tqdm(total=len(jobs) + len(tasks) * len(ref_seeds), desc="P3 runs",
+               disable=not progress)
+    images = {c.case_id: resample_image(c, s["grid"], tuple(s["window"]))
+              for c in ds.cases() if c.case_id in used}
     for task in tasks:
         spec = task_spec(task, ds, s)
         res.specs[task] = spec
-        res.volumes[task] = prepare_task(ds, task, s, images)
+        res.volumes[task] = prepare_task(ds, task, s, images, used)
         cfg = experiment_config(ds.name, task, s, spec)
         n_classes = cfg["n_classes"]
         for seed in seeds:
@@ -427,7 +550,7 @@ def run(
                     cache.put(_KIND, run_cfg, records)
                 res.runs[(task, strategy, int(seed))] = records
                 bar.update(1)
-            if s["full_reference"]:
+            if int(seed) in ref_seeds:
                 rcfg = {**cfg, "split": split, "seed": int(seed), "history": [split["pool"]],
                         "warm_start": False, "reference": "all pool volumes labelled"}
                 result, rhash = cached_round(
@@ -438,6 +561,15 @@ def run(
                 bar.update(1)
     bar.close()
     return res
+
+
+def _reference_seeds(s: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
+    """The seeds the fully supervised baseline is trained for: the first
+    ``reference_seeds`` (None: all)."""
+    n = s["reference_seeds"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"p3: reference_seeds={n!r} must be None (all seeds) or a count >= 0")
+    return [int(x) for x in (seeds if n is None else seeds[:n])]
 
 
 def _weights_present(root: Path, records: Sequence[Mapping[str, Any]]) -> bool:
@@ -486,21 +618,22 @@ def write_curves(curves: pd.DataFrame, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _summary(curves: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Mean, std, min and max over seeds of the test Dice per strategy and iteration."""
+def _summary(curves: pd.DataFrame, task: str, metric: str = "dice") -> pd.DataFrame:
+    """Mean, std, min and max over seeds of ``metric`` (``dice``: test, ``val_dice``:
+    validation) per strategy and iteration."""
     sub = curves[curves["task"] == task]
     if sub.empty:
         raise ValueError(f"p3: no results for task {task!r}")
-    g = sub.groupby(["strategy", "iteration"])["dice"]
+    g = sub.groupby(["strategy", "iteration"])[metric]
     out = g.agg(["mean", "std", "min", "max", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)
     return out
 
 
-def _gaps(curves: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per seed and iteration: Dice of variance minus Dice of random."""
+def _gaps(curves: pd.DataFrame, task: str, metric: str = "dice") -> pd.DataFrame:
+    """Per seed and iteration: ``metric`` of variance minus that of random."""
     sub = curves[curves["task"] == task]
-    wide = sub.pivot_table(index=["seed", "iteration"], columns="strategy", values="dice")
+    wide = sub.pivot_table(index=["seed", "iteration"], columns="strategy", values=metric)
     if not set(STRATEGIES) <= set(wide.columns):
         raise ValueError(f"p3: task {task!r} needs both strategies to compare them")
     wide = wide.reset_index()
@@ -514,43 +647,142 @@ def _fmt(mean: float, std: float) -> str:
 
 def paper_comparison(curves: pd.DataFrame, paper: Mapping[str, Any], task: str = "heart"
                      ) -> pd.DataFrame:
-    """P3's quoted numbers (Fig. 2 / Sec. III) beside ours (mean ± std over seeds).
+    """P3's quoted numbers (Fig. 2 / Sec. III: validation Dice) beside our validation Dice
+    (like with like) and our test Dice (ours only: P3 quotes none), mean ± std over seeds.
 
     P3's "iteration 2" and "last" are matched to our iteration 2 and our last iteration.
     """
-    summ = _summary(curves, task).set_index(["strategy", "iteration"])
-    gaps = _gaps(curves, task)
+    val = _summary(curves, task, "val_dice").set_index(["strategy", "iteration"])
+    test = _summary(curves, task, "dice").set_index(["strategy", "iteration"])
+    gaps = {m: _gaps(curves, task, m) for m in ("val_dice", "dice")}
     last = int(curves["iteration"].max())
     n_all_frac = curves[(curves["task"] == task)].groupby("iteration")["fraction_of_all"].first()
 
-    def ours(strategy: str, it: int) -> str:
+    def ours(summ: pd.DataFrame, strategy: str, it: int) -> str:
         if (strategy, it) not in summ.index:
             return "n/a"
         row = summ.loc[(strategy, it)]
         return _fmt(row["mean"], row["std"])
 
-    def gap(it: int) -> str:
-        g = gaps[gaps["iteration"] == it]["gap"]
+    def gap(metric: str, it: int) -> str:
+        g = gaps[metric]
+        g = g[g["iteration"] == it]["gap"]
         return _fmt(g.mean(), g.std(ddof=1) if len(g) > 1 else 0.0) if len(g) else "n/a"
 
     points = {str(p["iteration"]): p for p in paper["points"]}
-    rows = [
-        ("iteration 1: active - random", points["1"]["gap"], gap(1)),
-        ("iteration 2: active", points["2"]["active"], ours("variance", 2)),
-        ("iteration 2: random", points["2"]["random"], ours("random", 2)),
-        ("iteration 2: active - random", points["2"]["gap"], gap(2)),
-        ("last iteration: active", points["last"]["active"], ours("variance", last)),
-        ("last iteration: random", points["last"]["random"], ours("random", last)),
-        ("last iteration: active - random", points["last"]["gap"], gap(last)),
-        ("labelled share of all volumes at iteration 2", 0.42,
-         f"{n_all_frac.get(2, float('nan')):.2f}"),
-    ]
-    return pd.DataFrame(rows, columns=["quantity", "P3 (LCTSC)", "ours (mean ± std over seeds)"])
+    rows = []
+    for label, it, pt in (("iteration 1", 1, points["1"]), ("iteration 2", 2, points["2"]),
+                          ("last iteration", last, points["last"])):
+        for strategy, key in (("variance", "active"), ("random", "random")):
+            if key in pt:
+                rows.append((f"{label}: {key}", pt[key], ours(val, strategy, it),
+                             ours(test, strategy, it)))
+        rows.append((f"{label}: active - random", pt["gap"], gap("val_dice", it),
+                     gap("dice", it)))
+    share = paper_values.artifact("P3-headline")["values"]["labelled_fraction"]
+    frac = f"{n_all_frac.get(2, float('nan')):.2f}"
+    rows.append(("labelled share of all volumes at iteration 2", share, frac, frac))
+    return pd.DataFrame(rows, columns=["quantity", "P3 (LCTSC, validation Dice)",
+                                       "ours: validation Dice", "ours: test Dice (P3: none)"])
 
 
-def verdict(curves: pd.DataFrame, task: str) -> str:
-    """In words: does variance selection beat random, at which iterations, in how many seeds."""
-    gaps = _gaps(curves, task)
+# --------------------------------------------------------------------------------------------
+# The fully supervised baseline and the mechanism (issue: converged baselines, mechanisms)
+# --------------------------------------------------------------------------------------------
+
+
+def baseline_converged(curve: Sequence[Mapping[str, float]], tail: float = 0.25,
+                       tol: float = 0.01) -> bool:
+    """True when validation Dice has flattened: the best value of the last ``tail`` of the
+    epochs beats the best of the earlier epochs by less than ``tol``. A curve of fewer than 4
+    validated epochs is too short to show a plateau: False."""
+    if not 0 < tail < 1 or tol < 0:
+        raise ValueError(f"p3: tail={tail!r} must lie in (0, 1) and tol={tol!r} be >= 0")
+    val = np.array([float(c["val_dice"]) for c in curve], dtype=float)
+    val = val[np.isfinite(val)]
+    if val.size < 4:
+        return False
+    k = max(1, math.ceil(tail * val.size))
+    return bool(val[-k:].max() - val[:-k].max() < tol)
+
+
+def baseline_curve(res: P3Results, task: str) -> pd.DataFrame:
+    """Train loss and validation Dice per epoch of the fully supervised baseline (every pool
+    volume labelled), one block per seed it was trained for."""
+    rows = [{"seed": seed, **c} for (t, seed), r in sorted(res.reference.items()) if t == task
+            for c in r.get("curve", [])]
+    return pd.DataFrame(rows, columns=["seed", "epoch", "train_loss", "val_dice"])
+
+
+def plot_baseline_curve(res: P3Results, task: str) -> Figure:
+    """The baseline's training loss (left) and validation Dice (right) against epochs."""
+    df = baseline_curve(res, task)
+    if df.empty:
+        raise ValueError(f"p3: no fully supervised baseline of task {task!r} (profile setting "
+                         "reference_seeds is 0)")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for seed, g in df.groupby("seed"):
+        a1.plot(g["epoch"], g["train_loss"], "o-", ms=3, label=f"seed {seed}")
+        a2.plot(g["epoch"], g["val_dice"], "o-", ms=3, label=f"seed {seed}")
+    a1.set(xlabel="epoch", ylabel="training loss", title=f"{task}: training loss")
+    a2.set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1),
+           title=f"{task}: validation Dice")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mechanism_frame(res: P3Results, task: str, device: str = "cpu") -> pd.DataFrame:
+    """Per seed and iteration of the variance strategy: Spearman's rho between the candidates'
+    P3 scores and the current model's error (1 - Dice of the target class) on them, and the
+    mean error of the volumes it selected and of those it left."""
+    spec = res.specs[task]
+    rows = []
+    for (t, strategy, seed), records in sorted(res.runs.items()):
+        if t != task or strategy != "variance":
+            continue
+        for r in records:
+            if not r["scores"]:
+                continue
+            model = make_model(res.settings, len(spec["class_names"]))
+            model.load_state_dict(round_weights(res.checkpoint_root, r["round"]))
+            dice = volume_dice(model, [res.volumes[task][c] for c in sorted(r["scores"])],
+                               spec["target"], device)
+            err = {c: 1.0 - d for c, d in dice.items()}
+            chosen = set(r["selected"])
+            rest = [err[c] for c in err if c not in chosen]
+            rows.append({"seed": seed, "iteration": r["iteration"], "candidates": len(err),
+                         "spearman": score_error_correlation(r["scores"], dice),
+                         "error_selected": float(np.mean([err[c] for c in chosen])),
+                         "error_left": float(np.mean(rest)) if rest else math.nan})
+    return pd.DataFrame(rows, columns=["seed", "iteration", "candidates", "spearman",
+                                       "error_selected", "error_left"])
+
+
+#: Mean Spearman rho from which the variance score counts as pointing at the model's errors.
+MECHANISM_RHO = 0.3
+
+
+def mechanism_summary(frame: pd.DataFrame) -> dict[str, Any]:
+    """Mean rho over seeds and iterations, the share of positive rhos, and whether the
+    mechanism is present (mean rho >= :data:`MECHANISM_RHO`); nan / None without data."""
+    rho = frame["spearman"].dropna()
+    if rho.empty:
+        return {"mean_spearman": math.nan, "positive_share": math.nan, "n": 0, "present": None}
+    mean = float(rho.mean())
+    return {"mean_spearman": mean, "positive_share": float((rho > 0).mean()), "n": int(rho.size),
+            "present": bool(mean >= MECHANISM_RHO)}
+
+
+def verdict(curves: pd.DataFrame, task: str, *, baseline_ok: bool | None = None,
+            mechanism: Mapping[str, Any] | None = None, metric: str = "val_dice") -> str:
+    """Three-way verdict on P3's claim (variance beats random), on ``metric`` (validation Dice,
+    as P3 reports): ``reproduced``; ``not reproduced`` with a converged baseline (``baseline_ok``
+    True) and the mechanism present or absent; or ``inconclusive`` when the fully supervised
+    baseline has not converged or was not trained (``baseline_ok`` False / None)."""
+    gaps = _gaps(curves, task, metric)
     parts = []
     for it, g in gaps[gaps["iteration"] > 0].groupby("iteration"):
         wins = int((g["gap"] > 0).sum())
@@ -560,29 +792,53 @@ def verdict(curves: pd.DataFrame, task: str) -> str:
                      f"(variance better in {wins} of {len(g)} seed(s){tied})")
     sub = gaps[gaps["iteration"] > 0]
     mean_gap = float(sub["gap"].mean()) if len(sub) else float("nan")
+    what = "validation" if metric == "val_dice" else "test"
     if not len(sub):
-        head = "no selection round was run, so the strategies cannot be compared"
-    elif mean_gap > 0.01 and (sub["gap"] > 0).mean() > 0.5:
-        head = "MC-dropout variance selection beats random selection here, as in P3"
-    elif mean_gap < -0.01 and (sub["gap"] < 0).mean() > 0.5:
-        head = ("random selection beats MC-dropout variance selection here: P3's ordering "
-                "does not hold")
+        return f"{task}: inconclusive: no selection round was run, so nothing is compared"
+    if mean_gap > 0.01 and (sub["gap"] > 0).mean() > 0.5:
+        head = "reproduced: MC-dropout variance selection beats random selection, as in P3"
+    elif baseline_ok is None or not baseline_ok:
+        why = "was not trained" if baseline_ok is None else "has not converged"
+        head = (f"inconclusive: variance selection does not beat random here, but the fully "
+                f"supervised baseline {why}, so the run may be too small for the effect")
     else:
-        head = ("the two strategies are within 0.01 Dice of each other or alternate: P3's "
-                "advantage of variance selection is not reproduced here")
-    return f"{task}: {head} (mean gap over selection rounds and seeds {mean_gap:+.3f}); " + (
-        "; ".join(parts))
+        order = ("random selection beats variance selection" if mean_gap < -0.01 else
+                 "the two strategies are within 0.01 Dice or alternate")
+        mech = mechanism or {}
+        rho = mech.get("mean_spearman", math.nan)
+        if mech.get("present") is None:
+            m = "mechanism not measured"
+        elif mech["present"]:
+            m = f"mechanism present (mean Spearman rho {rho:+.2f} of score vs error)"
+        else:
+            m = f"mechanism absent (mean Spearman rho {rho:+.2f} of score vs error)"
+        head = f"not reproduced with a converged baseline: {order}; {m}"
+    return (f"{task}: {head} (mean {what} Dice gap over selection rounds and seeds "
+            f"{mean_gap:+.3f}); " + "; ".join(parts))
 
 
-def scorecard_entries(res: P3Results, task: str = "heart") -> dict[str, dict[str, Any]]:
+def baseline_ok(res: P3Results, task: str) -> bool | None:
+    """Whether every trained fully supervised baseline of ``task`` converged
+    (:func:`baseline_converged`); None when none was trained."""
+    curves = [r["curve"] for (t, _), r in res.reference.items() if t == task and r.get("curve")]
+    if not curves:
+        return None
+    return all(baseline_converged(c) for c in curves)
+
+
+def scorecard_entries(res: P3Results, task: str = "heart", device: str = "cpu",
+                      mechanism: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``paper``, ``ours`` and ``verdict`` of P3-F2, P3-headline and P3-F3 for
-    :func:`covidlib.report.scorecard.record` (heart task, mean over seeds)."""
+    :func:`covidlib.report.scorecard.record` (heart task, mean over seeds). P3 quotes
+    validation Dice, so ours is validation Dice too. ``mechanism``: the task's
+    :func:`mechanism_summary` (computed when not given)."""
     curves = res.curves
-    summ = _summary(curves, task).set_index(["strategy", "iteration"])["mean"]
+    summ = _summary(curves, task, "val_dice").set_index(["strategy", "iteration"])["mean"]
     sub = curves[curves["task"] == task]
     last = int(sub["iteration"].max())
     it2 = min(2, last)
     fig2 = paper_values.artifact("P3-F2")
+    head_paper = paper_values.artifact("P3-headline")["values"]
     pts = {str(p["iteration"]): p for p in fig2["points"]}
 
     def at(strategy: str, it: int) -> float:
@@ -594,23 +850,29 @@ def scorecard_entries(res: P3Results, task: str = "heart") -> dict[str, dict[str
                f"last ({last}) active": at("variance", last),
                f"last ({last}) random": at("random", last)}
     share = float(sub[sub["iteration"] == it2]["fraction_of_all"].iloc[0])
-    ref = [r["test_target_dice_mean"] for (t, _), r in res.reference.items() if t == task]
+    ref = [r["val_dice"] for (t, _), r in res.reference.items() if t == task]
     head_ours: dict[str, Any] = {"labelled share": round(share, 3),
-                                 "active Dice there": at("variance", it2)}
+                                 "active val. Dice there": at("variance", it2)}
     if ref:
         full = float(np.mean(ref))
-        head_ours["Dice, whole pool labelled"] = round(full, 4)
+        head_ours["val. Dice, whole pool labelled"] = round(full, 4)
         ratio = at("variance", it2) / full if full > 0 else float("nan")
         head_verdict = (f"with {share:.0%} of the volumes labelled, variance selection reaches "
-                        f"{ratio:.0%} of the Dice of the whole pool")
+                        f"{ratio:.0%} of the validation Dice of the whole pool")
     else:
-        head_verdict = (f"with {share:.0%} of the volumes labelled (P3: 42 %), variance "
-                        f"selection reaches Dice {at('variance', it2):.2f} (P3: 0.77); this "
-                        "profile trains no whole-pool reference")
+        head_verdict = (f"with {share:.0%} of the volumes labelled (P3: "
+                        f"{head_paper['labelled_fraction']:.0%}), variance selection reaches "
+                        f"validation Dice {at('variance', it2):.2f} (P3: {pts['2']['active']}); "
+                        "this profile trains no whole-pool reference")
+    mech = mechanism_summary(mechanism_frame(res, task, device)) if mechanism is None \
+        else mechanism
     shown = res.split["test"][:2]
     return {
-        "P3-F2": {"paper": f2_paper, "ours": f2_ours, "verdict": verdict(curves, task)},
-        "P3-headline": {"paper": {"labelled share": 0.42, "active Dice there": pts["2"]["active"]},
+        "P3-F2": {"paper": f2_paper, "ours": f2_ours,
+                  "verdict": verdict(curves, task, baseline_ok=baseline_ok(res, task),
+                                     mechanism=mech)},
+        "P3-headline": {"paper": {"labelled share": head_paper["labelled_fraction"],
+                                  "active val. Dice there": pts["2"]["active"]},
                         "ours": head_ours, "verdict": head_verdict},
         "P3-F3": {"paper": "qualitative", "ours": f"contours drawn for {', '.join(shown)}",
                   "verdict": "qualitative figure (no numbers to compare); see the P3 chapter"},
@@ -640,12 +902,18 @@ def selection_table(res: P3Results, task: str, seed: int | None = None) -> pd.Da
 # --------------------------------------------------------------------------------------------
 
 
+_METRIC_WORDS = {"val_dice": "validation Dice", "dice": "test Dice"}
+
+
 def plot_dice_curves(curves: pd.DataFrame, task: str, paper: Mapping[str, Any] | None = None,
-                     reference: Mapping[tuple[str, int], Mapping[str, Any]] | None = None
-                     ) -> Figure:
-    """P3 Fig. 2: test Dice of the target class vs iteration, active vs random, mean over
-    seeds with a min-max band; with ``paper``, a second panel holds P3's quoted numbers."""
-    summ = _summary(curves, task)
+                     reference: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+                     metric: str = "val_dice") -> Figure:
+    """P3 Fig. 2: validation (``metric="val_dice"``, what P3 plots) or test (``"dice"``) Dice
+    of the target class vs iteration, active vs random, mean over seeds with a min-max band;
+    with ``paper``, a second panel holds P3's quoted (validation) numbers."""
+    if metric not in _METRIC_WORDS:
+        raise ValueError(f"p3: metric={metric!r} must be one of {sorted(_METRIC_WORDS)}")
+    summ = _summary(curves, task, metric)
     sub = curves[curves["task"] == task]
     n_seeds = sub["seed"].nunique()
     ncols = 2 if paper is not None else 1
@@ -663,13 +931,14 @@ def plot_dice_curves(curves: pd.DataFrame, task: str, paper: Mapping[str, Any] |
         if n_seeds > 1:
             ax.fill_between(s["iteration"], s["min"], s["max"], color=c, alpha=0.2, lw=0)
     if reference:
-        vals = [r["test_target_dice_mean"] for (t, _), r in reference.items() if t == task]
+        key = "val_dice" if metric == "val_dice" else "test_target_dice_mean"
+        vals = [r[key] for (t, _), r in reference.items() if t == task]
         if vals:
             ax.axhline(float(np.mean(vals)), color="0.4", ls="--", lw=1.2,
                        label="all pool volumes labelled")
     ax.set_xticks(its, [f"{i}\n({labelled[i]} vol.)" for i in its])
     ax.set_xlabel("active-learning iteration (labelled volumes)")
-    ax.set_ylabel(f"test Dice ({'heart' if task == 'heart' else 'infection'})")
+    ax.set_ylabel(f"{_METRIC_WORDS[metric]} ({task})")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     band = " (band: min-max over seeds)" if n_seeds > 1 else ""
@@ -688,7 +957,11 @@ def plot_dice_curves(curves: pd.DataFrame, task: str, paper: Mapping[str, Any] |
                              fontsize=8)
         ax2.annotate(f"iteration 1: active - random = {pts['1']['gap']:+.2f}\n(values not given)",
                      (1, 0.3), fontsize=8, ha="center")
-        ax2.set_xticks([0, 1, 2, 3], ["0\n(11 vol.)", "1\n(16)", "2\n(21)", "3 = last\n(22)"])
+        ref = _paper_settings()
+        sizes = [min(ref["initial_labelled"] + i * ref["per_iteration"], ref["train"])
+                 for i in range(last_x + 1)]
+        ax2.set_xticks(range(last_x + 1), [f"{i}{' = last' if i == last_x else ''}\n({n} vol.)"
+                                           for i, n in enumerate(sizes)])
         ax2.set_xlim(-0.4, 3.6)
         ax2.set_ylim(0, 1)
         ax2.grid(alpha=0.3)
@@ -699,10 +972,11 @@ def plot_dice_curves(curves: pd.DataFrame, task: str, paper: Mapping[str, Any] |
     return fig
 
 
-def figure2(res: P3Results, task: str) -> Figure:
-    """:func:`plot_dice_curves` of ``task``, with P3's quoted numbers for the heart."""
-    paper = paper_values.artifact("P3-F2") if task == "heart" else None
-    return plot_dice_curves(res.curves, task, paper, res.reference)
+def figure2(res: P3Results, task: str, metric: str = "val_dice") -> Figure:
+    """:func:`plot_dice_curves` of ``task``; for the heart's validation Dice with P3's quoted
+    (validation) numbers beside it. Test Dice is ours only (P3 quotes none)."""
+    paper = paper_values.artifact("P3-F2") if task == "heart" and metric == "val_dice" else None
+    return plot_dice_curves(res.curves, task, paper, res.reference, metric)
 
 
 def _upsampled_prediction(model: torch.nn.Module, vol: Volume, target: int, device: str

@@ -6,8 +6,11 @@ The pipeline of P4 Fig. 1 / Sec. 2, run per fold and seed:
    combo loss (Eq. 1) on the small expert set ``X_tr`` (Sec. 2.3).
 2. **Pseudo-labels** ``Y_p = Phi_sl(X_p)`` for the unlabelled pool ``X_p``.
 3. **Student** ``Phi_ssl`` trained on ``X_v`` and ``X_p`` by Alg. 1 (:mod:`covidlib.reweight`),
-   in one of the modes of Tables 2-3: ``semi`` (plain pseudo-labels, equal weights: the
-   semi-supervision strategy of Fan et al. that P4 adopts), ``rgs``, ``rgm``, ``rgsm``,
+   in one of the modes of Tables 2-3: ``semi`` (uniform pseudo-labels: every pseudo-labelled
+   example weighted ``1 / C_p``, the whole pool from the first step; P4's "Semi-supervised"
+   row says it adopts Fan et al.'s strategy, but Inf-Net's progressive scheme, which adds
+   the pool a few pseudo-labelled slices at a time, is NOT implemented here, so the row is
+   named for what it is), ``rgs``, ``rgm``, ``rgsm``,
    ``rgs_al``, ``rgsm_al``; and the ``fully`` supervised baseline.
 4. **Evaluation**: per test volume, Dice and Hausdorff distance (mm, at the original voxel
    grid and spacing; :func:`covidlib.metrics.hausdorff`), mean +- std per fold and the
@@ -31,6 +34,23 @@ Data (:func:`fold_data`):
   slices are ``X_t``, and the 1600 unlabelled ``Pseudo-label/Imgs`` slices are the pool.
   Their provided "GT" is another model's output: it is used only as a second noisy teacher
   (``teacher="provided"``), never as truth.
+
+* ``ma20-slices`` (REAL 2-D derivative of P4's "Benchmark"; ``dataset="auto"`` picks it when
+  present, :func:`resolve_dataset`): the 10 Coronacases volumes of Ma et al. as stacks of
+  8-bit slices; split ``p4-cv4`` by volume (2 teacher volumes, per fold 2 test / 6 ``X_v``);
+  networks are 2-D and train on single slices, test volumes are segmented slice by slice and
+  scored as volumes. The pool is COVID-SemiSeg's 1600 pseudo-labelled slices of the same 20
+  volumes (a noisy teacher's outputs on the same dataset: P4's setting) WITHOUT the slices
+  of the fold's test volumes (:func:`pool_case_ids`), so no test volume reaches training.
+* ``ma-20`` / ``covid19-20`` (REAL 3-D, NIfTI in HU; gpu / paper profiles): P4's Benchmark
+  (split ``p4-cv4``) and Challenge (``p4-cv5``, folds by the manifest's rule,
+  :func:`kfold_lists`; the teacher learns from the Benchmark's ``X_tr`` as in P4's second
+  experiment). P4's hospital pool is private: the phantom pool stands in for it.
+
+Diagnostics (:class:`Diagnostics`, issue 14): the fully supervised run records a held-out
+learning curve (monitoring only), and :func:`probe_weights` measures whether Alg. 1's weights
+track the true quality of pseudo-labels on expert-labelled ``X_v`` items pseudo-labelled by
+the teacher.
 
 Choices where P4 is silent or ambiguous (stated in the chapters):
 
@@ -67,8 +87,9 @@ import base64
 import contextlib
 import copy
 import math
+import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -85,6 +106,7 @@ from tqdm.auto import tqdm
 from covidlib import reweight as rw
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset, open_dataset
+from covidlib.data.errors import DataError
 from covidlib.data.manifest import natural_key
 from covidlib.data.phantom import PhantomConfig, SiteProfile, generate_case
 from covidlib.data.preprocess import LUNG_WINDOW, resize_image, resize_mask
@@ -96,27 +118,46 @@ from covidlib.metrics import confusion, hausdorff, scores, surface_distances
 from covidlib.models import resunet3d_p4
 
 __all__ = [
+    "AUTO_BENCHMARK",
     "DATASETS",
+    "DIAGNOSTICS",
     "METHODS",
     "METHOD_LABELS",
     "P4_SPACING",
+    "PAPER_NAMES",
     "POOL_SITES",
     "POOL_SITE_NAMES",
     "PROFILES",
     "TABLE2_METHODS",
     "TABLE3_METHODS",
+    "Diagnostics",
     "FoldData",
     "Item",
     "P4Results",
     "TestItem",
+    "curve_items",
     "decode_mask",
     "encode_mask",
+    "evaluate",
     "fold_data",
+    "kfold_lists",
     "make_model",
+    "monitor_dice",
+    "open_pool_dataset",
+    "open_sibling",
+    "pool_case_ids",
+    "pool_volume",
+    "predict_foreground",
+    "predict_slices",
+    "probe_split",
+    "probe_weights",
+    "resolve_dataset",
     "resunet2d_p4",
     "run",
     "sample_patch",
     "settings",
+    "train_student",
+    "train_supervised",
 ]
 
 VERSION = "p4/1"
@@ -133,20 +174,35 @@ METHODS: tuple[str, ...] = ("fully", "semi", "rgs", "rgm", "rgsm", "rgs_al", "rg
 
 METHOD_LABELS: dict[str, str] = {
     "fully": "Fully Supervised",
-    "semi": "Semi-supervised",
+    "semi": "Uniform pseudo-labels",
     "rgs": "Proposed RGS",
     "rgm": "Proposed RGM",
     "rgsm": "Proposed RGS&M",
     "rgs_al": "Proposed RGS+AL",
     "rgsm_al": "Proposed RGS&M+AL",
 }
-"""Method names as P4's tables print them."""
+"""Method names in our tables (P4's own names, except ``semi``: see :data:`PAPER_NAMES`)."""
+
+PAPER_NAMES: dict[str, str] = {**METHOD_LABELS, "semi": "Semi-supervised"}
+"""The row names of P4's Tables 2-3 for each method (``semi`` is P4's "Semi-supervised"
+row, which P4 describes as Fan et al.'s strategy; ours is plain uniform pseudo-labelling)."""
 
 DATASETS: dict[str, dict[str, Any]] = {
     "synthetic": {"dims": 3, "split": "p4-cv4", "pool": "phantom"},
     "covid-semiseg": {"dims": 2, "split": "p4-2d", "pool": "pseudo-label"},
+    # P4's Benchmark (Ma et al.) as 2-D slices of 10 volumes: slices of the split's volumes,
+    # COVID-SemiSeg's pseudo-labelled slices of the same 20 volumes as the pool
+    "ma20-slices": {"dims": 2, "split": "p4-cv4", "pool": "covid-semiseg", "stacks": True,
+                    "case_group": None},
+    # P4's own datasets in 3-D (gpu / paper profiles): Benchmark and Challenge
+    "ma-20": {"dims": 3, "split": "p4-cv4", "pool": "phantom"},
+    "covid19-20": {"dims": 3, "split": "p4-cv5", "pool": "phantom", "teacher_data": "ma-20"},
 }
-"""Datasets this chapter runs on: their dimension, split and unlabelled pool."""
+"""Datasets this chapter runs on: their dimension, split and unlabelled pool (``stacks``:
+volumes stored as stacks of 2-D slices, trained slice by slice and scored per volume)."""
+
+AUTO_BENCHMARK: tuple[str, ...] = ("ma20-slices", "synthetic")
+"""``dataset="auto"`` for the Benchmark chapter: the first of these that is present."""
 
 POOL_SITES: tuple[SiteProfile, ...] = (
     # a thick-slice scanner (P4's hospital scans: 7 mm slices), contrast shifted up
@@ -244,6 +300,40 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Diagnostics:
+    """What the chapters measure beside P4's tables (issue 14): the held-out learning curve
+    of the fully supervised baseline and the mechanism probe of the learned weights.
+
+    ``curve_points``: evaluations of the baseline during training; ``curve_items``: held-out
+    test slices (2-D) or volumes (3-D) scored at each, evenly chosen; ``converge_tol``: the
+    baseline counts as converged when the mean held-out Dice of the last quarter of the
+    curve is less than this above the quarter before; ``probe_batches``: pseudo-labelled
+    batches whose weights the probe compares with the true quality of their labels.
+    """
+
+    curve_points: int = 8
+    curve_items: int = 24
+    converge_tol: float = 0.02
+    probe_batches: int = 12
+
+    def __post_init__(self) -> None:
+        for name in ("curve_points", "curve_items", "probe_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"p4 Diagnostics.{name}={v!r}: an integer >= 0")
+        if not self.converge_tol > 0:
+            raise ValueError(f"p4 Diagnostics.converge_tol={self.converge_tol!r}: must be > 0")
+
+
+DIAGNOSTICS: dict[str, Diagnostics] = {
+    "cpu": Diagnostics(curve_points=6, curve_items=24, probe_batches=12),
+    "gpu": Diagnostics(curve_points=10, curve_items=96, probe_batches=64),
+    "paper": Diagnostics(curve_points=20, curve_items=400, probe_batches=256),
+}
+"""The diagnostics of each profile."""
+
+
 def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A deep copy of profile ``profile`` with ``overrides`` merged over it (top-level keys).
 
@@ -325,6 +415,7 @@ class Item:
     truth: np.ndarray | None = None
     provided: np.ndarray | None = None
     site: str | None = None
+    volume: str | None = None  # the volume a 2-D slice comes from (None: its own case)
     _fg: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def foreground(self, key: str) -> np.ndarray:
@@ -343,6 +434,7 @@ class TestItem:
     mask: np.ndarray  # bool, original grid
     spacing: tuple[float, ...] | None  # mm per axis of ``mask``; None = pixels (8-bit slices)
     case: Case
+    slices: bool = False  # a stack of 2-D slices, segmented slice by slice, scored as a volume
 
 
 @dataclass
@@ -406,14 +498,30 @@ def _prepare_2d(case: Case, size: int, with_label: bool = True) -> Item:
     if case.image.shape[0] != 1:
         raise ValueError(f"case {case.case_id}: the 2-D variant needs single slices, got "
                          f"{case.image.shape[0]} slices")
-    img = case.image[0].astype(np.float32)
+    return _slice_item(case, 0, size, with_label, case.case_id)
+
+
+def _slice_item(case: Case, z: int, size: int, with_label: bool = True,
+                item_id: str | None = None) -> Item:
+    """Slice ``z`` of ``case`` at ``size`` px in [0, 1] (HU through the lung window)."""
+    img = case.image[z].astype(np.float32)
     if case.intensity == "hu":
         img = _window(img, LUNG_WINDOW) * 255.0
     image = resize_image(img, size) / np.float32(255.0)
     label = None
     if with_label:
-        label = resize_mask(_infection(case)[0].astype(np.uint8), size)
-    return Item(case.case_id, image.astype(np.float32), label=label, site=case.site)
+        label = resize_mask(_infection(case)[z].astype(np.uint8), size)
+    return Item(item_id or f"{case.case_id}:{z}", image.astype(np.float32), label=label,
+                site=case.site, volume=case.case_id)
+
+
+def _stack_item(case: Case, size: int) -> TestItem:
+    """A test volume stored as 2-D slices: every slice at ``size`` px, scored as a volume
+    against the expert mask at the original grid (spacing unknown: pixels)."""
+    parts = [_slice_item(case, z, size) for z in range(case.n_slices)]
+    item = Item(case.case_id, np.stack([p.image for p in parts]),
+                label=np.stack([p.label for p in parts]), site=case.site, volume=case.case_id)
+    return TestItem(item, _infection(case), None, case, slices=True)
 
 
 def _case_ids_of(refs: Sequence[tuple[str, int]]) -> list[str]:
@@ -471,16 +579,40 @@ def _phantom_pool(s: Mapping[str, Any], store: Path, progress: bool) -> list[Ite
     return items
 
 
-def _semiseg_pool(ds: Dataset, s: Mapping[str, Any], progress: bool) -> list[Item]:
+_POOL_ID = re.compile(r"^Data-1_coronacases_org_(\d{3})_\d+$")
+
+
+def pool_volume(case_id: str) -> str | None:
+    """The ``ma20-slices`` volume a COVID-SemiSeg pseudo-label slice comes from
+    (``"Data-1_coronacases_org_00K_<z>"`` -> ``"coronacases_00K"``), None for the other
+    volumes (:func:`covidlib.data.ma20.semiseg_pool_volume` when available)."""
+    try:
+        from covidlib.data.ma20 import semiseg_pool_volume
+    except ImportError:  # the dataset module is not installed: the same rule, locally
+        m = _POOL_ID.match(case_id)
+        return f"coronacases_{m.group(1)}" if m else None
+    return semiseg_pool_volume(case_id)
+
+
+def pool_case_ids(ids: Sequence[str], held_out: Iterable[str]) -> list[str]:
+    """The pool slices that may be trained on: every id whose volume (:func:`pool_volume`)
+    is not a held-out (test-fold) volume, so no test volume leaks into the pool."""
+    out = set(held_out)
+    return [i for i in ids if pool_volume(i) not in out]
+
+
+def _semiseg_pool(ds: Dataset, s: Mapping[str, Any], progress: bool,
+                  held_out: Iterable[str] = ()) -> list[Item]:
     group = next(g for g in ds.manifest.layout.groups if g.name == "pseudo-label")
-    ids = sorted(group.cases or (), key=natural_key)
+    ids = pool_case_ids(sorted(group.cases or (), key=natural_key), held_out)
     if not ids:
-        raise ValueError(f"{ds.name}: the pseudo-label group lists no cases")
+        raise ValueError(f"{ds.name}: the pseudo-label group lists no usable cases")
     n = min(int(s["pool_2d"]), len(ids))
     pick = [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
     items = []
     for case in iter_cases(ds.manifest, ds.root, "pseudo-label", pick, progress=progress):
         it = _prepare_2d(case, int(s["size_2d"]), with_label=False)
+        it.volume = pool_volume(case.case_id)
         path = case.meta.get("teacher_path")
         if path is None:
             raise ValueError(f"{case.case_id}: pool slice without its provided teacher map")
@@ -490,6 +622,77 @@ def _semiseg_pool(ds: Dataset, s: Mapping[str, Any], progress: bool) -> list[Ite
     return items
 
 
+def open_sibling(name: str, ds: Dataset) -> Dataset:
+    """Dataset ``name`` next to ``ds`` (same data root) when it is there, else anywhere on
+    the data search path."""
+    try:
+        return open_dataset(name, ds.root.parent, generate=False)
+    except DataError:
+        return open_dataset(name, generate=False)
+
+
+def open_pool_dataset(ds: Dataset) -> Dataset:
+    """COVID-SemiSeg, whose pseudo-labelled slices are the pool of ``ma20-slices``."""
+    return open_sibling("covid-semiseg", ds)
+
+
+def kfold_lists(ids: Sequence[str], k: int, seed: int, fold: int) -> dict[str, list[str]]:
+    """Fold ``fold`` of a k-fold split whose ids are globbed (``covid19-20``'s ``p4-cv5``):
+    ids in natural order, ``perm = default_rng(seed).permutation(n)``, test folds
+    ``np.array_split(perm, k)``, every other id ``val`` (the manifest's rule)."""
+    if not 0 <= fold < k:
+        raise ValueError(f"fold={fold}: a {k}-fold split has folds 0..{k - 1}")
+    order = sorted(ids, key=natural_key)
+    if len(order) < k:
+        raise ValueError(f"k-fold split: {len(order)} cases for {k} folds")
+    perm = np.random.default_rng(seed).permutation(len(order))
+    test = {order[i] for i in np.array_split(perm, k)[fold]}
+    return {"train": [], "val": [c for c in order if c not in test],
+            "test": [c for c in order if c in test]}
+
+
+def _teacher_volumes(spec: Mapping[str, Any], ds: Dataset, s: Mapping[str, Any]
+                     ) -> list[Item] | None:
+    """``X_tr`` from another dataset (P4 Sec. 4, experiment 2: the Challenge students use
+    the Benchmark teacher's pseudo-labels), or None."""
+    name = spec.get("teacher_data")
+    if name is None:
+        return None
+    tds = open_sibling(name, ds)
+    tcases = {c.case_id: c for c in tds.cases()}
+    train = tds.manifest.split(DATASETS[name]["split"]).train
+    return [_prepare_3d(tcases[c], s) for c in train]
+
+
+def _stacks_fold(ds: Dataset, fold: int, s: Mapping[str, Any], progress: bool) -> FoldData:
+    """``ma20-slices``: the split's volumes as slices (``X_tr``, ``X_v``), whole test volumes
+    (``X_t``) and COVID-SemiSeg's pseudo-labelled slices without the test volumes' own."""
+    spec = DATASETS[ds.name]
+    cases = {c.case_id: c for c in ds.cases()}
+    parts = _fold_parts(ds, cases, spec["split"], fold)
+    size = int(s["size_2d"])
+    train, val = ([_slice_item(cases[c], z, size) for c, z in parts[p]] for p in ("train", "val"))
+    test_ids = _case_ids_of(parts["test"])
+    test = [_stack_item(cases[c], size) for c in test_ids]
+    pool = _semiseg_pool(open_pool_dataset(ds), s, progress, held_out=test_ids)
+    return FoldData(2, train, val, test, pool)
+
+
+def _fold_parts(ds: Dataset, cases: Mapping[str, Case], split_name: str, fold: int
+                ) -> dict[str, list[tuple[str, int]]]:
+    split = ds.manifest.split(split_name)
+    n_folds = len(_get_folds(split))
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold={fold}: split {split_name!r} of {ds.name} has folds "
+                         f"0..{n_folds - 1}")
+    return make_split(cases, split, fold=fold)
+
+
+def _get_folds(split: Any) -> Sequence[Any]:
+    folds = split.get("folds") if isinstance(split, Mapping) else getattr(split, "folds", None)
+    return folds or ()
+
+
 def fold_data(ds: Dataset, fold: int, s: Mapping[str, Any], store: Path,
               progress: bool = True) -> FoldData:
     """``X_tr``, ``X_v``, ``X_t`` of ``fold`` and the pool ``X_p``, prepared for training."""
@@ -497,15 +700,22 @@ def fold_data(ds: Dataset, fold: int, s: Mapping[str, Any], store: Path,
     if spec is None:
         raise ValueError(f"p4: dataset {ds.name!r} is not supported; choose one of "
                          f"{sorted(DATASETS)} (P4's Benchmark/hospital pair is not available)")
+    if spec.get("stacks"):
+        return _stacks_fold(ds, fold, s, progress)
     if spec["dims"] == 3:
         cases = {c.case_id: c for c in ds.cases()}
         split = ds.manifest.split(spec["split"])
-        n_folds = len(split.folds or ())
-        if not 0 <= fold < n_folds:
-            raise ValueError(f"fold={fold}: split {spec['split']!r} has folds 0..{n_folds - 1}")
-        parts = make_split(cases, split, fold=fold)
-        ids = {p: _case_ids_of(parts[p]) for p in ("train", "val", "test")}
-        train = [_prepare_3d(cases[c], s) for c in ids["train"]]
+        if split.folds:
+            parts = _fold_parts(ds, cases, spec["split"], fold)
+            ids = {p: _case_ids_of(parts[p]) for p in ("train", "val", "test")}
+        else:
+            ids = kfold_lists(list(cases), int(split.k or 0), int(split.seed or 0), fold)
+        train = _teacher_volumes(spec, ds, s)
+        if train is None:
+            train = [_prepare_3d(cases[c], s) for c in ids["train"]]
+        if not train:
+            raise ValueError(f"{ds.name}: split {spec['split']!r} gives the teacher no "
+                             "training volumes")
         val = [_prepare_3d(cases[c], s) for c in ids["val"]]
         test = [TestItem(_prepare_3d(cases[c], s), _infection(cases[c]),
                          tuple(float(v) for v in cases[c].spacing), cases[c])
@@ -672,16 +882,53 @@ def _checkpointing(path: Path | None, every: int, model: nn.Module,
         path.unlink()
 
 
+def monitor_dice(model: nn.Module, items: Sequence[Item], s: Mapping[str, Any],
+                 device: torch.device) -> float:
+    """Dice of the summed confusion over ``items`` (labels at the working resolution); the
+    model is left in training mode."""
+    if items and all(it.image.ndim == 2 and it.image.shape == items[0].image.shape
+                     for it in items):
+        preds = predict_slices(model, [it.image for it in items], s, device) > 0.5
+    else:
+        preds = [predict_foreground(model, it.image, s, device) > 0.5 for it in items]
+    conf = sum(confusion(p, it.label > 0) for p, it in zip(preds, items, strict=True))
+    model.train()
+    return float(scores(conf)["dice"])
+
+
+def curve_items(test: Sequence[TestItem], n: int) -> list[Item]:
+    """Up to ``n`` held-out items for the learning curve, evenly spread: slices of the test
+    stacks (2-D volumes stored as slices) or the test items themselves."""
+    pool: list[Item] = []
+    for t in test:
+        if t.slices:
+            pool += [Item(f"{t.item.case_id}:{z}", t.item.image[z], label=t.item.label[z])
+                     for z in range(t.item.image.shape[0])]
+        else:
+            pool.append(t.item)
+    if n <= 0 or not pool:
+        return []
+    idx = np.unique(np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int))
+    return [pool[i] for i in idx]
+
+
 def train_supervised(model: nn.Module, items: Sequence[Item], s: Mapping[str, Any], steps: int,
                      seed: int, dims: int, device: torch.device, *, stream: int = 0,
                      checkpoint: Path | None = None, desc: str = "train",
-                     progress: bool = True) -> dict[str, list]:
+                     progress: bool = True, monitor: Sequence[Item] = (),
+                     monitor_points: int = 0) -> dict[str, list]:
     """Combo-loss training on expert items (the teacher ``Phi_sl`` and ``fully``): Adam,
-    ``steps`` mini-batches of ``batch`` flipped patches (P4 Sec. 2.3, 4)."""
+    ``steps`` mini-batches of ``batch`` flipped patches (P4 Sec. 2.3, 4). With ``monitor``
+    items, their Dice is measured after ``monitor_points`` evenly spaced steps (the learning
+    curve of ``curve_step`` / ``curve_dice``; never used to choose a model)."""
     model.to(device).train()
     opt = _optimizer(model, s)
     dtype, _ = amp_settings(device, dims)
     history: dict[str, list] = {"step": [], "loss": []}
+    at = set()
+    if monitor and monitor_points > 0:
+        history.update(curve_step=[], curve_dice=[])
+        at = set(np.linspace(0, steps, monitor_points + 1)[1:].round().astype(int).tolist())
     keep = _keep_steps(steps, int(s["history_max"]))
     patch = _patch_shape(dims, s)
     with _checkpointing(checkpoint, int(s["checkpoint_every"]), model, opt, history) as (
@@ -697,6 +944,9 @@ def train_supervised(model: nn.Module, items: Sequence[Item], s: Mapping[str, An
             if step in keep:
                 history["step"].append(step)
                 history["loss"].append(float(loss.detach()))
+            if step + 1 in at:
+                history["curve_step"].append(step + 1)
+                history["curve_dice"].append(monitor_dice(model, monitor, s, device))
             save(step + 1)
     return history
 
@@ -784,6 +1034,26 @@ def predict_foreground(model: nn.Module, image: np.ndarray, s: Mapping[str, Any]
     return F.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
 
 
+@torch.no_grad()
+def predict_slices(model: nn.Module, images: Sequence[np.ndarray] | np.ndarray,
+                   s: Mapping[str, Any], device: torch.device, chunk: int = 16) -> np.ndarray:
+    """Foreground probabilities of equally sized 2-D slices ``(N, H, W)``, ``chunk`` slices
+    per forward pass (batch norm in eval mode: each slice independent of the others)."""
+    stack = np.asarray(images, dtype=np.float32)
+    if stack.ndim != 3:
+        raise ValueError(f"predict_slices: expected (N, H, W) slices, got {stack.shape}")
+    model.to(device).eval()
+    dtype, _ = amp_settings(device, 2)
+    out = []
+    for i in range(0, stack.shape[0], chunk):
+        x = torch.from_numpy(np.ascontiguousarray(stack[i:i + chunk]))[:, None].to(device)
+        pad = [(-n) % 16 for n in x.shape[2:]]
+        with autocast(device, dtype):
+            logits = model(F.pad(x, [0, pad[1], 0, pad[0]]))[..., :x.shape[2], :x.shape[3]]
+        out.append(F.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *stack.shape[1:]), np.float32)
+
+
 def _to_original(prob: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(prob))[None, None]
     mode = "trilinear" if prob.ndim == 3 else "bilinear"
@@ -843,7 +1113,11 @@ def evaluate(model: nn.Module, test: Sequence[TestItem], s: Mapping[str, Any],
     Tables 2-3), plus the predicted masks of the figure slices."""
     rows, figure = [], {}
     for t in test:
-        prob = _to_original(predict_foreground(model, t.item.image, s, device), t.mask.shape)
+        if t.slices:
+            prob = predict_slices(model, t.item.image, s, device)
+        else:
+            prob = predict_foreground(model, t.item.image, s, device)
+        prob = _to_original(prob, t.mask.shape)
         pred = prob > 0.5
         sc = scores(confusion(pred, t.mask))
         hd, hd95 = _hausdorff(pred, t.mask, t.spacing)
@@ -857,6 +1131,62 @@ def evaluate(model: nn.Module, test: Sequence[TestItem], s: Mapping[str, Any],
             figure[t.item.case_id] = {"z": z, "shape": list(sl.shape),
                                       "mask": encode_mask(sl)}
     return {"cases": rows, "figure": figure}
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanism probe (issue 14): do the weights track the true quality of the pseudo-labels?
+# --------------------------------------------------------------------------------------------
+
+
+def probe_split(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+    """``(probe, expert)``: the expert-labelled items of ``X_v`` split by volume (naturally
+    sorted volumes alternate: 1st, 3rd, ... probe; 2nd, 4th, ... expert), so that no probe
+    example shares a volume with the expert batches."""
+    vols = sorted({it.volume or it.case_id for it in items}, key=natural_key)
+    if len(vols) < 2:
+        raise ValueError(f"probe_split: {len(vols)} volume(s) in X_v; the probe needs two")
+    probe = set(vols[0::2])
+    return ([it for it in items if (it.volume or it.case_id) in probe],
+            [it for it in items if (it.volume or it.case_id) not in probe])
+
+
+def probe_weights(model: nn.Module, val: Sequence[Item], s: Mapping[str, Any], n_batches: int,
+                  seed: int, dims: int, device: torch.device) -> dict[str, Any]:
+    """The weights of Alg. 1 (RGS, RGM, RGS&M, and the rectified RGS+AL, RGS&M+AL) at the
+    model's parameters, without updates, for ``n_batches`` pseudo-labelled batches whose
+    true quality is known: expert-labelled items of the probe half of ``X_v``
+    (:func:`probe_split`), pseudo-labelled by ``model`` (the teacher), with expert batches
+    from the other half. Returns the weights and each example's true quality
+    (:func:`covidlib.reweight.example_dice`), one list entry per example."""
+    probe, expert = probe_split(val)
+    n = int(s["batch"])
+    rng = _rng(seed, 7)
+    pick = rng.choice(len(probe), size=n * n_batches, replace=len(probe) < n * n_batches)
+    patch = _patch_shape(dims, s)
+    labelled: dict[int, Item] = {}
+    batches, quality = [], []
+    for b in range(n_batches):
+        parts = []
+        for i in pick[b * n:(b + 1) * n]:
+            i = int(i)
+            if i not in labelled:
+                it = probe[i]
+                pseudo = (predict_foreground(model, it.image, s, device) > 0.5).astype(np.uint8)
+                labelled[i] = Item(it.case_id, it.image, pseudo=pseudo, truth=it.label,
+                                   volume=it.volume)
+            parts.append(sample_patch(labelled[i], patch, rng, "pseudo",
+                                      float(s["pos_fraction"]), extra=("truth",)))
+        bv = _batch(expert, n, patch, rng, "label", float(s["pos_fraction"]), flip=True)
+        x_p = torch.from_numpy(np.stack([p["image"] for p in parts]))[:, None].to(device)
+        y_p = torch.from_numpy(np.stack([p["label"] for p in parts])).to(device)
+        quality += rw.example_dice(y_p.cpu().numpy(),
+                                   np.stack([p["truth"] for p in parts])).tolist()
+        batches.append((x_p, y_p, bv["image"].to(device), bv["label"].to(device)))
+    model.to(device).train()
+    w = rw.weights_on_batches(model, batches, lam=float(s["lam"]), alpha=float(s["meta_lr"]),
+                              norm=s["gem_norm"], rgs_method=s["rgs_method"])
+    return {"quality": quality, **{k: v.tolist() for k, v in w.items()},
+            "n_probe_volumes": len({it.volume or it.case_id for it in probe})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,32 +1205,29 @@ def _teacher_config(ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, tea
                     ) -> dict[str, Any]:
     return {"version": VERSION, "kind": "teacher", "data": ds.fingerprint(),
             "split": DATASETS[ds.name]["split"], "fold": fold, "seed": seed,
+            "teacher_data": DATASETS[ds.name].get("teacher_data"),
             "pseudo_labels": teacher, "overlap": s["overlap"],
             "figure_cases": s["figure_cases"], "teacher_steps": s["teacher_steps"],
             "history_max": s["history_max"], **{k: s[k] for k in _DATA_KEYS + _TRAIN_KEYS}}
 
 
-def _run_config(tcfg: Mapping[str, Any], s: Mapping[str, Any], method: str) -> dict[str, Any]:
+def _run_config(tcfg: Mapping[str, Any], s: Mapping[str, Any], method: str,
+                diag: Diagnostics | None = None) -> dict[str, Any]:
     cfg = {"version": VERSION, "kind": "run", "method": method, "teacher": dict(tcfg),
            "init": s["init"], "student_steps": s["student_steps"],
            **{k: s[k] for k in _TRAIN_KEYS}}
     if method != "fully":
         cfg.update({k: s[k] for k in _STUDENT_KEYS})
+    elif diag is not None and diag.curve_points and diag.curve_items:
+        cfg["curve"] = [diag.curve_points, diag.curve_items]
     return cfg
 
 
 def _once(cache: ResultCache, kind: str, config: Mapping[str, Any], compute: Any,
           poll: float = 2.0) -> Any:
-    """``cache.cached`` that lets one worker compute a config while others wait for it."""
-    while True:
-        hit = cache.get(kind, config)
-        if hit is not None:
-            return hit
-        with cache.claim(kind, config) as owned:
-            if owned:
-                hit = cache.get(kind, config)
-                return hit if hit is not None else cache.cached(kind, config, compute)
-        time.sleep(poll)
+    """``cache.cached``: one worker computes a config while others wait for it; a killed
+    worker's claim is broken at once (:mod:`covidlib.cache`)."""
+    return cache.compute_once(kind, config, compute, poll_s=poll)
 
 
 class _Context:
@@ -908,10 +1235,11 @@ class _Context:
 
     def __init__(self, ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, teacher: str,
                  cache: ResultCache, device: torch.device, progress: bool,
-                 shared: dict[int, FoldData]) -> None:
+                 shared: dict[int, FoldData], diag: Diagnostics | None = None) -> None:
         self.ds, self.s, self.fold, self.seed, self.teacher = ds, s, fold, seed, teacher
         self.cache, self.device, self.progress = cache, device, progress
         self.shared = shared
+        self.diag = diag
         self.tcfg = _teacher_config(ds, s, fold, seed, teacher)
 
     @property
@@ -945,6 +1273,11 @@ class _Context:
                     raise ValueError(f"{self.ds.name}: teacher='provided' needs a pool with "
                                      "provided noisy-teacher maps (COVID-SemiSeg)")
                 pseudo = {it.case_id: it.provided for it in data.pool}
+            elif data.dims == 2:
+                probs = predict_slices(model, [it.image for it in data.pool], self.s,
+                                       self.device)
+                pseudo = {it.case_id: (p > 0.5).astype(np.uint8)
+                          for it, p in zip(data.pool, probs, strict=True)}
             else:
                 pseudo = {it.case_id: (predict_foreground(model, it.image, self.s,
                                                           self.device) > 0.5).astype(np.uint8)
@@ -975,8 +1308,29 @@ class _Context:
             it._fg.pop("pseudo", None)
         return self.data.pool
 
+    def mechanism(self) -> dict[str, Any] | None:
+        """The mechanism probe (cached): weights of Alg. 1 at the teacher's parameters on
+        expert-labelled items given the teacher's pseudo-labels (:func:`probe_weights`)."""
+        if self.diag is None or not self.diag.probe_batches:
+            return None
+        cfg = {"version": VERSION, "kind": "mechanism", "teacher": dict(self.tcfg),
+               "batches": self.diag.probe_batches,
+               **{k: self.s[k] for k in _STUDENT_KEYS}}
+
+        def compute() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            art = self._teacher_artifact()
+            model = make_model(self.data.dims)
+            model.load_state_dict(art["model"])
+            out = probe_weights(model, self.data.val, self.s, self.diag.probe_batches,
+                                self.seed, self.data.dims, self.device)
+            out["seconds"] = round(time.perf_counter() - t0, 2)
+            return out
+
+        return _once(self.cache, "p4_mechanism", cfg, compute)
+
     def run(self, method: str) -> dict[str, Any]:
-        cfg = _run_config(self.tcfg, self.s, method)
+        cfg = _run_config(self.tcfg, self.s, method, self.diag)
 
         def compute() -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -989,10 +1343,13 @@ class _Context:
             ck = self.cache.root / "p4_ckpt" / f"{config_hash(cfg)}.pt"
             desc = f"p4 {method} fold {self.fold + 1}"
             if method == "fully":
+                curve = cfg.get("curve", [0, 0])
                 hist = train_supervised(model, data.train + data.val, self.s,
                                         int(self.s["student_steps"]), self.seed, data.dims,
                                         self.device, stream=1, checkpoint=ck, desc=desc,
-                                        progress=self.progress)
+                                        progress=self.progress,
+                                        monitor=curve_items(data.test, curve[1]),
+                                        monitor_points=curve[0])
             else:
                 pool = self.pool_with_pseudo(art["pseudo"])
                 hist = train_student(model, method, data.val, pool, self.s, self.seed,
@@ -1045,15 +1402,43 @@ class P4Results:
     teachers: dict[tuple[int, int], dict[str, Any]]
     cases: dict[int, dict[str, Case]]  # fold -> figure cases (original grid)
     seconds: float
+    mechanism: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    data_kind: str = ""  # "real", "phantom" or "real 2-D derivative" (the manifest's)
 
 
-def run(dataset: str = "synthetic", methods: Sequence[str] = TABLE2_METHODS, *,
+def resolve_dataset(dataset: str | Dataset, data_root: str | Path | None = None) -> Dataset:
+    """The dataset to run on: ``"auto"`` is the first of :data:`AUTO_BENCHMARK` that is
+    present (the real Benchmark slices, else the phantom); a name is opened; a
+    :class:`~covidlib.data.api.Dataset` is used as it is."""
+    if not isinstance(dataset, str):
+        return dataset
+    if dataset != "auto":
+        return open_dataset(dataset, data_root)
+    for name in AUTO_BENCHMARK[:-1]:
+        try:
+            return open_dataset(name, data_root, generate=False)
+        except DataError:
+            continue
+    return open_dataset(AUTO_BENCHMARK[-1], data_root)
+
+
+def _data_kind(ds: Dataset) -> str:
+    kind = getattr(ds.manifest, "data_kind", None)
+    if isinstance(kind, str) and kind:
+        return kind
+    return "real" if ds.is_real else "phantom"
+
+
+def run(dataset: str | Dataset = "synthetic", methods: Sequence[str] = TABLE2_METHODS, *,
         profile: str = "cpu", seeds: Sequence[int] = (0,),
         overrides: Mapping[str, Any] | None = None, data_root: str | Path | None = None,
         results_dir: str | Path = "../results", device: str = "auto", teacher: str = "ours",
-        progress: bool = True) -> P4Results:
+        progress: bool = True, diagnostics: Diagnostics | None = None) -> P4Results:
     """Train (or load from the results cache) every ``method`` for every fold of the
-    profile and every seed; see the module docstring for the protocol."""
+    profile and every seed; see the module docstring for the protocol. ``dataset="auto"``:
+    see :func:`resolve_dataset`; ``diagnostics`` (default: the profile's
+    :data:`DIAGNOSTICS`) adds the baseline's learning curve and the mechanism probe."""
     t0 = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -1063,22 +1448,28 @@ def run(dataset: str = "synthetic", methods: Sequence[str] = TABLE2_METHODS, *,
     if not seeds or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
         raise ValueError(f"p4: seeds={seeds!r}: a non-empty list of integers >= 0")
     s = settings(profile, overrides)
-    ds = open_dataset(dataset, data_root)
+    diag = DIAGNOSTICS[profile] if diagnostics is None else diagnostics
+    ds = resolve_dataset(dataset, data_root)
     if ds.name not in DATASETS:
         raise ValueError(f"p4: dataset {dataset!r} is not supported; choose one of "
                          f"{sorted(DATASETS)}")
-    if teacher == "provided" and ds.name != "covid-semiseg":
-        raise ValueError("p4: teacher='provided' exists only for covid-semiseg")
+    if teacher == "provided" and DATASETS[ds.name]["pool"] not in ("pseudo-label",
+                                                                    "covid-semiseg"):
+        raise ValueError("p4: teacher='provided' exists only for a COVID-SemiSeg pool "
+                         "(covid-semiseg, ma20-slices)")
     dev = resolve_device(device)
     cache = ResultCache(results_dir)
-    rows, runs, teachers, cases = [], {}, {}, {}
+    rows, runs, teachers, cases, mech = [], {}, {}, {}, {}
     shared: dict[int, FoldData] = {}
     todo = [(f, sd, m) for f in s["folds"] for sd in seeds for m in methods]
     bar = tqdm(total=len(todo), desc=f"P4 runs ({ds.name})", disable=not progress)
     for fold in s["folds"]:
         for seed in seeds:
-            ctx = _Context(ds, s, fold, seed, teacher, cache, dev, progress, shared)
+            ctx = _Context(ds, s, fold, seed, teacher, cache, dev, progress, shared, diag)
             teachers[(fold, seed)] = ctx.teacher_result()
+            probe = ctx.mechanism()
+            if probe is not None:
+                mech[(fold, seed)] = probe
             for method in methods:
                 res = ctx.run(method)
                 runs[(method, fold, seed)] = res
@@ -1092,11 +1483,12 @@ def run(dataset: str = "synthetic", methods: Sequence[str] = TABLE2_METHODS, *,
     frame = pd.DataFrame(rows)
     return P4Results(ds.name, ds.is_real, DATASETS[ds.name]["dims"], tuple(methods), s,
                      tuple(seeds), teacher, frame, runs, teachers, cases,
-                     round(time.perf_counter() - t0, 1))
+                     round(time.perf_counter() - t0, 1), mech, diag, _data_kind(ds))
 
 
 def _figure_source_cases(ds: Dataset, ids: set[str]) -> dict[str, Case]:
     if not ids:
         return {}
-    group = None if DATASETS[ds.name]["dims"] == 3 else "test"
+    spec = DATASETS[ds.name]
+    group = spec.get("case_group", None if spec["dims"] == 3 else "test")
     return {c.case_id: c for c in ds.cases(group) if c.case_id in ids}

@@ -142,7 +142,7 @@ def _image_terms(
     log_bg = log_p[0]
     pred = logits.detach().argmax(dim=0).cpu().numpy()
     labels_np = labels.cpu().numpy()
-    probs_np = log_p.detach().exp().cpu().numpy()
+    probs_np = log_p.detach().float().exp().cpu().numpy()  # bf16 (autocast) has no numpy
     split, fp = zero, zero
     for c in range(1, n_classes):
         points_c = labels_np == c

@@ -20,11 +20,25 @@ one worker or one notebook everything runs in this process, in plan order.
 
 Plan entries may set ``stage`` (an integer, default 0): stage ``n + 1`` starts once every
 notebook of stage ``n`` has finished (the scorecard page, which reads what the chapters
-recorded, is the last stage).
+recorded, is the last stage), and ``inputs`` (paths relative to the repository, e.g.
+``bench_results/bench.json``): files outside ``covidlib`` that the chapter reads.
+
+Incremental builds (as jupyter-cache does): a chapter is re-executed only when something it
+depends on changed since its last successful run, else its executed copy in
+``book/_generated`` is reused as it is (:func:`stale_reason`). Its key
+(``<results_dir>/book_cache_<profile>.json``) holds the notebook's hash, its parameters, a
+hash of every file of the ``covidlib`` package and of ``data_manifests/`` (the whole package,
+not only the modules the notebook imports: simple and safe, at the cost of re-executing every
+chapter after any library change), the hashes of its ``inputs``, the state of the results
+cache (names, sizes and times of every file under ``results_dir`` except the scorecard
+entries, the book's own timing/cache files and claims) and, for a chapter of a later stage,
+the contents of the scorecard entries. ``force=True`` (``covidlib book --force``)
+re-executes every chapter; ``only=[...]`` (``--only NAME``) re-executes the named ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,7 +57,8 @@ import yaml
 from covidlib.cache import atomic_write_text
 
 PROFILES = ("cpu", "gpu", "paper")
-_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires", "stage"}
+_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires", "stage", "inputs"}
+CACHE_FORMAT = "covidlib.book-cache/1"
 _SCHEDULER = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
 SCHEDULER_ENV = "COVIDLIB_SCHEDULER"
 KERNEL_START_TIMEOUT = 300  # seconds; kernels start slowly on a busy 2-core machine
@@ -61,12 +76,13 @@ class PlanEntry:
     parameters: dict[str, Any] = field(default_factory=dict)
     requires: str | None = None
     stage: int = 0
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass
 class RunOutcome:
     entry: PlanEntry
-    status: str  # "ok" | "failed" | "missing-data"
+    status: str  # "ok" | "failed" | "missing-data" | "reused" (unchanged: not re-executed)
     seconds: float
     error: str = ""
     worker: str = "local"  # the Dask worker address, or "local" when run in this process
@@ -102,8 +118,11 @@ def load_plan(path: Path) -> list[PlanEntry]:
         stage = item.get("stage", 0)
         if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
             raise BookError(f"{where}: 'stage' must be an integer >= 0, got {stage!r}")
+        inputs = item.get("inputs") or []
+        if not isinstance(inputs, list) or not all(isinstance(i, str) and i for i in inputs):
+            raise BookError(f"{where}: 'inputs' must be a list of paths, got {inputs!r}")
         entries.append(PlanEntry(item["notebook"], item["output"], item["title"], params,
-                                 item.get("requires"), stage))
+                                 item.get("requires"), stage, tuple(inputs)))
     return entries
 
 
@@ -141,8 +160,7 @@ def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
             return RunOutcome(entry, "missing-data", time.perf_counter() - t0, str(exc))
     if not src.exists():
         return RunOutcome(entry, "failed", 0.0, f"{src}: notebook not found")
-    params = {"profile": profile, "device": device, "results_dir": str(results_dir),
-              **entry.parameters}
+    params = _entry_params(entry, profile, device, results_dir)
     tmp = out.with_name(f".{out.stem}.running.ipynb")
     log(f"[book] {entry.output}: running {src.name} with {params}")
     try:
@@ -164,6 +182,146 @@ def _strip_ansi(text: str) -> str:
     import re
 
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _sha(path: Path) -> str | None:
+    """sha256 of a file's bytes, ``None`` when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def source_digest(package: Path | None = None) -> str:
+    """sha256 over the path and content of every file of the ``covidlib`` package and of the
+    ``data_manifests/`` folder beside it (``__pycache__`` left out)."""
+    if package is None:
+        import covidlib
+
+        package = Path(covidlib.__file__).resolve().parent
+    h = hashlib.sha256()
+    for root in (package, package.parent / "data_manifests"):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
+                continue
+            h.update(f"{root.name}/{path.relative_to(root)}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _volatile(rel: str) -> bool:
+    """Files of ``results_dir`` that are not cached results: the scorecard entries, the
+    book's own timing and cache files, claims, locks and temporary files."""
+    name = rel.rsplit("/", 1)[-1]
+    return (rel.startswith("scorecard/") or name.startswith(("book_timings_", "book_cache_", "."))
+            or name.endswith((".lock", ".claim", ".tmp", ".part")))
+
+
+def results_digest(results_dir: Path) -> str:
+    """The state of the results cache: sha256 over the name, size and modification time of
+    every file under ``results_dir`` that is not :func:`_volatile` (absent = empty)."""
+    rows = []
+    for folder, dirs, files in os.walk(results_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel_dir = os.path.relpath(folder, results_dir).replace(os.sep, "/")
+        for name in files:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if _volatile(rel):
+                continue
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:  # removed while we looked (a claim released)
+                continue
+            rows.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+
+def scorecard_digest(results_dir: Path) -> str:
+    """sha256 of the contents of the scorecard entries (what a later-stage chapter reads)."""
+    h = hashlib.sha256()
+    for path in sorted((Path(results_dir) / "scorecard").glob("*.json")):
+        h.update(path.name.encode() + b"\0" + (_sha(path) or "").encode())
+    return h.hexdigest()
+
+
+def _entry_params(entry: PlanEntry, profile: str, device: str, results_dir: Path) -> dict:
+    return {"profile": profile, "device": device, "results_dir": str(results_dir),
+            **entry.parameters}
+
+
+def chapter_key(entry: PlanEntry, repo: Path, profile: str, device: str, results_dir: Path,
+                sources: str, results: str, scorecard: str) -> dict[str, Any]:
+    """What a chapter's executed copy depends on (see the module docstring)."""
+    params = _entry_params(entry, profile, device, results_dir)
+    return {
+        "notebook": _sha(repo / "notebooks" / f"{entry.notebook}.ipynb"),
+        "parameters": json.loads(json.dumps(params, sort_keys=True, default=str)),
+        "sources": sources,
+        "inputs": {p: _sha(repo / p) for p in entry.inputs},
+        "results": results,
+        "scorecard": scorecard if entry.stage > 0 else "",
+    }
+
+
+_REASONS = {"notebook": "the notebook changed", "parameters": "its parameters changed",
+            "sources": "the covidlib sources changed", "inputs": "an input file changed",
+            "results": "the results cache changed",
+            "scorecard": "the scorecard entries changed"}
+
+
+def stale_reason(key: Mapping[str, Any], record: Mapping[str, Any] | None,
+                 executed: Path) -> str | None:
+    """Why a chapter must be re-executed, or ``None`` when its executed copy ``executed``
+    is up to date with ``key`` (the record of its last successful run: ``record``)."""
+    if not record or record.get("format") != CACHE_FORMAT:
+        return "never executed with this profile"
+    sha = _sha(executed)
+    if sha is None:
+        return f"no executed copy ({executed.name})"
+    if sha != record.get("output"):
+        return "the executed copy is another run's"
+    for field_name, reason in _REASONS.items():
+        if key.get(field_name) != record.get(field_name):
+            return reason
+    return None
+
+
+def _cache_path(results_dir: Path, profile: str) -> Path:
+    return Path(results_dir) / f"book_cache_{profile}.json"
+
+
+def load_cache(results_dir: Path, profile: str) -> dict[str, dict]:
+    """The chapters' records (``book_cache_<profile>.json``); empty when absent or unreadable
+    (every chapter then runs)."""
+    try:
+        data = json.loads(_cache_path(results_dir, profile).read_text())
+    except (OSError, ValueError):
+        return {}
+    chapters = data.get("chapters") if isinstance(data, dict) else None
+    return chapters if isinstance(chapters, dict) else {}
+
+
+def save_cache(results_dir: Path, profile: str, chapters: Mapping[str, dict]) -> Path:
+    path = _cache_path(results_dir, profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "chapters": dict(chapters)},
+                                       indent=1, sort_keys=True))
+    return path
+
+
+def _missing_data(entry: PlanEntry) -> bool:
+    if not entry.requires:
+        return False
+    from covidlib.data.errors import DataError
+    from covidlib.data.manifest import load_manifest, locate
+
+    try:
+        locate(load_manifest(entry.requires))
+    except DataError:
+        return True
+    return False
 
 
 def default_workers(device: str = "auto") -> tuple[int, int]:
@@ -281,14 +439,17 @@ def _dask_failure(entry: PlanEntry, exc: BaseException, seconds: float) -> RunOu
 
 def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "auto",
                  only: list[str] | None = None, log: Callable[[str], None] = print, *,
-                 workers: int | None = None, scheduler: str | None = None
-                 ) -> list[RunOutcome]:
-    """Run every (or the ``only``) plan entries; never stops at a failure.
+                 workers: int | None = None, scheduler: str | None = None,
+                 force: bool = False) -> list[RunOutcome]:
+    """Run the plan's chapters that changed (all with ``force``, the ``only`` ones when given);
+    never stops at a failure.
 
-    ``workers``: size of the local Dask cluster (default: one per GPU, else one per core).
-    ``scheduler``: address of an existing Dask scheduler (default: ``$COVIDLIB_SCHEDULER``).
-    Outcomes come back in plan order; ``<results_dir>/book_timings_<profile>.json`` records
-    each notebook's status, seconds and worker (the next run starts the longest first).
+    A chapter whose executed copy is up to date (:func:`stale_reason`) is reused (status
+    "reused"). ``workers``: size of the local Dask cluster (default: one per GPU, else one per
+    core). ``scheduler``: address of an existing Dask scheduler (default:
+    ``$COVIDLIB_SCHEDULER``). Outcomes come back in plan order;
+    ``<results_dir>/book_timings_<profile>.json`` records each executed notebook's status,
+    seconds and worker (the next run starts the longest first).
     """
     if profile not in PROFILES:
         raise BookError(f"profile {profile!r} is not one of {PROFILES}")
@@ -302,25 +463,101 @@ def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "aut
         if unknown:
             raise BookError(f"unknown chapters {sorted(unknown)}; "
                             f"known: {[e.output for e in entries]}")
-        entries = [e for e in entries if e.output in only]
+    results_dir = Path(results_dir).resolve()
+    plan = _plan_runs(entries, Path(repo), profile, device, results_dir, only, force, log)
+    kernels = [e for e in entries if plan[e.output] == "run"]
+    done: dict[str, RunOutcome] = {}
+    for e in entries:  # cheap: no kernel
+        if plan[e.output] == "missing":
+            done[e.output] = run_entry(e, repo, profile, results_dir, device, log)
+        elif plan[e.output] in ("reused", "skip"):
+            done[e.output] = RunOutcome(e, "reused", 0.0)
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     n_default, n_gpus = default_workers(device)
-    n_workers = min(workers or n_default, len(entries))
-    results_dir = Path(results_dir).resolve()
-    if scheduler is None and n_workers <= 1:
-        outcomes = [run_entry(e, repo, profile, results_dir, device, log) for e in entries]
-    else:
-        outcomes = _execute_dask(entries, Path(repo).resolve(), profile, results_dir, device,
-                                 scheduler, n_workers, n_gpus, log)
+    n_workers = max(1, min(workers or n_default, len(kernels)))
+    if kernels and scheduler is None and n_workers <= 1:
+        done.update((e.output, run_entry(e, repo, profile, results_dir, device, log))
+                    for e in kernels)
+    elif kernels:
+        ran = _execute_dask(kernels, Path(repo).resolve(), profile, results_dir, device,
+                            scheduler, n_workers, n_gpus, log)
+        done.update((o.entry.output, o) for o in ran)
+    outcomes = [done[e.output] for e in entries if not (only and plan[e.output] == "skip")]
+    _update_cache(entries, done, plan, Path(repo), profile, device, results_dir)
+    executed = [o for o in outcomes if o.status != "reused"]
     chapters = {o.entry.output: {"status": o.status, "seconds": round(o.seconds, 2),
-                                 "worker": o.worker} for o in outcomes}
+                                 "worker": o.worker} for o in executed}
+    wall = round(time.perf_counter() - started, 2)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if only:  # a partial run: the other chapters and the last whole run's wall time stay
         record_timings(results_dir, profile, chapters)
-    else:
-        record_timings(results_dir, profile, chapters,
-                       wall_seconds=round(time.perf_counter() - started, 2),
-                       workers=n_workers, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    elif len(executed) == len(outcomes):  # every chapter executed: a whole build
+        record_timings(results_dir, profile, chapters, wall_seconds=wall,
+                       workers=n_workers, date=stamp)
+    else:  # an incremental build: the last whole build's wall time stays
+        record_timings(results_dir, profile, chapters, last_incremental={
+            "wall_seconds": wall, "executed": len(executed),
+            "reused": len(outcomes) - len(executed), "date": stamp})
     return outcomes
+
+
+def _plan_runs(entries: list[PlanEntry], repo: Path, profile: str, device: str,
+               results_dir: Path, only: list[str] | None, force: bool,
+               log: Callable[[str], None]) -> dict[str, str]:
+    """For each chapter: "run", "reused" (up to date), "skip" (not in ``only``) or "missing"
+    (its data is absent: a page saying so, no kernel)."""
+    cache = load_cache(results_dir, profile)
+    sources = source_digest()
+    results = results_digest(results_dir)
+    cards = scorecard_digest(results_dir)
+    plan: dict[str, str] = {}
+    earlier_ran = False
+    for stage in sorted({e.stage for e in entries}):
+        ran_here = False
+        for e in (e for e in entries if e.stage == stage):
+            out = repo / "book" / "_generated" / f"{e.output}.ipynb"
+            key = chapter_key(e, repo, profile, device, results_dir, sources, results, cards)
+            reason = stale_reason(key, cache.get(e.output), out)
+            if reason is None and earlier_ran:
+                reason = "a chapter of an earlier stage was re-executed"
+            if only:
+                plan[e.output] = "run" if e.output in only else "skip"
+            else:
+                plan[e.output] = "run" if force or reason else "reused"
+            if plan[e.output] == "run" and _missing_data(e):
+                plan[e.output] = "missing"
+            if plan[e.output] == "run":
+                ran_here = True
+                why = "forced" if force or only else reason
+                log(f"[book] {e.output}: will execute ({why})")
+            elif plan[e.output] == "reused":
+                log(f"[book] {e.output}: unchanged, executed copy reused")
+        earlier_ran = earlier_ran or ran_here
+    return plan
+
+
+def _update_cache(entries: list[PlanEntry], done: Mapping[str, RunOutcome],
+                  plan: Mapping[str, str], repo: Path, profile: str, device: str,
+                  results_dir: Path) -> None:
+    """Record each chapter's key after the build: executed ones with the final state of the
+    results cache; up-to-date ones keep their key with that state too (a build's chapters are
+    consistent with its results); failed ones lose their record (they run next time)."""
+    cache = load_cache(results_dir, profile)
+    sources = source_digest()
+    results = results_digest(results_dir)
+    cards = scorecard_digest(results_dir)
+    for e in entries:
+        outcome = done.get(e.output)
+        out = repo / "book" / "_generated" / f"{e.output}.ipynb"
+        if outcome is not None and outcome.status == "ok":
+            key = chapter_key(e, repo, profile, device, results_dir, sources, results, cards)
+            cache[e.output] = {"format": CACHE_FORMAT, **key, "output": _sha(out)}
+        elif outcome is not None and outcome.status == "reused" and e.output in cache:
+            if plan.get(e.output) == "reused":
+                cache[e.output]["results"] = results
+        elif outcome is not None:  # failed or missing data
+            cache.pop(e.output, None)
+    save_cache(results_dir, profile, cache)
 
 
 def record_timings(results_dir: Path, profile: str, chapters: Mapping[str, Any] | None = None,
@@ -433,15 +670,23 @@ def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     if exe is None:
         raise BookError("jupyter-book is not installed: run `make book` (installs the book extra)")
     ensure_offline_assets(repo, log)
-    # --all: a few seconds (Sphinx executes nothing), and an incremental build keeps stale
-    # navigation when only book/_toc.yml changed
-    cmd = [exe, "build", "--all", str(repo / "book"), "--builder", "html"]
+    # --all when the navigation or the configuration changed (an incremental Sphinx build
+    # keeps stale navigation when only book/_toc.yml changed); otherwise Sphinx rewrites only
+    # the pages whose executed copy changed
+    html = repo / "book" / "_build" / "html"
+    stamp = repo / "book" / "_build" / ".covidlib-layout"
+    layout = hashlib.sha256("".join(
+        _sha(repo / "book" / n) or "" for n in ("_toc.yml", "_config.yml")).encode()
+                            ).hexdigest()
+    full = not (html / "index.html").exists() or (
+        stamp.read_text() if stamp.exists() else "") != layout
+    cmd = [exe, "build", *(["--all"] if full else []), str(repo / "book"), "--builder", "html"]
     log(f"[book] {' '.join(cmd)}")
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n"
                         f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    html = repo / "book" / "_build" / "html"
+    atomic_write_text(stamp, layout)
     external = external_references(html)
     if external:
         listing = "\n".join(f"  {page}: {', '.join(urls[:5])}" for page, urls in external.items())

@@ -73,3 +73,30 @@ def slice_gallery(cases: Sequence[Case], n: int = 6, seed: int = 0,
         ax.set_axis_off()
     fig.tight_layout()
     return fig
+
+
+def slice_contours(case: Case, z: int | None = None) -> Figure:
+    """One slice with the contours of its infection mask (yellow) and lung mask (cyan).
+
+    ``z`` defaults to the slice with the most infection. Works for any case with a mask;
+    the lung contour is drawn when the case has a lung mask.
+    """
+    if case.mask is None:
+        raise ValueError(f"case {case.case_id} has no mask to outline")
+    if z is None:
+        z = int(np.argmax((case.mask != 0).reshape(case.n_slices, -1).sum(axis=1)))
+    fig, ax = plt.subplots(figsize=(4.5, 4.8))
+    ax.imshow(display_view(case, to_uint8(case)[z]), cmap="gray", vmin=0, vmax=255)
+    layers = [(case.mask, "gold", "infection")]
+    if case.lung is not None:
+        layers.append((case.lung, "cyan", "lung"))
+    for arr, colour, name in layers:
+        ax.contour(display_view(case, (arr[z] != 0).astype(float)), levels=[0.5],
+                   colors=colour, linewidths=1.0)
+        ax.plot([], [], color=colour, label=name)
+    src = case.meta.get("slice_ids")
+    ax.set_title(f"{case.case_id} z={z}" + (f" (file {src[z]})" if src else ""), fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_axis_off()
+    fig.tight_layout()
+    return fig

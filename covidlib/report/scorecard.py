@@ -14,6 +14,11 @@ listed in ``covidlib/report/paper_values/*.yaml`` and every artifact the issue a
 
 ``paper`` and ``ours`` are JSON values (a number, a string, a list or a flat mapping such as
 ``{"Dice": 0.79, "IoU": 0.66}``); :func:`format_value` renders them for the table.
+
+The "data" column says what an artifact rests on: ``real``, ``phantom`` or ``real 2-D
+derivative`` (:data:`DATA_KINDS`). :func:`data_kind` derives it from the entry's
+``provenance["dataset"]`` through the dataset manifest's ``data_kind``; ``record(...,
+data=...)`` overrides it (e.g. a table that mixes a real test set with phantom training).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from covidlib.report import paper_values
 
 __all__ = [
     "COLUMNS",
+    "DATA_KINDS",
     "EXPECTED_ARTIFACTS",
     "NOT_RUN",
     "PROVENANCE_KEYS",
     "ScorecardError",
+    "data_kind",
     "display_frame",
     "entries",
     "format_value",
@@ -49,6 +56,10 @@ NOT_RUN = "not run"
 PROVENANCE_KEYS = ("profile", "dataset", "hardware", "date")
 COLUMNS = ["artifact", "title", "paper", "ours", "verdict", "dataset", "data", "profile",
            "hardware", "date"]
+
+DATA_KINDS = ("real", "real 2-D derivative", "phantom")
+"""What an artifact's data can be; the first two count as real data on the page."""
+REAL_KINDS = ("real", "real 2-D derivative")
 
 EXPECTED_ARTIFACTS: tuple[str, ...] = (
     "P1-T1", "P1-F2", "P1-F5", "P1-F6", "P1-F7", "P1-headline",
@@ -103,15 +114,59 @@ def _known_ids() -> dict[str, dict[str, Any]]:
     return known
 
 
+def _manifest_kind(name: str) -> str | None:
+    """``data_kind`` of the manifest called ``name`` (or with the paper alias ``name``)."""
+    from covidlib.data.errors import DataError
+    from covidlib.data.manifest import list_datasets, load_manifest
+
+    try:
+        names = list_datasets()
+    except DataError:  # no manifest folder: nothing to derive from
+        return None
+    for candidate in names:
+        try:
+            m = load_manifest(candidate)
+        except DataError:  # a broken manifest is reported by `covidlib data` itself
+            continue
+        if candidate == name or name in m.aliases.values():
+            kind = getattr(m, "data_kind", None)  # Manifest.data_kind (H1); inferred if absent
+            if kind is None:
+                kind = "phantom" if m.name == "synthetic" else "real"
+            return str(kind)
+    return None
+
+
+def data_kind(provenance: Mapping[str, Any]) -> str:
+    """What the run of ``provenance`` rests on (one of :data:`DATA_KINDS`, or "" if unknown).
+
+    The dataset name is ``provenance["dataset"]`` up to the first ``/`` (``"ma20-slices/sep"``
+    -> ``ma20-slices``), looked up among the manifests (names and paper aliases); a name no
+    manifest knows falls back on ``provenance["data"]`` ("synthetic" -> phantom, "real" ->
+    real).
+    """
+    name = str(provenance.get("dataset") or "").split("/", 1)[0].strip()
+    kind = _manifest_kind(name) if name else None
+    if kind:
+        return kind
+    legacy = str(provenance.get("data") or "")
+    if legacy in DATA_KINDS:
+        return legacy
+    return {"synthetic": "phantom"}.get(legacy, "phantom" if name == "synthetic" else "")
+
+
 def record(results_dir: str | Path, artifact_id: str, *, paper: Any, ours: Any, verdict: str,
-           provenance: Mapping[str, Any], note: str = "") -> Path:
+           provenance: Mapping[str, Any], note: str = "", data: str | None = None) -> Path:
     """Write one scorecard entry to ``<results_dir>/scorecard/<artifact_id>.json`` atomically.
 
     ``provenance`` is the dict of :func:`covidlib.report.provenance.provenance` (it must hold
     ``profile``, ``dataset``, ``hardware`` and ``date``). ``verdict`` says in words whether the
-    paper's claim holds in our run. Returns the path written.
+    paper's claim holds in our run. ``data`` (one of :data:`DATA_KINDS`) overrides the "data"
+    column that :func:`data_kind` derives from the dataset. Returns the path written.
     """
     _check_id(artifact_id)
+    if data is not None and data not in DATA_KINDS:
+        raise ScorecardError(f"artifact {artifact_id}: data={data!r} is not one of "
+                             f"{list(DATA_KINDS)}")
     known = _known_ids()
     if artifact_id not in known and artifact_id not in EXPECTED_ARTIFACTS:
         raise ScorecardError(
@@ -135,6 +190,8 @@ def record(results_dir: str | Path, artifact_id: str, *, paper: Any, ours: Any, 
         "note": str(note),
         "provenance": _jsonable(dict(provenance), f"{artifact_id}.provenance"),
     }
+    if data is not None:
+        entry["data"] = data
     path = Path(results_dir) / "scorecard" / f"{artifact_id}.json"
     atomic_write_text(path, json.dumps(entry, indent=1, sort_keys=True) + "\n")
     return path
@@ -213,6 +270,7 @@ def table(results_dir: str | Path, digits: int = 3):
     known = _known_ids()
     alias = _headline_alias(known)
     done = entries(results_dir)
+    kinds: dict[str, str] = {}  # dataset name -> data kind, looked up once per table
     ids = (set(known) | set(EXPECTED_ARTIFACTS) | set(done)) - set(alias)
     rows = []
     for aid in _order(ids):
@@ -234,27 +292,36 @@ def table(results_dir: str | Path, digits: int = 3):
                          "hardware": "", "date": ""})
             continue
         prov = entry["provenance"]
+        kind = entry.get("data")
+        if not kind:
+            key = f"{prov.get('dataset', '')}|{prov.get('data', '')}"
+            kind = kinds[key] = kinds.get(key) or data_kind(prov)
         rows.append({"artifact": aid, "title": title,
                      "paper": format_value(entry.get("paper"), digits),
                      "ours": format_value(entry.get("ours"), digits),
                      "verdict": entry["verdict"],
-                     "dataset": str(prov.get("dataset", "")), "data": str(prov.get("data", "")),
+                     "dataset": str(prov.get("dataset", "")), "data": kind,
                      "profile": str(prov.get("profile", "")),
                      "hardware": str(prov.get("hardware", "")), "date": str(prov.get("date", ""))})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def summary(frame) -> dict[str, int]:
-    """Counts for the page's prose: ``artifacts``, ``recorded`` and ``not_run``."""
+    """Counts for the page's prose: ``artifacts``, ``recorded``, ``not_run``, and of the
+    recorded ones ``real_data`` (real or a real 2-D derivative) and ``phantom``."""
     not_run = int((frame["verdict"] == NOT_RUN).sum())
-    return {"artifacts": len(frame), "recorded": len(frame) - not_run, "not_run": not_run}
+    ran = frame["verdict"] != NOT_RUN
+    real = int((ran & frame["data"].isin(REAL_KINDS)).sum())
+    phantom = int((ran & (frame["data"] == "phantom")).sum())
+    return {"artifacts": len(frame), "recorded": len(frame) - not_run, "not_run": not_run,
+            "real_data": real, "phantom": phantom}
 
 
 def display_frame(frame):
-    """The page's columns: artifact, what, paper, ours, verdict and one "run" column
-    (dataset · data · profile · hardware · date)."""
-    run_cols = ["dataset", "data", "profile", "hardware", "date"]
-    out = frame[["artifact", "title", "paper", "ours", "verdict"]].copy()
+    """The page's columns: artifact, what, paper, ours, verdict, data (real / phantom / real
+    2-D derivative) and one "run" column (dataset · profile · hardware · date)."""
+    run_cols = ["dataset", "profile", "hardware", "date"]
+    out = frame[["artifact", "title", "paper", "ours", "verdict", "data"]].copy()
     out["run"] = [" · ".join(str(v) for v in row if v) for row in frame[run_cols].values]
     return out.rename(columns={"title": "what"})
 

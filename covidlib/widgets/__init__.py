@@ -9,7 +9,14 @@
 """
 
 from covidlib.widgets.annotations import Annotation, AnnotationStore
-from covidlib.widgets.geometry import canvas_size, canvas_to_image, image_to_canvas, zoom_view
+from covidlib.widgets.geometry import (
+    body_mask,
+    body_regions,
+    canvas_size,
+    canvas_to_image,
+    image_to_canvas,
+    zoom_view,
+)
 from covidlib.widgets.session import (
     Current,
     CycleResult,
@@ -17,6 +24,7 @@ from covidlib.widgets.session import (
     MaskOracle,
     Query,
     choose_pool,
+    pretrain,
     simulate,
     small_unet,
 )
@@ -30,10 +38,13 @@ __all__ = [
     "LabelWidget",
     "MaskOracle",
     "Query",
+    "body_mask",
+    "body_regions",
     "canvas_size",
     "canvas_to_image",
     "choose_pool",
     "image_to_canvas",
+    "pretrain",
     "simulate",
     "small_unet",
     "zoom_view",

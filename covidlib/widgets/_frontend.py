@@ -7,6 +7,9 @@ labels) and reports raw canvas clicks: ``{"event": "click", "cx", "cy", "width",
 pixels (:func:`covidlib.widgets.geometry.canvas_to_image`). The heat-map toggle works
 without a kernel too (static pages of the book). ``data-lm-suppress-shortcuts`` keeps
 JupyterLab's own shortcuts (b, z, ...) away while the widget has the keyboard focus.
+While a training cycle runs in the kernel's background thread (``busy``), only "Train a
+cycle" is disabled: clicks and the other buttons stay live, and a progress bar shows
+``progress`` (0..1).
 """
 
 ESM = r"""
@@ -35,6 +38,9 @@ function render({ model, el }) {
   bar.className = "covidlib-label-bar";
   const status = document.createElement("div");
   status.className = "covidlib-label-status";
+  const meter = document.createElement("progress");
+  meter.className = "covidlib-label-progress";
+  meter.max = 1;
   const buttons = {};
   for (const [action, text, key, help] of BUTTONS) {
     const b = document.createElement("button");
@@ -46,7 +52,7 @@ function render({ model, el }) {
     buttons[action] = b;
     bar.append(b);
   }
-  root.append(title, canvas, bar, status);
+  root.append(title, canvas, bar, meter, status);
   el.append(root);
 
   const img = new Image();
@@ -62,13 +68,15 @@ function render({ model, el }) {
   function syncControls() {
     const busy = model.get("busy");
     for (const [action, b] of Object.entries(buttons)) {
-      b.disabled = busy && action !== "heatmap";
+      b.disabled = busy && action === "train";
     }
     buttons.heatmap.setAttribute("aria-pressed", String(model.get("show_heatmap")));
     buttons.zoom.setAttribute("aria-pressed", String(model.get("zoom")));
     title.textContent = model.get("title");
     status.textContent = model.get("status");
     root.classList.toggle("covidlib-busy", busy);
+    meter.hidden = !busy;
+    meter.value = model.get("progress");
   }
 
   function draw() {
@@ -132,12 +140,11 @@ function render({ model, el }) {
       model.save_changes();
       return;
     }
-    if (model.get("busy")) return;
+    if (model.get("busy") && action === "train") return;
     model.send({ event: action });
   }
 
   canvas.addEventListener("click", (ev) => {
-    if (model.get("busy")) return;
     const r = canvas.getBoundingClientRect();
     model.send({ event: "click", cx: ev.clientX - r.left, cy: ev.clientY - r.top,
                  width: r.width, height: r.height });
@@ -156,7 +163,7 @@ function render({ model, el }) {
   model.on("change:image", loadImages);
   model.on("change:heatmap", loadImages);
   for (const name of ["view", "canvas_size", "box", "points", "backgrounds", "show_heatmap",
-                      "zoom", "busy", "status", "title", "n_labels"]) {
+                      "zoom", "busy", "progress", "status", "title", "n_labels"]) {
     model.on(`change:${name}`, redraw);
   }
   loadImages();
@@ -182,5 +189,6 @@ CSS = r"""
 .covidlib-label-bar button[aria-pressed="true"] { background: #ffd98a; border-color: #c8961e; }
 .covidlib-label-bar button:disabled { opacity: 0.5; cursor: progress; }
 .covidlib-label-status { margin-top: 6px; color: #444; min-height: 1.4em; }
-.covidlib-busy .covidlib-label-canvas { cursor: progress; }
+.covidlib-label-progress { display: block; width: 100%; height: 8px; margin-top: 6px; }
+.covidlib-label-progress[hidden] { display: none; }
 """

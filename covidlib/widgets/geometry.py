@@ -15,10 +15,12 @@ import math
 from fractions import Fraction
 from numbers import Real
 
+import numpy as np
+
 View = tuple[int, int, int, int]
 
-__all__ = ["View", "canvas_size", "canvas_to_image", "check_view", "image_to_canvas",
-           "zoom_view"]
+__all__ = ["View", "body_mask", "body_regions", "canvas_size", "canvas_to_image",
+           "check_view", "image_to_canvas", "zoom_view"]
 
 
 def check_view(view: View, shape: tuple[int, int] | None = None) -> View:
@@ -96,3 +98,41 @@ def zoom_view(box: tuple[int, int, int, int], shape: tuple[int, int],
     vy0, vy1 = grow(y0, y1, int(shape[0]))
     vx0, vx1 = grow(x0, x1, int(shape[1]))
     return vy0, vy1, vx0, vx1
+
+
+def body_mask(gray: np.ndarray) -> np.ndarray:
+    """The patient's body on a gray slice (uint8, bright = dense): Otsu's threshold, the
+    largest 8-connected component, holes (the dark lungs) filled. A slice with no contrast
+    gives an all-True mask (nothing is left out rather than everything)."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    g = np.asarray(gray, dtype=np.float32)
+    if g.ndim != 2:
+        raise ValueError(f"body_mask: expected a 2-D slice, got shape {g.shape}")
+    if not np.isfinite(g).all() or float(g.max()) <= float(g.min()):
+        return np.ones(g.shape, dtype=bool)
+    fg = g > threshold_otsu(g)
+    lab, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return np.ones(g.shape, dtype=bool)
+    sizes = np.bincount(lab.ravel())[1:]
+    body = lab == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(body)
+
+
+def body_regions(mask: np.ndarray, boxes: list[tuple[int, int, int, int]],
+                 min_fraction: float = 0.05) -> np.ndarray:
+    """Which ``boxes`` (``(y0, y1, x0, x1)``, half-open) overlap ``mask``: at least
+    ``min_fraction`` of the region's pixels (and at least one pixel) are in the mask.
+    Returns a boolean array, one entry per box."""
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"body_regions: expected a 2-D mask, got shape {m.shape}")
+    if not 0.0 <= float(min_fraction) <= 1.0:
+        raise ValueError(f"body_regions: min_fraction={min_fraction!r} must be in [0, 1]")
+    out = np.zeros(len(boxes), dtype=bool)
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        inside = int(m[y0:y1, x0:x1].sum())
+        out[i] = inside > 0 and inside >= min_fraction * (y1 - y0) * (x1 - x0)
+    return out

@@ -6,6 +6,12 @@ for a point label; ``b`` / "Background" tags the region as background; ``u`` und
 next (skip), ``t`` train a cycle, ``z`` zoom on the region. Every label is in the
 annotations file the moment it is given (see :mod:`covidlib.widgets.annotations`).
 
+A training cycle runs in a background thread of the kernel
+(:meth:`~covidlib.widgets.session.LabelSession.start_cycle`) with a progress bar: the
+annotator keeps clicking on the region shown while the model trains; those labels are
+saved at once and count in the next cycle. Labelling needs a running kernel; the static
+book shows the widget's last state only.
+
 The widget is an ``anywidget``: its state (images as PNG data URLs, region, labels) is
 plain widget state, so an executed notebook shows it in the static book too.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import threading
 from typing import Any
 
 import anywidget
@@ -75,13 +82,16 @@ class LabelWidget(anywidget.AnyWidget):
     title = t.Unicode("").tag(sync=True)
     status = t.Unicode("").tag(sync=True)
     busy = t.Bool(False).tag(sync=True)
+    progress = t.Float(0.0).tag(sync=True)
     last_click = t.List(t.Int(), []).tag(sync=True)
     name = t.Unicode("").tag(sync=True)
 
     def __init__(self, session: LabelSession, max_side: int = 480, zoom_margin: float = 0.5,
-                 name: str = "", **kwargs: Any):
+                 name: str = "", background: bool = True, **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.session = session
+        self.background = background  # train in a thread (False: block until trained)
+        self._draw_lock = threading.RLock()
         self.max_side = max_side
         self.zoom_margin = zoom_margin
         self._shown: tuple[Any, ...] | None = None
@@ -102,6 +112,10 @@ class LabelWidget(anywidget.AnyWidget):
 
     def refresh(self, message: str = "") -> None:
         """Push the session's current region, labels and images to the front end."""
+        with self._draw_lock:
+            self._refresh(message)
+
+    def _refresh(self, message: str) -> None:
         cur = self.session.current()
         self.n_labels = len(self.session.store)
         status = self.summary() + (f" · {message}" if message else "")
@@ -171,6 +185,8 @@ class LabelWidget(anywidget.AnyWidget):
         if event == "zoom":
             self.zoom = not self.zoom
             return "zoomed on the region" if self.zoom else "whole slice"
+        if event == "train" and self.background:
+            return self.start_training()
         if event == "train":
             self.busy = True
             self.status = self.summary() + " · training…"
@@ -181,6 +197,32 @@ class LabelWidget(anywidget.AnyWidget):
             return (f"cycle {res.cycle}: trained on {res.labels} labels of {res.slices} "
                     f"slices in {res.train_seconds:.1f} s; new regions proposed")
         raise ValueError(f"unknown widget event {event!r}")
+
+    def start_training(self) -> str:
+        """Start a cycle in the background (buttons stay live, the bar shows progress)."""
+        if self.session.training:
+            return "a cycle is already training"
+
+        def progress(f: float) -> None:
+            self.progress = round(f, 3)
+
+        def done(res: Any, error: BaseException | None) -> None:
+            self.busy = False
+            if error is not None:
+                self.refresh(f"training failed: {type(error).__name__}: {error}")
+            else:
+                self.refresh(f"cycle {res.cycle}: trained on {res.labels} labels of "
+                             f"{res.slices} slices in {res.train_seconds:.1f} s; new regions "
+                             "proposed")
+
+        self.progress = 0.0
+        self.busy = True
+        try:
+            self.session.start_cycle(progress, done)
+        except BaseException:
+            self.busy = False
+            raise
+        return "training a cycle in the background; keep labelling"
 
     def _on_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
         try:

@@ -1,0 +1,139 @@
+"""Three-way verdicts for a paper's claim, and whether a baseline's training has converged.
+
+Every claim the book checks ends in one of three verdicts (issue "Evidence a reader can
+trust", item 2):
+
+* ``reproduced``: the claim holds in our runs;
+* ``not reproduced``: it does not, although the fully supervised baseline has converged (its
+  validation curve has flattened), so the failure is a finding; the verdict says whether the
+  mechanism the paper gives for its claim was present or absent in our runs;
+* ``inconclusive``: it does not hold, but the baseline has not converged, so the run is too
+  small to tell a wrong method from an under-trained network.
+
+:func:`baseline_converged` decides "converged" from a validation curve;
+:func:`three_way_verdict` turns the three facts into the verdict. Both are paper-agnostic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "INCONCLUSIVE",
+    "NOT_REPRODUCED",
+    "REPRODUCED",
+    "VERDICTS",
+    "Convergence",
+    "Verdict",
+    "baseline_converged",
+    "combine_verdicts",
+    "three_way_verdict",
+]
+
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+INCONCLUSIVE = "inconclusive"
+VERDICTS: tuple[str, ...] = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Outcome of :func:`baseline_converged`: ``converged``, the best validation score and
+    its epoch (1-based), the gain of the last ``window`` epochs over the best before them,
+    and a sentence saying why."""
+
+    converged: bool
+    best: float
+    best_epoch: int | None
+    gain: float
+    reason: str
+
+
+def baseline_converged(val_scores: Sequence[float | None], *, window: int = 3,
+                       tol: float = 0.01) -> Convergence:
+    """Has a validation curve (one score per epoch, higher is better) flattened?
+
+    Converged when the best score of the last ``window`` epochs exceeds the best score of
+    the epochs before them by less than ``tol`` (absolute): more training would not have
+    changed the baseline. A curve of fewer than ``window + 1`` finite scores, or one whose
+    last ``window`` epochs are all missing, has not shown that it flattened.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"baseline_converged: window={window!r} must be an integer >= 1")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"baseline_converged: tol={tol!r} must be a finite number >= 0")
+    vals = [float("nan") if v is None else float(v) for v in val_scores]
+    finite = [(i, v) for i, v in enumerate(vals) if math.isfinite(v)]
+    if not finite:
+        return Convergence(False, float("nan"), None, float("nan"),
+                           "no finite validation score")
+    best_i, best = max(finite, key=lambda t: (t[1], -t[0]))
+    if len(vals) < window + 1:
+        return Convergence(False, best, best_i + 1, float("nan"),
+                           f"only {len(vals)} epochs: fewer than {window + 1} to judge a plateau")
+    head = [v for v in vals[:-window] if math.isfinite(v)]
+    tail = [v for v in vals[-window:] if math.isfinite(v)]
+    if not head or not tail:
+        return Convergence(False, best, best_i + 1, float("nan"),
+                           "missing validation scores around the last epochs")
+    gain = max(tail) - max(head)
+    if gain < tol:
+        return Convergence(True, best, best_i + 1, gain,
+                           f"validation flat: the last {window} epochs gain {gain:+.3f} "
+                           f"(< {tol:g}) over the best before them")
+    return Convergence(False, best, best_i + 1, gain,
+                       f"still improving: the last {window} epochs gain {gain:+.3f} "
+                       f"(>= {tol:g}) over the best before them")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verdict (one of :data:`VERDICTS`) and its full sentence (``text``)."""
+
+    label: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def three_way_verdict(claim_holds: bool, converged: bool | Convergence,
+                      mechanism_present: bool | None = None, detail: str = "",
+                      mechanism: str = "mechanism") -> Verdict:
+    """The verdict of one claim (module docstring): ``claim_holds`` in our runs, whether the
+    fully supervised baseline ``converged``, and whether the paper's ``mechanism`` (named in
+    the text) was measured present (None: not measured). ``detail`` (our numbers against the
+    paper's) ends the sentence."""
+    conv = converged.converged if isinstance(converged, Convergence) else bool(converged)
+    tail = f": {detail}" if detail else ""
+    if claim_holds:
+        return Verdict(REPRODUCED, f"{REPRODUCED}{tail}")
+    if not conv:
+        why = f" ({converged.reason})" if isinstance(converged, Convergence) else ""
+        return Verdict(INCONCLUSIVE, f"{INCONCLUSIVE}, the fully supervised baseline has not "
+                                     f"converged{why}{tail}")
+    mech = ("" if mechanism_present is None
+            else f", {mechanism} {'present' if mechanism_present else 'absent'}")
+    return Verdict(NOT_REPRODUCED, f"{NOT_REPRODUCED} with a converged baseline{mech}{tail}")
+
+
+def combine_verdicts(parts: Mapping[str, Verdict]) -> Verdict:
+    """One verdict for a claim checked on several parts (splits, datasets): ``reproduced``
+    when every part is, ``inconclusive`` when a part that is not reproduced is
+    inconclusive, else ``not reproduced``; the text lists every part's sentence."""
+    if not parts:
+        raise ValueError("combine_verdicts: no parts to combine")
+    labels = {v.label for v in parts.values()}
+    unknown = sorted(labels - set(VERDICTS))
+    if unknown:
+        raise ValueError(f"combine_verdicts: unknown verdict label(s) {unknown}")
+    if labels == {REPRODUCED}:
+        label = REPRODUCED
+    elif INCONCLUSIVE in labels:
+        label = INCONCLUSIVE
+    else:
+        label = NOT_REPRODUCED
+    every = "; ".join(f"{name}: {v.text}" for name, v in parts.items())
+    return Verdict(label, f"{label} ({every})")

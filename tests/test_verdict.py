@@ -1,0 +1,90 @@
+"""covidlib.verdict: the plateau rule of a baseline's validation curve and the three-way
+verdict, on hand-made curves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from covidlib.verdict import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Convergence,
+    Verdict,
+    baseline_converged,
+    combine_verdicts,
+    three_way_verdict,
+)
+
+
+def test_flat_curve_has_converged():
+    # best before the last 3 epochs: 0.50; best of the last 3: 0.505 -> gain 0.005 < 0.01
+    c = baseline_converged([0.1, 0.3, 0.5, 0.49, 0.505, 0.5], window=3, tol=0.01)
+    assert c.converged and c.best == 0.505 and c.best_epoch == 5
+    assert math.isclose(c.gain, 0.005)
+    assert "flat" in c.reason and "+0.005" in c.reason
+
+
+def test_rising_curve_has_not_converged():
+    # best before: 0.3 (epoch 3); last 3 epochs reach 0.6 -> gain 0.3
+    c = baseline_converged([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], window=3, tol=0.01)
+    assert not c.converged and c.best_epoch == 6
+    assert math.isclose(c.gain, 0.3) and "still improving" in c.reason
+
+
+def test_falling_curve_counts_as_flat():
+    # over-fitting after the best epoch: the last epochs gain nothing
+    c = baseline_converged([0.2, 0.6, 0.5, 0.4, 0.3], window=3, tol=0.01)
+    assert c.converged and c.best_epoch == 2 and math.isclose(c.gain, -0.1)
+
+
+def test_short_or_empty_curves_are_not_converged():
+    assert not baseline_converged([0.5, 0.6, 0.6], window=3).converged  # 3 epochs < 4
+    c = baseline_converged([None, float("nan")], window=1)
+    assert not c.converged and c.best_epoch is None and "no finite" in c.reason
+    c = baseline_converged([0.5, 0.6, None, None], window=2)
+    assert not c.converged and "missing" in c.reason
+    # missing scores among finite ones are skipped: best before = 0.5, last 2 best = 0.5
+    assert baseline_converged([0.5, None, 0.5, None], window=2).converged
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="window=0"):
+        baseline_converged([0.1, 0.2], window=0)
+    with pytest.raises(ValueError, match="tol=-1"):
+        baseline_converged([0.1, 0.2], tol=-1)
+
+
+def test_three_way_verdict():
+    conv = Convergence(True, 0.8, 10, 0.001, "flat")
+    not_conv = Convergence(False, 0.3, 20, 0.2, "still improving")
+    v = three_way_verdict(True, not_conv, False, "0.80 vs 0.76")
+    assert v.label == REPRODUCED and v.text == "reproduced: 0.80 vs 0.76" and str(v) == v.text
+    v = three_way_verdict(False, conv, True, "x", mechanism="infected share higher")
+    assert v.label == NOT_REPRODUCED
+    assert v.text == "not reproduced with a converged baseline, infected share higher present: x"
+    v = three_way_verdict(False, True, False)
+    assert v.text == "not reproduced with a converged baseline, mechanism absent"
+    v = three_way_verdict(False, conv, None)
+    assert v.text == "not reproduced with a converged baseline"
+    v = three_way_verdict(False, not_conv, True, "x")
+    assert v.label == INCONCLUSIVE
+    assert v.text == ("inconclusive, the fully supervised baseline has not converged "
+                      "(still improving): x")
+    assert three_way_verdict(False, False).label == INCONCLUSIVE
+
+
+def test_combine_verdicts():
+    r, n, i = (Verdict(REPRODUCED, "reproduced: a"), Verdict(NOT_REPRODUCED, "not reproduced b"),
+               Verdict(INCONCLUSIVE, "inconclusive c"))
+    assert combine_verdicts({"mixed": r, "sep": r}).label == REPRODUCED
+    both = combine_verdicts({"mixed": r, "sep": n})
+    assert both.label == NOT_REPRODUCED
+    assert both.text == "not reproduced (mixed: reproduced: a; sep: not reproduced b)"
+    assert combine_verdicts({"mixed": n, "sep": i}).label == INCONCLUSIVE
+    with pytest.raises(ValueError, match="no parts"):
+        combine_verdicts({})
+    with pytest.raises(ValueError, match="holds"):
+        combine_verdicts({"a": Verdict("holds", "x")})
