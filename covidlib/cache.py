@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -104,6 +105,10 @@ def tree_digest(root: str | Path) -> str:
     rows = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:  # linked folders are not walked (no loops): their target counts
+            if os.path.islink(os.path.join(dirpath, d)):
+                rel = (Path(dirpath) / d).relative_to(root).as_posix()
+                rows.append(f"{rel}\tlink\t{os.readlink(os.path.join(dirpath, d))}")
         for name in sorted(filenames):
             if name.startswith(".") or name.endswith((".tmp", ".lock")):
                 continue
@@ -113,6 +118,9 @@ def tree_digest(root: str | Path) -> str:
                 rows.append(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t"
                             f"{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
+_WRITING = threading.Lock()
 
 
 def temp_path(path: Path) -> Path:
@@ -127,17 +135,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _WRITING:  # the temporary name is per process: one writer thread at a time
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     with contextlib.suppress(OSError):  # make the rename durable (POSIX)
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -234,7 +243,7 @@ def _try_claim(lock: Path) -> int | None:
         info = read_claim(lock)
         legacy = info is not None and not info.started and not info.what
         if legacy and info is not None and info.pid != os.getpid() and not info.dead \
-                and info.host == socket.gethostname():
+                and info.host == socket.gethostname() and time.time() - st.st_mtime < 6 * 3600:
             os.close(fd)  # an older version's claim (no OS lock) of a live process
             return None
         stamp = _dt.datetime.now().replace(microsecond=0).isoformat()

@@ -64,7 +64,7 @@ def test_two_killed_and_restarted_writers_lose_nothing(tmp_path):
     pids = {w: _spawn(path, w, acks[w]) for w in (0, 1)}
     kills, t_end = 0, time.monotonic() + 25
     while pids and time.monotonic() < t_end:
-        time.sleep(rng.uniform(0.005, 0.08))
+        time.sleep(rng.uniform(0.002, 0.03))
         w = rng.choice(sorted(pids))
         done, status = os.waitpid(pids[w], os.WNOHANG)
         if done:
@@ -79,7 +79,7 @@ def test_two_killed_and_restarted_writers_lose_nothing(tmp_path):
         pids[w] = _spawn(path, w, acks[w])
     for pid in pids.values():  # time is up: let the last writers finish without kills
         os.waitpid(pid, 0)
-    assert kills >= 5
+    assert kills >= 5, kills
     store = AnnotationStore(path, HEAD)
     ids = [a.id for a in store]
     assert len(ids) == len(set(ids))

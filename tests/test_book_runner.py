@@ -387,3 +387,33 @@ def test_a_real_kernel_run_is_reused_the_second_time(tmp_path, monkeypatch):
     stamp = executed.stat().st_mtime_ns
     again = execute_plan(tmp_path, "cpu", tmp_path / "r", workers=1, log=lambda s: None)
     assert [o.status for o in again] == ["reused"] and executed.stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------ plumbing off the pages
+@pytest.mark.parametrize(("source", "tags", "kind"), [
+    ("profile = 'cpu'", ["parameters"], "remove-cell"),
+    ("profile = 'gpu'", ["injected-parameters"], "remove-cell"),
+    ("x = load()\nshow(x)", ["plumbing"], "remove-cell"),
+    ("# plumbing: timings\nt0 = 1", [], "remove-cell"),
+    ("from myst_nb import glue\nglue('n', 3, display=False)", [], "remove-cell"),
+    ("scorecard.record(results_dir, 'P2-T2',\n                 paper=1, ours=2,\n"
+     "                 provenance=run)", [], "remove-cell"),
+    ("table = p2.table(runs)\nglue('dice', 0.5, display=False)\ntable", [], "remove-input"),
+    ("minutes = (time.perf_counter() - t0) / 60\nprint(minutes)", [], "remove-input"),
+    ("fig = p1.figure5(frame)", [], None),
+])
+def test_plumbing_cells_are_tagged_for_removal(source, tags, kind):
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = tags
+    assert book_mod.plumbing_kind(cell) == kind
+    assert book_mod.plumbing_kind(nbformat.v4.new_markdown_cell("glue(x)")) is None
+
+
+def test_hide_plumbing_adds_the_tags_once():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("glue('a', 1, display=False)"),
+                nbformat.v4.new_code_cell("frame")]
+    assert book_mod.hide_plumbing(nb) == 1
+    assert nb.cells[0].metadata["tags"] == ["remove-cell"]
+    assert "tags" not in nb.cells[1].metadata
+    assert book_mod.hide_plumbing(nb) == 0  # already tagged

@@ -85,3 +85,4 @@ def test_validate_checks_every_parameter_in_one_place():
                                              r"synthetic"):
         validate(dataset="synthtic")
     assert validate(dataset="real", datasets=("auto", "real")).dataset == "real"
+

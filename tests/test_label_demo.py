@@ -13,12 +13,14 @@ from covidlib.experiments import label_demo
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"pool": 6, "eval": 4, "cycles": 1, "initial_images": 1, "epochs": 2, "n_mc": 2,
-        "size": 32, "regions_per_cycle": 2}
+        "size": 32, "regions_per_cycle": 2, "warm_slices": 6, "warm_epochs": 1}
 
 
 def test_settings_refuse_unknown_profiles_and_keys():
     assert label_demo.settings("cpu", {"cycles": 2})["cycles"] == 2
     assert label_demo.settings("paper")["n_regions"] == 64  # P1: K = 64
+    assert label_demo.settings("paper")["regions"] == "grid"  # P1's full grid
+    assert label_demo.settings("cpu")["regions"] == "body"
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         label_demo.settings("fast")
     with pytest.raises(ValueError, match=r"unknown override key\(s\) \['colour'\]"):
@@ -28,11 +30,14 @@ def test_settings_refuse_unknown_profiles_and_keys():
 def test_a_cached_run_restores_the_same_model_and_proposals(tmp_path, synthetic_root):
     ds = open_dataset("synthetic", synthetic_root)
     first = label_demo.demo(ds, "cpu", TINY, tmp_path / "r", tmp_path / "a.jsonl")
-    assert not first.cached and [h["cycle"] for h in first.history] == [1, 2]
-    assert first.history[0]["labels"] == 16 and first.history[1]["labels"] == 18
+    assert not first.cached and [h["cycle"] for h in first.history] == [0, 1, 2]
+    assert [h["labels"] for h in first.history] == [0, 16, 18]  # warm model, K, +2
+    assert first.warm_state is not None and first.session.warm
+    assert len(first.replay["predictions"]) == 3  # the shown slice after cycles 0, 1, 2
+    assert np.asarray(first.replay["predictions"][0]).shape == (32, 32)
     saved = (tmp_path / "a.jsonl").read_text()
     again = label_demo.demo(ds, "cpu", TINY, tmp_path / "r", tmp_path / "a.jsonl")
-    assert again.cached
+    assert again.cached and again.replay == first.replay
     pd.testing.assert_frame_equal(pd.DataFrame(again.history)[list(first.history[0])],
                                   pd.DataFrame(first.history))  # NaN-aware
     assert (tmp_path / "a.jsonl").read_text() == saved
@@ -44,6 +49,9 @@ def test_a_cached_run_restores_the_same_model_and_proposals(tmp_path, synthetic_
     assert mine.refs == first.session.refs and mine.restored == 0
     frame = label_demo.history_frame(first.history)
     assert list(frame.columns)[:3] == ["cycle", "labels", "points"]
+    table = label_demo.replay_frame(first)
+    assert len(table) == 18 and set(table["cycle"]) == {1, 2}
+    assert table["answer"].str.match(r"^(background|click at \(\d+, \d+\))$").all()
 
 
 @pytest.mark.slow
@@ -56,19 +64,19 @@ def test_the_chapter_and_the_scorecard_run_under_papermill(tmp_path, synthetic_r
         str(REPO / "notebooks" / "label_your_own.ipynb"), str(out), kernel_name="python3",
         cwd=str(REPO / "notebooks"), progress_bar=False,
         parameters={"dataset": "synthetic", "data_root": str(synthetic_root), "device": "cpu",
-                    "results_dir": str(results), "overrides": TINY})
+                    "results_dir": str(results), "overrides": TINY, "seeds": [0]})
     nb = nbformat.read(out, as_version=4)
     mimes = [m for c in nb.cells if c.cell_type == "code" for o in c.outputs
              for m in o.get("data", {})]
-    assert mimes.count("image/png") == 2  # the history plot and the query figure
+    assert mimes.count("image/png") == 3  # the curves, the replay and the query figure
     assert mimes.count("application/vnd.jupyter.widget-view+json") >= 2  # demo and mine
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     names = [m["state"].get("name") for m in state.values()
              if m["model_name"] == "AnyModel" or "_esm" in m["state"]]
     assert {"demo", "mine"} <= set(names)
     table = next(o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                 if "label_demo.history_frame" in c.source and "text/html" in o.get("data", {}))
-    for column in ("annotator seconds", "test Dice", "background tags"):
+                 if "ch.table" in c.source and "text/html" in o.get("data", {}))
+    for column in ("final Dice", "answers to target", "on infection"):
         assert column in table["data"]["text/html"]
     assert (results / "label_demo" / "synthetic-mine.jsonl").exists()
     card = tmp_path / "card.ipynb"
@@ -77,3 +85,35 @@ def test_the_chapter_and_the_scorecard_run_under_papermill(tmp_path, synthetic_r
                                progress_bar=False, parameters={"results_dir": str(results)})
     html = nbformat.read(card, as_version=4).cells[-1].outputs[0]["data"]["text/html"]
     assert html.count("not run") >= 40 and "P2-T2" in html and "P4-F3" in html
+
+
+def test_summary_counts_answers_to_the_target_by_hand():
+    frame = pd.DataFrame([
+        # strategy, seed, cycle, answers, seconds, dice, on_infection
+        ("entropy", 0, 0, 0, 0.0, 0.1, np.nan), ("entropy", 0, 1, 5, 15.0, 0.5, 0.4),
+        ("entropy", 0, 2, 10, 30.0, 0.6, 0.5),
+        ("entropy", 1, 0, 0, 0.0, 0.1, np.nan), ("entropy", 1, 1, 5, 15.0, 0.3, 0.2),
+        ("entropy", 1, 2, 10, 30.0, 0.5, 0.3),
+        ("random", 0, 0, 0, 0.0, 0.1, np.nan), ("random", 0, 1, 5, 15.0, 0.2, 0.0),
+        ("random", 0, 2, 10, 30.0, 0.3, 0.1),
+    ], columns=["strategy", "seed", "cycle", "answers", "seconds", "dice", "on_infection"])
+    # 90 % of the best final mean Dice: entropy (0.6 + 0.5) / 2 = 0.55 -> 0.495 -> 0.5
+    assert label_demo.target_dice(frame, {"target_dice": None}) == 0.5
+    assert label_demo.target_dice(frame, {"target_dice": 0.42}) == 0.42
+    table = label_demo.summary(frame, 0.5).set_index("strategy")
+    assert table.loc["entropy", "final Dice"] == pytest.approx(0.55)
+    assert table.loc["entropy", "final Dice sd"] == pytest.approx(0.05)
+    assert table.loc["entropy", "answers to target"] == 7.5  # seed 0 at 5, seed 1 at 10
+    assert table.loc["entropy", "seconds to target"] == 22.5
+    assert table.loc["entropy", "seeds reaching target"] == "2/2"
+    assert table.loc["entropy", "on infection"] == pytest.approx(0.4)
+    assert np.isnan(table.loc["random", "answers to target"])
+    assert table.loc["random", "seeds reaching target"] == "0/1"
+
+
+def test_warm_start_needs_train_volumes_left_for_the_pool(tmp_path, synthetic_root):
+    ds = open_dataset("synthetic", synthetic_root)
+    with pytest.raises(ValueError, match="warm_volumes=15 leaves no train volume"):
+        label_demo.demo(ds, "cpu", {**TINY, "warm_volumes": 15}, tmp_path, tmp_path / "a.jsonl")
+    with pytest.raises(ValueError, match="strategy='bald'"):
+        label_demo.demo(ds, "cpu", TINY, tmp_path, tmp_path / "a.jsonl", strategy="bald")

@@ -336,3 +336,13 @@ def test_fixture_copy_of_the_real_folder_layout_verifies(tmp_path):
     shutil.rmtree(folder / "data/img/lungs")
     with pytest.raises(DataError, match="missing file"):
         verify_tree(load_manifest("ma20-slices"), folder)
+
+
+def test_split_notes_state_the_choices():
+    from covidlib.data.splits import split_notes
+
+    notes = split_notes(load_manifest("ma20-slices"))
+    assert notes.count("\n") == 2  # mixed, sep, p4-cv4
+    assert "- **sep** (by-case): 7 / 1 / 2 derived volumes (900 / 70 / 277 slices)" in notes
+    assert "default_rng(0).permutation(10)" in notes
+    assert split_notes(load_manifest("synthetic")) == ""

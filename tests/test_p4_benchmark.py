@@ -183,3 +183,26 @@ def test_predict_slices_equals_one_slice_at_a_time():
     assert got.shape == (5, 24, 40) and np.allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         p4.predict_slices(model, imgs[0], s, torch.device("cpu"))
+
+
+def test_no_test_fold_volume_in_the_real_pool():
+    """With the real manifests: for every fold of ma20-slices' p4-cv4, the pool keeps the
+    1600 pseudo-label slices minus those of the test volumes, and none of a test volume."""
+    try:
+        split = load_manifest("ma20-slices").split("p4-cv4")
+    except Exception as err:  # the dataset's manifest is not in this checkout
+        pytest.skip(f"ma20-slices manifest unavailable: {err}")
+    group = next(g for g in load_manifest("covid-semiseg").layout.groups
+                 if g.name == "pseudo-label")
+    ids = list(group.cases)
+    assert len(ids) == 1600
+    per_volume = {}
+    for c in ids:
+        per_volume[p4.pool_volume(c)] = per_volume.get(p4.pool_volume(c), 0) + 1
+    assert len(per_volume) == 11  # coronacases_001..010 and None (Radiopaedia)
+    for fold in split.folds:
+        kept = p4.pool_case_ids(ids, fold.test)
+        assert len(kept) == 1600 - sum(per_volume[v] for v in fold.test)
+        assert all(per_volume[v] > 0 for v in fold.test)
+        assert not {p4.pool_volume(c) for c in kept} & set(fold.test)
+        assert not set(fold.test) & (set(fold.val) | set(split.train))

@@ -44,7 +44,7 @@ def test_page_renders_a_partial_results_file(tmp_path):
                                kernel_name="python3", progress_bar=False)
     text, images = _outputs_text(json.loads(out.read_text()))
     assert "This is a `--quick` run" in text
-    assert "GPU figures were not measured: no GPU was lent" in text
+    assert "GPU figures were not measured: no CUDA device was found" in text
     assert "The `mc` benchmark is not in this results file" in text
     assert "The `train` benchmark is not in this results file" in text
     assert "AL cycle vs pool size" in text and "3D scoring vs volume size" in text

@@ -8,10 +8,14 @@ the time does not depend on their values):
 * ``unet2d``: :class:`covidlib.models.UNet2D` (base width 32, depth 4) on the same slices;
 * ``resunet3d_p4``: P4's MONAI residual 3D U-Net (Table 1) on D^3 volumes.
 
-Modes: ``fp32_eager`` (float32, contiguous: what the engine does on CPU) and, on CUDA only,
-``bf16_channels_last`` (bf16 autocast + channels_last / channels_last_3d, what the engine does on
-CUDA, see :func:`covidlib.engine.amp_settings`) and ``bf16_channels_last_compile`` (the same
-under ``torch.compile``). The speed-up of each mode is its images/s over ``fp32_eager``'s.
+Modes: ``fp32_eager`` (float32, contiguous: what the engine does on CPU by default); on a CPU
+also ``fp32_channels_last``, ``fp32_compile`` and ``fp32_channels_last_compile`` (what the
+engine's :class:`~covidlib.engine.Acceleration` switch turns on, ``COVIDLIB_ACCELERATION=
+channels_last,compile``; ``first_step_s`` holds the first step's time, compilation included);
+on CUDA ``bf16_channels_last`` (bf16 autocast + channels_last / channels_last_3d, what the
+engine does on CUDA, see :func:`covidlib.engine.amp_settings`) and
+``bf16_channels_last_compile`` (the same under ``torch.compile``). The speed-up of each mode
+is its images/s over ``fp32_eager``'s.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from covidlib.bench.measure import PeakMemory, synchronize
 from covidlib.engine import amp_settings, autocast
 from covidlib.models import FCN8VGG16, UNet2D, resunet3d_p4
 
-CPU_MODES = ("fp32_eager",)
+CPU_MODES = ("fp32_eager", "fp32_channels_last", "fp32_compile", "fp32_channels_last_compile")
 CUDA_MODES = ("fp32_eager", "bf16_channels_last", "bf16_channels_last_compile")
 
 
@@ -48,12 +52,17 @@ def build(name: str, settings: Mapping[str, Any]) -> tuple[nn.Module, tuple[int,
 def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
                   device: torch.device) -> Callable[[], float]:
     """A closure doing one training step of ``model`` on ``(x, y)`` in ``mode``."""
-    if mode not in CUDA_MODES:
-        raise ValueError(f"bench train: unknown mode {mode!r}; choose one of {CUDA_MODES}")
-    if mode != "fp32_eager" and device.type != "cuda":
+    if mode not in CUDA_MODES + CPU_MODES:
+        raise ValueError(f"bench train: unknown mode {mode!r}; choose one of "
+                         f"{sorted(set(CUDA_MODES + CPU_MODES))}")
+    if mode.startswith("bf16") and device.type != "cuda":
         raise ValueError(f"bench train: mode {mode!r} is measured on CUDA only")
-    dtype, fmt = (None, torch.contiguous_format) if mode == "fp32_eager" else amp_settings(
-        device, x.ndim - 2)
+    if mode.startswith("bf16"):
+        dtype, fmt = amp_settings(device, x.ndim - 2)
+    else:
+        dtype = None
+        fmt = ({4: torch.channels_last, 5: torch.channels_last_3d}[x.ndim]
+               if "channels_last" in mode else torch.contiguous_format)
     model.to(device)
     if fmt is not torch.contiguous_format:
         model.to(memory_format=fmt)
@@ -84,8 +93,13 @@ def measure_throughput(name: str, mode: str, settings: Mapping[str, Any], device
     x = torch.randn(batch, *item)
     y = torch.randint(0, 2, (batch, *item[1:]))
     step = train_step_fn(model, x, y, mode, device)
-    for _ in range(int(settings["warmup"])):
+    t_first = time.perf_counter()
+    for _ in range(max(1, int(settings["warmup"]))):
         step()
+        synchronize(device)
+        if t_first > 0:  # the first step: compilation included
+            first = time.perf_counter() - t_first
+            t_first = 0.0
     steps = int(settings["steps"])
     with PeakMemory(device) as mem:
         synchronize(device)
@@ -95,7 +109,8 @@ def measure_throughput(name: str, mode: str, settings: Mapping[str, Any], device
         synchronize(device)
         seconds = time.perf_counter() - t0
     return {"network": name, "mode": mode, "input": list(item), "batch": batch, "steps": steps,
-            "seconds": seconds, "images_per_s": steps * batch / seconds, **mem.record()}
+            "seconds": seconds, "images_per_s": steps * batch / seconds,
+            "first_step_s": first, **mem.record()}
 
 
 def bench_train(settings: Mapping[str, Any], device: torch.device,
@@ -103,7 +118,7 @@ def bench_train(settings: Mapping[str, Any], device: torch.device,
     """Training throughput of each network in each mode of this device; see the module
     docstring. A mode that fails (e.g. ``torch.compile`` without a compiler) is recorded with
     its error instead of a figure."""
-    modes = CUDA_MODES if device.type == "cuda" else CPU_MODES
+    modes = CUDA_MODES if device.type == "cuda" else tuple(settings.get("cpu_modes", CPU_MODES))
     rows = []
     for name in settings["networks"]:
         for mode in modes:

@@ -3,7 +3,7 @@
 Typical use::
 
     from covidlib.data import open_dataset
-    ds = open_dataset("synthetic")          # or "covid-semiseg", "ma-20", ...
+    ds = open_dataset("synthetic")          # or "covid-semiseg", "ma20-slices", "ma-20", ...
     cases = ds.cases()                      # list[Case], (Z, H, W) arrays in HU or 0..255
     ds.stats()                              # P1/P2 Table 1 numbers
 """

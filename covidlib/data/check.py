@@ -121,8 +121,14 @@ def _data_problems(m: mf.Manifest, data_root: str | Path | None) -> list[str]:
 
     try:
         folder = mf.locate(m, data_root)
-    except DataError as e:
-        return [e.reason]
+    except DataError as e:  # an incomplete folder: list all it lacks
+        roots = [Path(data_root)] if data_root is not None else mf.data_search_path()
+        if m.access == "local" and data_root is None and m.path is not None:
+            roots.append(m.path.parent)
+        found = [r / m.local_dir for r in roots if (r / m.local_dir).is_dir()]
+        if not found:
+            return [e.reason]
+        folder = found[0]
     out = _listed(mf.missing_files(m, folder), "missing file")
     if out:
         return out
@@ -144,6 +150,8 @@ def _data_problems(m: mf.Manifest, data_root: str | Path | None) -> list[str]:
             except DataError as e:
                 bad.append(str(e))
         out += _listed(bad, "case")
+    if out:  # splits are formed only over a dataset whose every case reads
+        return out
     for name, spec in m.splits.items():
         folds = range(len(spec.folds)) if spec.folds else [None]
         for f in folds:

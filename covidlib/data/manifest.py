@@ -13,6 +13,17 @@ roots; a dataset sits in ``<root>/<local_dir>``; :func:`locate` finds it or says
 looked and how to get the files. :func:`tree_digest` / :func:`verify_tree` check a whole
 distribution layout against the recorded ``tree_sha256`` of each group.
 
+Slices grouped into volumes (``image-slices`` groups with ``volumes:``, see
+:class:`VolumeSpec`): a CSV (``slice,volume``) or a file-name pattern assigns each slice to a
+volume; each volume is read as ONE case, a ``(Z, H, W)`` stack in slice order, and splits name
+the volume ids (``ma20-slices`` is built this way; so can any folder of your own slices).
+
+``data_kind`` (``real`` / ``phantom`` / ``real 2-D derivative``) says what the data are;
+when absent it is inferred (:attr:`Manifest.data_kind`). ``access: local`` is your own
+folder: only ``name``, ``layout`` and ``label_map`` are required (see ``_local_defaults``),
+and the folder may sit beside the manifest. ``$COVIDLIB_MANIFESTS`` ADDS folders of
+manifests before the shipped ones (:func:`manifest_search_path`).
+
 Case ids from ``case_glob``: the glob holds exactly one ``*`` and the case id is the text the
 ``*`` matched, e.g. ``"Train/*_ct.nii.gz"`` matches ``Train/volume-covid19-A-0003_ct.nii.gz``
 with case ``volume-covid19-A-0003`` (for ``"dir/*.nii.gz"`` this is the file stem).
@@ -874,7 +885,7 @@ def _parse_group(v: _V, g: Any, k: str, fmt: str) -> Group:
         cases = v.ids(g["cases"], f"{k}.cases")
         if not cases:
             raise v.fail(f"{k}.cases", "empty case list")
-    else:
+    elif has_glob:
         glob = v.relpath(g["case_glob"], f"{k}.case_glob", template=False)
         if glob.count("*") != 1 or any(c in glob for c in "?[]"):
             raise v.fail(f"{k}.case_glob", f"needs exactly one '*' and no ?/[ ]: {glob!r}")

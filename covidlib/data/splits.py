@@ -30,7 +30,7 @@ from typing import Any
 from covidlib.data.errors import DataError
 from covidlib.data.types import Case
 
-__all__ = ["PARTS", "SliceRef", "fraction_bounds", "make_split", "split_sizes"]
+__all__ = ["PARTS", "SliceRef", "fraction_bounds", "make_split", "split_notes", "split_sizes"]
 
 PARTS = ("train", "val", "test")
 SliceRef = tuple[str, int]
@@ -150,3 +150,12 @@ def split_sizes(cases: Sequence[Case] | Mapping[str, Case | int], manifest: Any
                 row[f"{p}_cases"] = len({c for c, _ in parts[p]})
             rows.append(row)
     return rows
+
+
+def split_notes(manifest: Any) -> str:
+    """The manifest's own words on how each split was chosen, as a Markdown list ("" when
+    no split carries a note): e.g. which 7 / 1 / 2 volumes ``ma20-slices``' ``sep`` uses."""
+    lines = [f"- **{name}** ({_get(spec, 'method')}): {' '.join(str(note).split())}"
+             for name, spec in _get(manifest, "splits").items()
+             if (note := _get(spec, "note", None))]
+    return "\n".join(lines)

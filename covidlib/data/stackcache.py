@@ -102,7 +102,8 @@ def cached_arrays(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob(f"{stem}-*.npz"):  # stale keys of this case and variant
-            old.unlink(missing_ok=True)
+            if old != path:
+                old.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **_pack(arrays))

@@ -15,7 +15,9 @@ class Case:
     """One CT case: a volume (Z, H, W) or a single slice stored as Z == 1.
 
     ``image`` is float32 in Hounsfield units when ``intensity == "hu"`` (NIfTI sources,
-    the phantom) or 0..255 when ``intensity == "uint8"`` (JPEG/PNG slice sets).
+    the phantom) or 0..255 when ``intensity == "uint8"`` (JPEG/PNG slice sets: float32 for
+    single slices, uint8 for volumes of slices grouped by a manifest's ``volumes``, e.g.
+    ``ma20-slices``).
     ``mask`` holds integer infection labels (0 = background; the meaning of the other
     values is the dataset's label map), ``lung`` a binary lung mask and ``organs`` an
     integer organ map (phantom / LCTSC), each with the image's shape or ``None``.

@@ -1,12 +1,21 @@
-"""The "Label your own slices" chapter: the labelling widget on a dataset, and a simulated run.
+"""The "Label your own slices" chapter: the labelling widget on a dataset, and what its
+clicks buy, measured with a simulated annotator.
 
 :func:`demo` opens a :class:`~covidlib.widgets.LabelSession` on a pool of training slices,
-lets P1's simulated annotator (:class:`~covidlib.widgets.MaskOracle`) answer the proposed
-regions for a few cycles (after P1's fully answered initial images) and returns the session,
-ready to be shown as a widget, with the history of the cycles. The history and the
-annotations are cached by the full configuration (:class:`covidlib.cache.ResultCache`); on a
-cache hit the annotations and the final weights (``<hash>.pt`` beside the cached result) are
-restored, so the chapter shows the same model and proposals as the run that made them.
+warm-started from the widget's model trained on the full masks of other training volumes
+(:func:`warm_start`, :func:`covidlib.widgets.pretrain`) and asking only about regions on the
+lungs (``regions="body"``; the ``paper`` profile keeps P1's full grid and no warm start).
+P1's simulated annotator (:class:`~covidlib.widgets.MaskOracle`) answers the proposed regions
+through the same session API for a few cycles; after each cycle the model is scored on slices
+of the held-out test volumes. :func:`compare` does this for P1's ``entropy`` and ``random``
+strategies and several seeds; :func:`curves_frame`, :func:`summary` and :func:`plot_curves`
+turn the runs into Dice against seconds of clicking (3 s per answer, P1 Sec. 5.3), the
+answers needed to reach a stated Dice and the share of questions that landed on infection.
+
+Every run is cached by its full configuration (:class:`covidlib.cache.ResultCache`) with its
+annotations, its final weights (``<hash>.pt``) and a replay (the model's prediction on one
+held-out slice after each cycle); on a cache hit the session is restored exactly, so the
+chapter shows the same model and proposals as the run that made them.
 """
 
 from __future__ import annotations
@@ -29,20 +38,24 @@ from covidlib.widgets import LabelSession, MaskOracle, choose_pool, pretrain, si
 
 __all__ = ["PROFILES", "STRATEGIES", "DemoRun", "compare", "curves_frame", "demo",
            "history_frame", "load_cases", "own_session", "plot_curves", "plot_history",
-           "plot_query", "settings", "summary", "target_dice", "warm_start"]
+           "plot_query", "plot_replay", "replay_frame", "settings", "summary", "target_dice",
+           "warm_start"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     # seconds per cycle on 2 CPU cores: 64 px slices, a 3-level U-Net with 8 channels.
     # warm_*: the warm start, the same model trained on full masks of other volumes (the
     # first warm_volumes volumes of the split's train part; the pool comes from the others).
+    # Each cycle fine-tunes the warm model gently (5 epochs, lr 3e-4): 15 epochs at 1e-3 on
+    # a handful of clicks forgot the warm start (held-out Dice fell from 0.25 to 0.13 on
+    # ma20-slices, measured).
     "cpu": {"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 48,
-            "initial_images": 0, "regions_per_cycle": 5, "cycles": 6, "epochs": 15,
-            "lr": 1e-3, "batch_size": 4, "regions": "body", "warm_volumes": 2,
+            "initial_images": 0, "regions_per_cycle": 5, "cycles": 6, "epochs": 5,
+            "lr": 3e-4, "batch_size": 4, "regions": "body", "warm_volumes": 2,
             "warm_slices": 48, "warm_epochs": 15, "warm_lr": 3e-3, "infection_weight": 10.0,
             "point_weight": 10.0, "target_dice": None},
     "gpu": {"n_regions": 64, "size": 128, "n_mc": 8, "pool": 200, "eval": 100,
-            "initial_images": 0, "regions_per_cycle": 5, "cycles": 10, "epochs": 40,
-            "lr": 1e-3, "batch_size": 8, "regions": "body", "warm_volumes": 2,
+            "initial_images": 0, "regions_per_cycle": 5, "cycles": 10, "epochs": 10,
+            "lr": 3e-4, "batch_size": 8, "regions": "body", "warm_volumes": 2,
             "warm_slices": 200, "warm_epochs": 20, "warm_lr": 3e-3, "infection_weight": 10.0,
             "point_weight": 10.0, "target_dice": None},
     # P1 Implementation Details: K = 64 regions, 352 px, 5 initial images fully answered,
@@ -84,6 +97,7 @@ class DemoRun:
     cached: bool
     config: dict[str, Any]
     warm_state: dict[str, torch.Tensor] | None = None
+    replay: dict[str, Any] | None = None
 
 
 def load_cases(ds: Dataset) -> list:
@@ -123,7 +137,7 @@ def _parts(ds: Dataset, cases: list, s: Mapping[str, Any], seed: int
     warm_ids = set(volumes[:n_warm])
     warm = ([] if not n_warm else
             choose_pool(cases, [r for r in train if r[0] in warm_ids], n=s["warm_slices"],
-                        seed=seed + 2))
+                        seed=2))
     pool = choose_pool(cases, [r for r in train if r[0] not in warm_ids], n=s["pool"],
                        seed=seed)
     eval_refs = choose_pool(cases, split["test"] or split["val"], n=s["eval"], seed=seed + 1)
@@ -165,7 +179,9 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
     s = settings(profile, overrides)
     cases = load_cases(ds)
     warm_refs, pool, eval_refs = _parts(ds, cases, s, seed)
-    state, warm_config = warm_start(ds, cases, warm_refs, s, seed, results_dir, device)
+    # one warm start for every seed (a fixed checkpoint; the seeds vary the pool, the oracle
+    # and the questions)
+    state, warm_config = warm_start(ds, cases, warm_refs, s, 0, results_dir, device)
     config = {"dataset": ds.name, "seed": seed, "device": device, "settings": s,
               "pool": [list(r) for r in pool], "eval": [list(r) for r in eval_refs],
               "model": "unet2d(base_width=8, depth=3, dropout=0.5)",
@@ -184,21 +200,32 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
     if stored is not None and weights.exists():
         session.restore_model(torch.load(weights, map_location="cpu", weights_only=True),
                               cycle=len(stored["history"]) - 1)
-        return DemoRun(session, stored["history"], True, config, state)
+        return DemoRun(session, stored["history"], True, config, state, stored["replay"])
     if stored is not None:  # weights lost: run again from an empty file
         path.unlink()
         session = _session(cases, path, config, state)
     start = {"cycle": 0, "labels": 0, "points": 0, "backgrounds": 0, "slices": 0,
              "cost_seconds": 0.0, "train_seconds": 0.0, "train_loss": float("nan"),
              **{f"test_{k}": v for k, v in session.evaluate(session.eval_refs).items()}}
+    by_id = {c.case_id: c for c in cases}
+    shown = max(eval_refs, key=lambda r: int((by_id[r[0]].mask[r[1]] > 0).sum()))
+    predictions = [_as_u8(session.predict(shown))]
     hist = simulate(session, MaskOracle(cases, ds.manifest.infection_labels, seed=seed),
                     cycles=s["cycles"], initial_images=s["initial_images"], seed=seed,
-                    progress=False)
+                    progress=False,
+                    on_cycle=lambda _r: predictions.append(_as_u8(session.predict(shown))))
     history = [start] + [h.to_dict() for h in hist]
+    replay = {"ref": list(shown), "predictions": predictions}
     weights.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({k: v.cpu() for k, v in session.model.state_dict().items()}, weights)
-    cache.put("label_demo", config, {"history": history, "annotations": path.read_text()})
-    return DemoRun(session, history, False, config, state)
+    cache.put("label_demo", config, {"history": history, "annotations": path.read_text(),
+                                     "replay": replay})
+    return DemoRun(session, history, False, config, state, replay)
+
+
+def _as_u8(prob: np.ndarray) -> list[list[int]]:
+    """A probability map as 0..255 integers (JSON-sized, for the replay)."""
+    return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8).tolist()
 
 
 def _session(cases: list, path: Path, config: Mapping[str, Any],
@@ -342,6 +369,56 @@ def plot_history(history: list[dict[str, Any]]):
     return fig
 
 
+def replay_frame(run: DemoRun, cycles: int | None = None):
+    """The recorded session as a table: every question in the order asked (cycle, slice,
+    region) and the answer (a click's pixel, or "background")."""
+    import pandas as pd
+
+    bounds = [h["labels"] for h in run.history]
+    rows = []
+    for i, a in enumerate(run.session.annotations):
+        cycle = next(c for c, b in enumerate(bounds) if i < b)
+        if cycles is not None and cycle > cycles:
+            break
+        y0, y1, x0, x1 = a.box
+        rows.append({"cycle": cycle, "question": i + 1, "case": a.case_id, "slice": a.z,
+                     "region (rows, columns)": f"{y0}-{y1 - 1}, {x0}-{x1 - 1}",
+                     "answer": (f"click at ({a.y}, {a.x})" if a.kind == "point"
+                                else "background")})
+    return pd.DataFrame(rows)
+
+
+def plot_replay(run: DemoRun, cases: list, max_panels: int = 7):
+    """The model's infection probability on one held-out slice (the one with the most
+    infection) after each cycle of the recorded session, the expert outline in cyan."""
+    import matplotlib.pyplot as plt
+
+    from covidlib.data.preprocess import resize_mask
+
+    if not run.replay:
+        raise ValueError("plot_replay: this run recorded no replay")
+    cid, z = run.replay["ref"]
+    case = {c.case_id: c for c in cases}[cid]
+    preds = [np.asarray(p, dtype=np.uint8) for p in run.replay["predictions"]]
+    keep = sorted(set(np.linspace(0, len(preds) - 1, min(max_panels, len(preds)))
+                      .round().astype(int)))
+    size = preds[0].shape
+    truth = resize_mask((np.asarray(case.mask[z]) > 0).astype(np.uint8), size)
+    fig, axes = plt.subplots(1, len(keep), figsize=(1.9 * len(keep), 2.3), dpi=110,
+                             squeeze=False)
+    for ax, c in zip(axes[0], keep, strict=True):
+        ax.imshow(preds[c], cmap="magma", vmin=0, vmax=255)
+        ax.contour(truth, levels=[0.5], colors="cyan", linewidths=0.8)
+        h = run.history[c]
+        ax.set_title(f"cycle {c}\n{h['labels']} answers, Dice {h.get('test_dice', np.nan):.2f}",
+                     fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(f"{cid} slice {z}: the model's infection probability after each cycle",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_query(session: LabelSession):
     """What the widget shows, as a figure: the slice with the region asked about and the
     labels given on it, beside the model's MC-dropout entropy."""
@@ -371,3 +448,73 @@ def plot_query(session: LabelSession):
     axes[1].set_title("MC-dropout entropy of the current model")
     fig.tight_layout()
     return fig
+
+
+@dataclass
+class Chapter:
+    """What the chapter shows: the recorded session (``demo``: entropy, first seed), and with
+    ``curves`` every strategy x seed run, their curves, the target Dice and the summary."""
+
+    demo: DemoRun
+    runs: dict[tuple[str, int], DemoRun]
+    frame: Any
+    target: float | None
+    table: Any
+
+
+def chapter(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None,
+            results_dir: str | Path, seeds: Iterable[int], device: str = "cpu",
+            curves: bool = True, annotations_path: str | Path | None = None) -> Chapter:
+    """Run (or load) the chapter's simulated annotators; see :class:`Chapter`."""
+    seeds = [int(v) for v in seeds]
+    if not seeds:
+        raise ValueError("label_demo: seeds is empty; give at least one seed")
+    if curves:
+        runs = compare(ds, profile, overrides, results_dir, seeds, device)
+        frame = curves_frame(runs)
+        target = target_dice(frame, settings(profile, overrides))
+        table = summary(frame, target)
+    else:
+        runs, frame, target, table = {}, None, None, None
+    path = Path(annotations_path or Path(results_dir) / "label_demo" / f"{ds.name}.jsonl")
+    demo_run = demo(ds, profile, overrides, results_dir, path, seed=seeds[0], device=device)
+    # with curves, this is the entropy run of the first seed again (same configuration,
+    # read from the cache), its annotations copied to ``path``
+    return Chapter(demo_run, runs, frame, target, table)
+
+
+def glue_values(ch: Chapter, dataset: str) -> dict[str, Any]:
+    """The numbers the chapter's prose cites (``label_demo_<dataset>_<key>``)."""
+    last = ch.demo.history[-1]
+    out = {"labels": last["labels"], "points": last["points"],
+           "backgrounds": last["backgrounds"], "cost_seconds": last["cost_seconds"],
+           "test_dice": last.get("test_dice", float("nan")), "cycles": len(ch.demo.history) - 1,
+           "warm_dice": ch.demo.history[0].get("test_dice", float("nan"))}
+    skipped = "not run (curves=False)"
+    for key in ("target_dice", "seeds"):
+        out[key] = skipped
+    out["verdict"] = (f"{last['labels']} answers in {out['cycles']} cycles reach a held-out "
+                      f"Dice of {out['test_dice']:.2f}")
+    for st in STRATEGIES:
+        for key in ("final_dice", "answers_to_target", "seconds_to_target", "reaching",
+                    "on_infection"):
+            out[f"{st}_{key}"] = skipped
+    if ch.table is not None:
+        rows = {r["strategy"]: r for r in ch.table.to_dict("records")}
+        out["target_dice"] = ch.target
+        out["seeds"] = int(ch.frame["seed"].nunique())
+        for st, r in rows.items():
+            out[f"{st}_final_dice"] = round(r["final Dice"], 3)
+            for key in ("answers", "seconds"):
+                v = r[f"{key} to target"]
+                out[f"{st}_{key}_to_target"] = ("not reached" if v != v else f"{v:.0f}")
+            out[f"{st}_reaching"] = r["seeds reaching target"]
+            out[f"{st}_on_infection"] = f"{100 * r['on infection']:.0f} %"
+        e, r_ = rows.get("entropy"), rows.get("random")
+        if e is not None and r_ is not None:
+            better = e["final Dice"] > r_["final Dice"]
+            out["verdict"] = (
+                f"entropy {'above' if better else 'not above'} random: final Dice "
+                f"{e['final Dice']:.2f} vs {r_['final Dice']:.2f} after "
+                f"{last['cost_seconds']:.0f} s of clicking")
+    return out

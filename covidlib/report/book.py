@@ -34,6 +34,14 @@ cache (names, sizes and times of every file under ``results_dir`` except the sco
 entries, the book's own timing/cache files and claims) and, for a chapter of a later stage,
 the contents of the scorecard entries. ``force=True`` (``covidlib book --force``)
 re-executes every chapter; ``only=[...]`` (``--only NAME``) re-executes the named ones.
+
+Plumbing stays out of the pages (:func:`hide_plumbing`, applied to every executed copy):
+readers see prose, tables and figures, not the code that records timings, glues values or
+writes scorecard rows. A chapter author marks a cell as plumbing with the cell tag
+``plumbing`` or a first line ``# plumbing``; such cells, the parameter cells and cells made
+only of imports and plumbing calls (``glue(...)``, ``scorecard.record(...)``,
+``provenance.provenance(...)``, timers) are removed from the page (``remove-cell``); any
+other cell that makes such a call shows its output without its code (``remove-input``).
 """
 
 from __future__ import annotations
@@ -138,6 +146,50 @@ def _missing_data_notebook(entry: PlanEntry, reason: str) -> dict:
     return nb
 
 
+PLUMBING_TAG = "plumbing"
+_PLUMBING_CALL = re.compile(
+    r"\bglue\(|\bscorecard\.record\w*\(|\brecord_scorecard\w*\(|\bprovenance\.provenance\("
+    r"|\bperf_counter\(|\brecord_timings\(|\bnotebook_timer\(|\bwrite_csv\(")
+_IMPORT = re.compile(r"^(from\s+\S+\s+import\s|import\s)")
+
+
+def plumbing_kind(cell: Mapping[str, Any]) -> str | None:
+    """``"remove-cell"``, ``"remove-input"`` or ``None`` for one notebook cell (see the module
+    docstring)."""
+    if cell.get("cell_type") != "code":
+        return None
+    tags = set(cell.get("metadata", {}).get("tags", []))
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else str(source)
+    lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
+    if (PLUMBING_TAG in tags or tags & {"parameters", "injected-parameters"}
+            or (lines and lines[0].lower().startswith("# plumbing"))):
+        return "remove-cell"
+    code = [ln for ln in lines if not ln.startswith("#")]
+    calls = [ln for ln in code if _PLUMBING_CALL.search(ln)]
+    if not calls:
+        return None
+    # continuation lines of a plumbing call (its arguments) count as plumbing too
+    rest = [ln for ln in code if not (_PLUMBING_CALL.search(ln) or _IMPORT.match(ln)
+                                      or ln[0] in ")]}" or ln.endswith((",", "(")))]
+    return "remove-cell" if not rest else "remove-input"
+
+
+def hide_plumbing(nb: Any) -> int:
+    """Tag the plumbing cells of notebook ``nb`` (in place) so that Jupyter Book leaves their
+    code (and, for pure plumbing, their output) off the page; returns how many were tagged."""
+    n = 0
+    for cell in nb.cells:
+        kind = plumbing_kind(cell)
+        if kind is None:
+            continue
+        tags = list(cell.metadata.get("tags", []))
+        if kind not in tags:
+            cell.metadata["tags"] = [*tags, kind]
+            n += 1
+    return n
+
+
 def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
               device: str = "auto", log: Callable[[str], None] = print) -> RunOutcome:
     """Execute one plan entry into ``book/_generated/<output>.ipynb``."""
@@ -174,6 +226,9 @@ def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
         else:
             detail = "".join(traceback.format_exception(exc))
         return RunOutcome(entry, "failed", time.perf_counter() - t0, _strip_ansi(detail))
+    executed = nbformat.read(tmp, as_version=4)
+    if hide_plumbing(executed):
+        nbformat.write(executed, tmp)
     os.replace(tmp, out)
     return RunOutcome(entry, "ok", time.perf_counter() - t0)
 

@@ -656,6 +656,17 @@ class LabelSession:
         self._queue.clear()
         self._refill()
 
+    def predict(self, ref: Ref) -> np.ndarray:
+        """The current model's infection probability on slice ``ref`` (any slice of the
+        loaded cases), ``(size, size)`` float32, dropout off."""
+        from covidlib.data.torch_datasets import SliceDataset
+
+        item = SliceDataset(self.cases, [ref], size=self.size, progress=False)[0]
+        with self._threads(), torch.no_grad():
+            model = self.model.to(self.device).eval()
+            logits = model(item["image"][None].to(self.device))
+        return torch.softmax(logits.float(), 1)[0, 1].cpu().numpy().astype(np.float32)
+
     def evaluate(self, refs: Iterable[Ref]) -> dict[str, float]:
         """Dice, IoU, PPV, sensitivity, specificity of the current model on ``refs``."""
         from covidlib.data.torch_datasets import SliceDataset
@@ -687,13 +698,15 @@ class MaskOracle:
 
 def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabel],
              cycles: int = 3, initial_images: int = 0, seed: int = 0,
-             progress: bool = True) -> list[CycleResult]:
+             progress: bool = True,
+             on_cycle: Callable[[CycleResult], None] | None = None) -> list[CycleResult]:
     """Drive ``session`` headless with ``oracle`` as the annotator.
 
     First, every region of ``initial_images`` slices drawn at random (``seed``) from the
     pool is answered (P1 Sec. 3: "5 CT images were randomly sampled ... and all their regions
     were labeled") and the model trains; then each of ``cycles`` cycles answers the
-    ``regions_per_cycle`` proposed regions and retrains. Returns every cycle's result.
+    ``regions_per_cycle`` proposed regions and retrains. Returns every cycle's result;
+    ``on_cycle(result)`` is called after each cycle (e.g. to record the model's prediction).
     """
     if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
         raise ValueError(f"simulate: cycles={cycles!r} must be a positive integer")
@@ -711,6 +724,8 @@ def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabe
                 if (ref, box) not in answered:
                     session.label_region(ref, box, oracle(ref[0], ref[1], box))
         out.append(session.train_cycle())
+        if on_cycle is not None:
+            on_cycle(out[-1])
     for _ in tqdm(range(cycles), desc="AL cycles", unit="cycle", disable=not progress):
         for _ in range(session.regions_per_cycle):
             q = session.current()
@@ -725,4 +740,6 @@ def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabe
                 raise ValueError(f"simulate: the oracle answered {answer.kind!r}; the widget "
                                  "takes points and background tags only")
         out.append(session.train_cycle())
+        if on_cycle is not None:
+            on_cycle(out[-1])
     return out

@@ -33,7 +33,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # tiny settings of the widget chapter (covidlib.experiments.label_demo)
 TINY = {"pool": 6, "eval": 4, "cycles": 1, "initial_images": 1, "epochs": 2, "n_mc": 2,
-        "size": 32, "regions_per_cycle": 2}
+        "size": 32, "regions_per_cycle": 2, "warm_slices": 6, "warm_epochs": 1}
 
 
 def pytest_configure(config):
@@ -117,6 +117,7 @@ def _small_book(root: Path, data_root: Path) -> tuple[Path, Path]:
     (root / "book" / "plan.yml").write_text(
         "- {notebook: label_your_own, output: label_your_own_synthetic, title: Label,\n"
         f"   parameters: {{dataset: synthetic, device: cpu, data_root: '{data_root}',\n"
+        "                seeds: [0], curves: false,\n"
         f"                overrides: {TINY!r}}}}}\n"
         "- {notebook: scorecard, output: scorecard, title: Scorecard, stage: 1}\n")
     (root / "book" / "_toc.yml").write_text(

@@ -1,6 +1,7 @@
 """The widget in a live JupyterLab: a click lands at the right image pixel, "b" tags the
-region background, both are in the annotations file at once, and after the kernel is killed
-and the notebook reopened the labels are restored."""
+region background, both are in the annotations file at once, a click given while a cycle
+trains in the background is on disk at once and kept, and after the kernel is killed and the
+notebook reopened the labels are restored."""
 
 from __future__ import annotations
 
@@ -52,8 +53,10 @@ def lab(tmp_path, synthetic_root):
     nb = load_notebook_node(str(REPO / "notebooks" / "label_your_own.ipynb"))
     nb = parameterize_notebook(nb, {"profile": "cpu", "dataset": "synthetic", "device": "cpu",
                                     "data_root": str(synthetic_root),
-                                    "results_dir": str(root / "results"), "overrides": TINY,
-                                    "my_annotations": str(mine)})
+                                    "results_dir": str(root / "results"),
+                                    # long enough cycles to click while one trains
+                                    "overrides": {**TINY, "epochs": 150}, "seeds": [0],
+                                    "curves": False, "my_annotations": str(mine)})
     nbformat.write(nb, root / "label.ipynb")
     port = free_port()
     home = tmp_path / "jupyter"
@@ -136,8 +139,15 @@ def _open_and_run(context, base: str, screenshots: Path, name: str):
 
 
 def _labels(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()[1:]] \
-        if path.exists() else []
+    """The labels in force: the append-only log's lines, less the ones undone."""
+    from covidlib.widgets import Annotation
+
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:] if line.strip()]
+    undone = {o["id"] for o in lines if o.get("kind") == "undo"}
+    return [o for o in lines if o.get("kind") != "undo"
+            and Annotation.from_json(o, str(path)).id not in undone]
 
 
 def _kernel_pids(base: str) -> list[int]:
@@ -192,11 +202,28 @@ def test_click_background_kill_reopen(browser, lab, screenshots):
     page.keyboard.press("u")
     _wait(lambda: len(_labels(mine)) == 2, 30, "the undo on disk")
     page.wait_for_function(f"() => document.querySelector(\"{CANVAS}\").dataset.labels === '2'")
-    # "train a cycle" retrains in the kernel and proposes new regions
+    # "train a cycle" retrains in a background thread: the widget stays live, a click given
+    # meanwhile is on disk at once, and the cycle (trained on the 2 labels it started with)
+    # keeps it
     page.keyboard.press("t")
+    page.wait_for_selector(f"{MINE}.covidlib-busy", timeout=30_000)
+    page.wait_for_selector(f"{MINE} progress.covidlib-label-progress", state="visible")
+    box = json.loads(canvas.get_attribute("data-box"))
+    view = json.loads(canvas.get_attribute("data-view"))
+    vy0, vy1, vx0, vx1 = view
+    y, x = box[0] + 1, box[2] + 1
+    bb = canvas.bounding_box()
+    page.mouse.click(bb["x"] + (x + 0.5 - vx0) * bb["width"] / (vx1 - vx0),
+                     bb["y"] + (y + 0.5 - vy0) * bb["height"] / (vy1 - vy0))
+    labels = _wait(lambda: len(_labels(mine)) == 3 and _labels(mine), 30,
+                   "the click given while training, on disk")
+    assert (labels[2]["y"], labels[2]["x"], labels[2]["box"]) == (y, x, box)
+    assert page.locator(f"{MINE}.covidlib-busy").count() == 1, "the cycle ended too soon"
+    page.locator(MINE).screenshot(path=str(screenshots / "widget-jupyterlab-training.png"))
     page.wait_for_function(f"() => document.querySelector(\"{MINE} .covidlib-label-status\")"
                            ".textContent.includes('cycle 1: trained on 2 labels')",
-                           timeout=120_000)
+                           timeout=180_000)
+    assert len(_labels(mine)) == 3
     saved = mine.read_text()
     # a dead kernel and a closed tab
     pids = _kernel_pids(base)
@@ -209,8 +236,8 @@ def test_click_background_kill_reopen(browser, lab, screenshots):
     # reopen: the labels come back
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = _open_and_run(context, base, screenshots, "reopened")
-    page.wait_for_function(f"() => document.querySelector(\"{CANVAS}\").dataset.labels === '2'",
+    page.wait_for_function(f"() => document.querySelector(\"{CANVAS}\").dataset.labels === '3'",
                            timeout=60_000)
-    assert "restored 2 labels" in page.inner_text(f"{MINE} .covidlib-label-status")
+    assert "restored 3 labels" in page.inner_text(f"{MINE} .covidlib-label-status")
     assert mine.read_text() == saved
     context.close()
