@@ -50,6 +50,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from covidlib import checkpoint as _ckpt
 from covidlib.acquisition import (
     HEURISTICS,
     REDUCTIONS,
@@ -77,7 +78,6 @@ from covidlib.data.torch_datasets import SliceDataset
 from covidlib.engine import (
     _restore_rng,
     _rng_state,
-    atomic_save,
     binarize,
     evaluate,
     fit,
@@ -663,18 +663,19 @@ def load_state(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     path = Path(checkpoint_dir) / STATE_NAME
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"{path}: cannot read the active-learning state ({type(exc).__name__}"
-                           f": {exc}); delete the folder to start again") from exc
+    try:  # verified: length and sha256 (covidlib.checkpoint; older files load unverified)
+        state = _ckpt.load(path)
+    except _ckpt.CorruptCheckpointError as exc:
+        raise _ckpt.CorruptCheckpointError(
+            path, f"{exc.reason}; the active-learning state cannot be used: delete the folder "
+            "to start again") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise RuntimeError(f"{path}: not an active-learning state ({STATE_FORMAT})")
     return state
 
 
 def _save_state(ck_dir: Path, state: dict[str, Any]) -> None:
-    atomic_save(state, ck_dir / STATE_NAME)
+    _ckpt.save(state, ck_dir / STATE_NAME)
 
 
 # --------------------------------------------------------------------------------------------

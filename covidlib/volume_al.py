@@ -37,9 +37,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from covidlib import checkpoint as _ckpt
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.types import Case
-from covidlib.engine import atomic_save, fit, resolve_device, supervised_loss
+from covidlib.engine import fit, resolve_device, supervised_loss
 from covidlib.metrics import confusion, scores
 from covidlib.models import mc_predict
 
@@ -509,7 +510,7 @@ def _train_round(
     for cid in split["test"]:
         pred = predict_volume(model, volumes[cid], device).argmax(0)
         test[cid] = {str(k): d for k, d in class_dice(pred, volumes[cid].label, classes).items()}
-    atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, ck_dir / WEIGHTS_NAME)
+    _ckpt.save({k: v.cpu() for k, v in model.state_dict().items()}, ck_dir / WEIGHTS_NAME)
     shutil.rmtree(ck_dir / "fit", ignore_errors=True)  # the round is finished: no resume needed
     tgt = [t[str(target)] for t in test.values()]
     return {
@@ -637,7 +638,7 @@ def run_volume_al(
         remaining = sorted(set(pool) - set(labelled))
         need_model = it < n_iterations and remaining and (strategy == "variance" or warm_start)
         if need_model:
-            state = torch.load(ck_dir / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+            state = _ckpt.load(ck_dir / WEIGHTS_NAME)  # verified (sha256)
         if it < n_iterations and remaining:
             k = min(per_iteration, len(remaining))
             if strategy == "variance":
@@ -670,4 +671,4 @@ def round_weights(checkpoint_root: str | Path, round_hash: str) -> dict[str, tor
         raise FileNotFoundError(
             f"{path}: weights of round {round_hash} are missing; run the experiment again "
             "(the round is retrained)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _ckpt.load(path)  # verified (sha256); older files load unverified

@@ -29,6 +29,7 @@ from covidlib.active import (
     load_state,
     region_index_map,
     run_active_learning,
+    training_curve,
 )
 from covidlib.data.oracle import IGNORE
 
@@ -352,3 +353,13 @@ def test_real_covid_semiseg_slices_feed_the_loop(shared_data):
                                "epochs": 1}, shared_data, None, progress=False, device="cpu",
                               data=data)
     assert [r["n_labelled_regions"] for r in res["records"]] == [32, 35]
+
+
+def test_training_curve_keeps_epoch_loss_and_validation_dice():
+    hist = [{"epoch": 1, "steps": 3, "train_loss": 0.9, "val_dice": 0.25, "seconds": 1.0},
+            {"epoch": 2, "steps": 3, "train_loss": 0.5, "seconds": 1.0},  # not validated
+            {"epoch": 3, "steps": 3, "train_loss": 0.25, "val_dice": float("nan")}]
+    assert training_curve(hist) == [
+        {"epoch": 1, "train_loss": 0.9, "val_dice": 0.25},
+        {"epoch": 2, "train_loss": 0.5, "val_dice": None},
+        {"epoch": 3, "train_loss": 0.25, "val_dice": None}]

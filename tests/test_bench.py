@@ -85,6 +85,16 @@ def test_mc_head_only_and_naive_select_the_same_regions(quick):
         assert len(c["selection_head_only"]) == run.QUICK["mc"]["batch"]
         assert c["max_abs_score_diff"] == 0.0
     assert mc["identical_selections"] is True
+    # where head-only scoring spends its time at the largest I (Performance page)
+    split = mc["breakdown"]
+    assert split["I"] == max(run.QUICK["mc"]["samples"])
+    assert split["total_s"] == next(r["seconds"] for r in mc["rows"]
+                                    if r["method"] == "head_only" and r["I"] == split["I"])
+    assert set(split["fractions"]) == {"backbone", "heads", "bernoulli", "rest"}
+    assert split["backbone_s"] > 0 and split["heads_s"] > 0 and split["bernoulli_s"] > 0
+    assert split["fractions"]["backbone"] == pytest.approx(split["backbone_s"] / split["total_s"])
+    assert "dropout heads" in report.mc_breakdown(quick[0])
+    assert report.mc_breakdown(None) == ""
 
 
 def test_train_rows_on_cpu_are_fp32_only(quick):

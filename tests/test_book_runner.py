@@ -417,3 +417,33 @@ def test_hide_plumbing_adds_the_tags_once():
     assert nb.cells[0].metadata["tags"] == ["remove-cell"]
     assert "tags" not in nb.cells[1].metadata
     assert book_mod.hide_plumbing(nb) == 0  # already tagged
+
+
+# ------------------------------------------------------------------ API page, references
+def test_the_api_page_documents_every_public_module():
+    modules = book_mod.public_modules()
+    assert {"covidlib.engine", "covidlib.report.book", "covidlib.data.manifest"} <= set(modules)
+    assert not [m for m in modules if "._" in m or m.endswith("__main__")]
+    text = book_mod.api_page_text()
+    for name in modules:
+        assert f".. automodule:: {name}\n   :members:\n   :undoc-members:" in text, name
+    # packages re-export their modules' names: not indexed twice
+    assert ".. automodule:: covidlib.data\n   :members:\n   :undoc-members:\n" \
+           "   :show-inheritance:\n   :no-index:" in text
+    config = (REPO / "book" / "_config.yml").read_text()
+    assert "sphinx.ext.autodoc" in config and "sphinx.ext.napoleon" in config
+    toc = (REPO / "book" / "_toc.yml").read_text()
+    assert "file: api" in toc and "file: references" in toc
+
+
+def test_references_and_citation_are_shipped():
+    import yaml
+
+    refs = (REPO / "book" / "references.md").read_text()
+    for key in ("laradji2020regional", "laradji2021consistency", "rahimi_exorbitant_cost",
+                "hussain_noisy_teacher", "ma2020dataset", "fan2020infnet", "yang2017lctsc",
+                "an2020tcia", "medseg2020"):
+        assert f"{{{key}," in refs, key
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["title"].startswith("covidlib")
+    assert len(cff["references"]) == 4

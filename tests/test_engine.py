@@ -574,3 +574,15 @@ def test_predict_probabilities_in_order() -> None:
     assert torch.allclose(probs.sum(1), torch.ones(1, 2, 2))
     assert probs[0, 1, 0, 0] == pytest.approx(1 / (1 + math.exp(-1)))  # softmax of (0, 1)
     assert torch.is_grad_enabled()  # no_grad does not leak out of the generator
+
+
+def test_active_learning_state_is_verified_on_load(tmp_path):
+    from covidlib import active
+
+    state = {"format": active.STATE_FORMAT, "cycle": 1, "labels": torch.arange(64)}
+    active._save_state(tmp_path, state)
+    assert torch.equal(active.load_state(tmp_path)["labels"], torch.arange(64))
+    _flip_one_bit(tmp_path / active.STATE_NAME, from_end=100)  # a label changed on disk
+    with pytest.raises(ckpt.CorruptCheckpointError, match=r"al_state\.pt: sha256 .* altered; "
+                       "the active-learning state cannot be used"):
+        active.load_state(tmp_path)

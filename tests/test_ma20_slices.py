@@ -346,3 +346,12 @@ def test_split_notes_state_the_choices():
     assert "- **sep** (by-case): 7 / 1 / 2 derived volumes (900 / 70 / 277 slices)" in notes
     assert "default_rng(0).permutation(10)" in notes
     assert split_notes(load_manifest("synthetic")) == ""
+
+
+def test_data_check_on_a_fixture_copy_reports_the_digest(fixture_root):
+    from covidlib.data.check import check_dataset
+
+    problems = check_dataset("ma20-slices", fixture_root)
+    assert len(problems) == 1 and "group 'coronacases': tree sha256" in problems[0]
+    (fixture_root / "ma20-slices/data/img/covid/0004.png").unlink()
+    assert check_dataset("ma20-slices", fixture_root) == ["missing file: data/img/covid/0004.png"]

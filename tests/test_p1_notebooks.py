@@ -91,8 +91,13 @@ def test_verdicts_on_hand_made_curves():
         ("mixed", "entropy", 64, "pixel", 0, 0, 0.15, 1100),
         ("mixed", "entropy", 64, "pixel", 0, 1, 0.30, 1200),
     ])
-    # largest common cost 975 s: point reaches 0.20, per-pixel has nothing that cheap
-    assert p1.fig7_verdict(g).startswith("no comparison")
+    # largest common cost 975 s: point reaches 0.20, per-pixel has nothing that cheap, and at
+    # its cheapest (1100 s) it scores 0.15: point labels are cheaper and higher
+    assert p1.fig7_verdict(g) == ("holds (cheaper and higher): point 0.200 Dice at <= 975 s vs "
+                                  "per-pixel 0.150 at its cheapest, 1100 s")
+    g.loc[2, "dice"] = 0.25
+    assert p1.fig7_verdict(g).startswith("no comparison at equal cost: point 0.200")
+    g.loc[2, "dice"] = 0.15
     g.loc[2, "seconds"] = 970
     assert p1.fig7_verdict(g) == "holds: at <= 975 s: point 0.200 vs per-pixel 0.150 Dice"
 
@@ -261,6 +266,8 @@ def test_baseline_convergence_and_chapter_verdict():
     v = p1.chapter_verdict(runs, "sep", "not reproduced: a", False, "M")
     assert v.text == "not reproduced with a converged baseline, M absent: not reproduced: a"
     assert p1.chapter_verdict(runs, "sep", "holds: b").text == "reproduced: holds: b"
+    v = p1.chapter_verdict(runs, "sep", "no comparison at equal cost: c")
+    assert v.label == "inconclusive" and v.text.endswith("possible: no comparison at equal cost: c")
 
 
 def test_upper_bound_check_by_hand():

@@ -164,6 +164,16 @@ def test_three_way_verdicts():
     assert not conv2.converged
     v2 = rep.claim_verdicts(rep.summary_frame(tr2), tr2, rep.lung_frame(tr2), conv2)
     assert v2[0].label == "inconclusive" and "not converged" in v2[0].text
+    # one seed: no spread to compare with (never "by more than the seeds' spread")
+    assert v2[0].text.endswith("the ordering is reversed (one seed: no spread to compare the "
+                               "difference with).")
+    # every seed's curve must have flattened: the second seed's still rises
+    tr3 = _runs({"fully": [(0.5, 0.9, FLAT), (0.5, 0.9, RISING)]})
+    conv3 = rep.baseline_convergence(tr3)
+    assert not conv3.converged and conv3.reason.startswith("seed 1: still improving")
+    conv4 = rep.baseline_convergence(_runs({"fully": [(0.5, 0.9, FLAT), (0.5, 0.9, FLAT)]}))
+    assert conv4.converged and "seed 0: validation flat" in conv4.reason
+    assert "; seed 1: validation flat" in conv4.reason
 
 
 def test_baseline_curve_figure():
@@ -264,3 +274,16 @@ def test_covidlib_train_cli(synthetic_root, tmp_path, capsys):
     assert "results in" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--set 'epochs': expected KEY=VALUE"):
         main(["train", "synthetic", "sep", "pl", "--set", "epochs", "--out", str(out)])
+
+
+def test_stand_in_tables_run_the_profile_s_seed_count(synthetic_root, tmp_path):
+    assert p2.settings("cpu")["stand_in_seeds"] == 1
+    assert p2.settings("paper")["stand_in_seeds"] is None
+    tr = p2.run_table("P2-T4", "synthetic", "cpu", TINY, seeds=[0, 1], losses=["pl"],
+                      device="cpu", data_root=synthetic_root, results_dir=tmp_path,
+                      progress=False)
+    assert [r["seed"] for r in tr.runs] == [0]
+    tr2 = p2.run_table("P2-T4", "synthetic", "cpu", {**TINY, "stand_in_seeds": None},
+                       seeds=[0, 1], losses=["pl"], device="cpu", data_root=synthetic_root,
+                       results_dir=tmp_path, progress=False)
+    assert [r["seed"] for r in tr2.runs] == [0, 1] and tr2.runs[0]["cached"]

@@ -324,3 +324,20 @@ def test_converged_and_three_way_verdict():
     hist["curve_dice"] = [0.6, 0.6]
     v = report.claim_verdict(res, "P4-T3")
     assert v["verdict"] == "not reproduced" and v["converged"] and v["mechanism"] is None
+
+
+def test_verdict_needs_enough_cases_and_both_table2_baselines():
+    hist = {"step": [0], "loss": [1.0], "curve_step": [1, 2], "curve_dice": [0.6, 0.6]}
+    runs = {("fully", 0, 0): {"history": hist}}
+    # two test cases only: inconclusive even with a clear gain
+    rows = [_row(m, 0, f"c{i}", d + (0.3 if m == "rgsm_al" else 0.0), 1.0)
+            for m in ("fully", "rgsm_al") for i, d in enumerate([0.3, 0.5])]
+    v = report.claim_verdict(_fake(rows, ("fully", "rgsm_al"), runs), "P4-T3")
+    assert v["verdict"] == "inconclusive" and "only 2 paired test cases" in v["text"]
+    # Table 2: better than uniform pseudo-labels but not than fully supervised
+    base = {"fully": [0.6, 0.7, 0.65], "semi": [0.3, 0.4, 0.35],
+            "rgsm_al": [0.5, 0.61, 0.55]}
+    rows = [_row(m, 0, f"c{i}", d, 1.0) for m, ds in base.items() for i, d in enumerate(ds)]
+    v = report.claim_verdict(_fake(rows, tuple(base), runs), "P4-T2")
+    assert not v["holds"] and v["verdict"] == "not reproduced"
+    assert "Uniform pseudo-labels" in v["text"] and "Fully Supervised" in v["text"]

@@ -8,7 +8,8 @@ channels_last / channels_last_3d, forced on the CPU by :func:`covidlib.engine.ac
 A crash, a dtype error or a shape error fails the test.
 
 What is shrunk, and only that (so that each case takes seconds on one CPU core):
-* spatial size (352 px -> 64 px; 96^3 / 48x96x96 patches -> 16^3; P3's grid -> 16x32x32);
+* spatial size (352 px -> 32 px; 96^3 / 48x96x96 patches -> 16^3; P3's grid -> 16x32x32;
+  P4's voxel spacing -> the cpu profile's 8 x 4 x 4 mm; the widget's slices -> 64 px);
 * batch size and the number of slices, volumes, folds, pool items, MC draws kept as they are
   wherever they do not scale the time (n_samples, regions, losses stay the profile's);
 * training length: one epoch of one step, one cycle / iteration, one fold, one seed.
@@ -91,7 +92,7 @@ def test_p1_region_active_learning(profile):
     from covidlib.experiments import p1
 
     s = p1.settings(profile, {
-        "size": 64,  # 352 px -> 64 px (FCN8's five poolings need a multiple of 32)
+        "size": 32,  # 352 px -> 32 px (FCN8's five poolings need a multiple of 32)
         "batch_size": 1, "score_batch_size": 2,
         "max_slices": {"train": 4, "val": 1, "test": 1},
         "epochs": 1, "epoch_items": 1, "cycles": 1, "initial_images": 1, "full_epochs": 1,
@@ -115,7 +116,7 @@ def test_p2_point_supervision(profile, loss, task, tmp_path):
     from covidlib.data import open_dataset
     from covidlib.experiments import p2
 
-    s = p2.settings(profile, {"size": 64, "batch_size": 2, "epochs": 1,  # 352 px -> 64 px
+    s = p2.settings(profile, {"size": 32, "batch_size": 2, "epochs": 1,  # 352 px -> 32 px
                               "max_slices": {"train": 2, "val": 1, "test": 2}})
     assert s["model"] == "fcn8_vgg16"
     ds = open_dataset("synthetic")
@@ -152,6 +153,7 @@ def test_p4_reweighting_3d(profile, tmp_path):
     from covidlib.experiments import p4
 
     overrides = {"patch": [16, 16, 16],  # 96^3 -> 16^3
+                 "spacing": [8.0, 4.0, 4.0],  # P4's 1.6 x 1.6 x 3.2 mm -> the cpu profile's
                  "teacher_steps": 1, "student_steps": 1, "folds": [0], "pool_size": 2,
                  "pool_shape": [16, 48, 48], "checkpoint_every": 1, "figure_cases": 1}
     if p4.settings(profile)["infer_roi"]:

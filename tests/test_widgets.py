@@ -545,3 +545,16 @@ def test_widget_trains_in_the_background_and_keeps_clicks(tmp_path):
     assert s.wait(60)
     assert not w.busy and w.progress == 1.0 and s.cycle == 1
     assert "cycle 1: trained on 1 labels" in w.status and len(s.annotations) == 2
+
+
+@pytest.mark.slow
+def test_measure_responsiveness_reports_every_number(tmp_path):
+    from covidlib.widgets.timing import measure_responsiveness
+
+    out = measure_responsiveness(clicks=2, threads=1, workdir=tmp_path)
+    for key in ("click_saved_ms", "click_ms", "cycle_s"):
+        assert out[key] > 0
+    assert out["clicks"] == 2 and 1 <= out["clicks_during_training"] <= 2
+    assert out["cycle_labels"] >= 4  # the 4 answers given before the cycle started
+    assert (out["click_goal_ms"], out["cycle_goal_s"]) == (50.0, 10.0)
+    assert list(tmp_path.iterdir()) == []  # its annotations file is gone

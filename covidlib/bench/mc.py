@@ -155,6 +155,14 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
             "max_abs_score_diff": float(np.abs(head.scores - naive.scores).max()),
         })
         del outputs, head, naive
+    i_max = max(int(n) for n in settings["samples"])
+    t_head = next(r["seconds"] for r in rows if r["method"] == "head_only" and r["I"] == i_max)
+    model.train()  # dropout active, as mc_predict runs it
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    split = breakdown(model, x, i_max, seed, t_head, device)
+    model.eval()
     return {
         "what": ("images scored per second by P1's acquisition (I MC-dropout samples of "
                  "FCN8-VGG16, layout 'same', random weights; entropy of the mean; max per "
@@ -167,7 +175,36 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
         "speedup": speedups(rows),
         "selection": checks,
         "identical_selections": all(c["identical_selection"] for c in checks),
+        "breakdown": split,
     }
+
+
+def breakdown(model: FCN8VGG16, x: torch.Tensor, n: int, seed: int, total: float,
+              device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """Where head-only MC scoring at I = ``n`` spends its ``total`` seconds: the backbone
+    (VGG16 + fc6, once), the I dropout heads (:meth:`FCN8VGG16.head_samples`), of which the
+    Bernoulli draws of the two dropout layers alone, and the rest (softmax, entropy of the
+    mean, region maxima, selection). Each part is the best of ``repeats`` timings."""
+    def best(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.no_grad():
+        feats = model.backbone_features(x)
+        ones = torch.ones_like(feats.fc6)
+        backbone = best(lambda: model.backbone_features(x))
+        heads = best(lambda: model.head_samples(feats, n, seed=seed))
+        draws = best(lambda: [(model.drop6(ones), model.drop7(ones)) for _ in range(n)])
+    parts = {"backbone_s": backbone, "heads_s": heads, "bernoulli_s": draws,
+             "rest_s": max(0.0, total - backbone - heads)}
+    return {"I": int(n), "total_s": total, **parts,
+            "fractions": {k.removesuffix("_s"): v / total for k, v in parts.items()}}
 
 
 def speedups(rows: list[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

@@ -166,6 +166,23 @@ def mc_verdict(res: Mapping[str, Any] | None) -> str:
             f"{'selected the same regions' if same else 'selected DIFFERENT regions'} at every I.")
 
 
+def mc_breakdown(res: Mapping[str, Any] | None) -> str:
+    """In words: what fraction of head-only MC scoring the backbone, the I dropout heads (and
+    their Bernoulli draws alone) and the acquisition arithmetic take."""
+    split = (res or {}).get("mc", {}).get("breakdown")
+    if not split:
+        return ""
+    f = split["fractions"]
+    return (f"Where the time of head-only scoring goes at I = {split['I']} "
+            f"({split['total_s']:.3g} s in all): the backbone (VGG16 + fc6, once) "
+            f"{100 * f['backbone']:.0f} %, the {split['I']} dropout heads (fc7, score layers, "
+            f"up-sampling) {100 * f['heads']:.0f} %, of which the Bernoulli draws of the two "
+            f"dropout layers alone {100 * f['bernoulli']:.0f} %, and the entropy of the mean, "
+            f"the region maxima and the selection {100 * f['rest']:.0f} %. The naive re-forward "
+            "runs the backbone I times, so its ratio to head-only is bounded by how much of "
+            "head-only's time is not backbone.")
+
+
 def mc_figure(res: Mapping[str, Any] | None) -> Figure | None:
     """Left: images/s against I per sampler (log scale). Right: speed-ups over naive and baal."""
     if missing_section(res, "mc") is not None:

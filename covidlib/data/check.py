@@ -4,8 +4,8 @@
 valid manifest cannot be used). To fix a new manifest for your own data it is quicker to see
 them all: :func:`check_dataset` validates each top-level key, each layout group and each split
 on its own, then (when the manifest loads) looks for the folder, lists every missing file,
-checks the volume tables, reads every case (collecting each case's error instead of stopping)
-and forms every split.
+checks the volume tables, reads every case (collecting each case's error instead of stopping),
+verifies the recorded tree digests and forms every split.
 """
 
 from __future__ import annotations
@@ -150,6 +150,9 @@ def _data_problems(m: mf.Manifest, data_root: str | Path | None) -> list[str]:
             except DataError as e:
                 bad.append(str(e))
         out += _listed(bad, "case")
+    for g in m.groups:  # the recorded tree digests: a changed or replaced file is a problem
+        if g.tree_sha256:
+            _attempt(out, lambda g=g: mf.verify_tree(m, folder, [g.name]))
     if out:  # splits are formed only over a dataset whose every case reads
         return out
     for name, spec in m.splits.items():

@@ -410,7 +410,8 @@ def plot_replay(run: DemoRun, cases: list, max_panels: int = 7):
         ax.imshow(preds[c], cmap="magma", vmin=0, vmax=255)
         ax.contour(truth, levels=[0.5], colors="cyan", linewidths=0.8)
         h = run.history[c]
-        ax.set_title(f"cycle {c}\n{h['labels']} answers, Dice {h.get('test_dice', np.nan):.2f}",
+        ax.set_title(f"cycle {c}\n{h['labels']} answers, held-out Dice "
+                     f"{h.get('test_dice', np.nan):.2f}",
                      fontsize=8)
         ax.set_axis_off()
     fig.suptitle(f"{cid} slice {z}: the model's infection probability after each cycle",

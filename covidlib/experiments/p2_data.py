@@ -24,6 +24,7 @@ from covidlib.data.oracle import Point, point_annotation
 from covidlib.data.preprocess import resize_image, resize_mask, to_uint8
 from covidlib.data.splits import make_split
 from covidlib.data.types import Case
+from covidlib.report import paper_values
 
 __all__ = [
     "A_LIKE_COUNTS",
@@ -40,8 +41,10 @@ __all__ = [
     "with_lungs",
 ]
 
-A_LIKE_COUNTS: dict[str, int] = {"train": 45, "val": 5, "test": 48}
-"""P2 Sec. 4.1.1, COVID-19-A: 50 training images, 5 of them for validation, 48 test."""
+A_LIKE_COUNTS: dict[str, int] = {
+    k: int(v) for k, v in paper_values.artifact("P2-S")["values"]["a_split"].items()}
+"""P2 Sec. 4.1.1, COVID-19-A: 50 training images, 5 of them for validation, 48 test (from
+``covidlib/report/paper_values/p2.yaml``: 45 / 5 / 48)."""
 
 STAND_INS: dict[str, str] = {
     "a-like": "infected slices only; volumes at even positions (natural order) train, the "

@@ -23,7 +23,7 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +199,13 @@ def _compare(frame: pd.DataFrame, a: str, b: str, metric: str) -> str:
     claim = f"the paper has {la} better than {lb} on {name} ({pa:.2f} vs {pb:.2f})"
     gap, noise = abs(ma - mb), sa + sb
     spread = f"(difference {gap:.3f} <= sum of stds {noise:.3f})"
+    one_seed = "n_seeds" in frame.columns and min(frame.loc[a, "n_seeds"],
+                                                  frame.loc[b, "n_seeds"]) < 2
     if ma == mb:
         verdict = "our runs tie them, so the ordering does not hold"
+    elif one_seed:
+        verdict = (f"the ordering {'holds' if _better(ma, mb, metric) else 'is reversed'} "
+                   "(one seed: no spread to compare the difference with)")
     elif _better(ma, mb, metric):
         verdict = ("the ordering holds, by more than the seeds' spread" if gap > noise else
                    f"the ordering holds on the means but within the seeds' spread {spread}")
@@ -404,8 +409,7 @@ class TableReport:
             lines.append("**Mechanism** (P2 Sec. 4.3.1, share of predicted infection pixels "
                          "inside the lung mask; ground truth "
                          f"{self.lungs['ground_truth'].mean():.2f}): " + "; ".join(parts) + ".")
-        claims = [f"- **{v.label}**: {v.text[len(v.label):].lstrip(' ,:')}"
-                  for v in self.claims]
+        claims = [f"- **{v.label}**{v.text[len(v.label):]}" for v in self.claims]
         return "\n\n".join(lines) + "\n\n" + "\n".join(claims)
 
     def heading(self) -> str:
@@ -464,7 +468,7 @@ def reproduce_table(artifact: str, *, dataset: str = "auto", profile: str = "cpu
             head = f"{claims[0].label}: " if claims else ""
             scorecard.record(results_dir, artifact, paper=paper, ours=ours,
                              verdict=head + verdict_summary(frame, artifact), provenance=prov,
-                             note=f"{len(seeds)} seed(s); mean over seeds")
+                             note=f"{int(frame['n_seeds'].max())} seed(s); mean over seeds")
     return TableReport(tr, frame, verdicts, prov, time.perf_counter() - t0, path, claims, conv,
                        lungs)
 
@@ -592,29 +596,26 @@ def figure3_verdict(tr: TableRuns, seed: int | None = None,
 _TOL = {"val_dice": 0.01, "val_mae": 0.05}  # flat = the last epochs gain less than this
 
 
-def _mean_curve(tr: TableRuns, loss: str, key: str) -> list[float | None]:
-    curves = [[rec.get(key) for rec in r["result"].get("history", [])]
-              for r in tr.runs if r["loss"] == loss]
-    if not curves:
-        return []
-    out: list[float | None] = []
-    for i in range(min(len(c) for c in curves)):
-        vals = [float(c[i]) for c in curves if c[i] is not None and not math.isnan(c[i])]
-        out.append(float(np.mean(vals)) if vals else None)
-    return out
-
-
 def baseline_convergence(tr: TableRuns, window: int = 3) -> Convergence | None:
-    """Has the table's baseline (:data:`BASELINE`) converged? Its validation curve, averaged
-    over seeds (MAE negated, so higher is better), judged by
-    :func:`covidlib.verdict.baseline_converged`; ``None`` when the baseline did not run."""
+    """Has the table's baseline (:data:`BASELINE`) converged? Each seed's validation curve
+    (MAE negated, so higher is better) is judged by
+    :func:`covidlib.verdict.baseline_converged`; the baseline has converged when every seed's
+    has (else the first seed that has not is returned, its reason naming the seed).
+    ``None`` when the baseline did not run."""
     loss, key = BASELINE[tr.task]
-    curve = _mean_curve(tr, loss, key)
-    if not curve:
+    runs = sorted((r for r in tr.runs if r["loss"] == loss), key=lambda r: r["seed"])
+    if not runs:
         return None
-    if key == "val_mae":
-        curve = [None if v is None else -v for v in curve]
-    return baseline_converged(curve, window=window, tol=_TOL[key])
+    out = []
+    for r in runs:
+        curve = [rec.get(key) for rec in r["result"].get("history", [])]
+        if key == "val_mae":
+            curve = [None if v is None else -v for v in curve]
+        c = baseline_converged(curve, window=window, tol=_TOL[key])
+        out.append(replace(c, reason=f"seed {r['seed']}: {c.reason}"))
+    failed = [c for c in out if not c.converged]
+    return failed[0] if failed else out[0] if len(out) == 1 else replace(
+        out[0], reason="; ".join(c.reason for c in out))
 
 
 def baseline_curves(tr: TableRuns) -> Figure:

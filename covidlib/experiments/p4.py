@@ -87,7 +87,6 @@ import base64
 import contextlib
 import copy
 import math
-import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +106,7 @@ from covidlib import reweight as rw
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset, open_dataset
 from covidlib.data.errors import DataError
+from covidlib.data.ma20 import pool_cases_outside, semiseg_pool_volume
 from covidlib.data.manifest import natural_key
 from covidlib.data.phantom import PhantomConfig, SiteProfile, generate_case
 from covidlib.data.preprocess import LUNG_WINDOW, resize_image, resize_mask
@@ -579,26 +579,17 @@ def _phantom_pool(s: Mapping[str, Any], store: Path, progress: bool) -> list[Ite
     return items
 
 
-_POOL_ID = re.compile(r"^Data-1_coronacases_org_(\d{3})_\d+$")
-
-
 def pool_volume(case_id: str) -> str | None:
     """The ``ma20-slices`` volume a COVID-SemiSeg pseudo-label slice comes from
-    (``"Data-1_coronacases_org_00K_<z>"`` -> ``"coronacases_00K"``), None for the other
-    volumes (:func:`covidlib.data.ma20.semiseg_pool_volume` when available)."""
-    try:
-        from covidlib.data.ma20 import semiseg_pool_volume
-    except ImportError:  # the dataset module is not installed: the same rule, locally
-        m = _POOL_ID.match(case_id)
-        return f"coronacases_{m.group(1)}" if m else None
+    (:func:`covidlib.data.ma20.semiseg_pool_volume`; None for the Radiopaedia volumes)."""
     return semiseg_pool_volume(case_id)
 
 
 def pool_case_ids(ids: Sequence[str], held_out: Iterable[str]) -> list[str]:
-    """The pool slices that may be trained on: every id whose volume (:func:`pool_volume`)
-    is not a held-out (test-fold) volume, so no test volume leaks into the pool."""
-    out = set(held_out)
-    return [i for i in ids if pool_volume(i) not in out]
+    """The pool slices that may be trained on: every id whose volume is not a held-out
+    (test-fold) volume (:func:`covidlib.data.ma20.pool_cases_outside`), so no test volume
+    leaks into the pool."""
+    return pool_cases_outside(ids, held_out)
 
 
 def _semiseg_pool(ds: Dataset, s: Mapping[str, Any], progress: bool,

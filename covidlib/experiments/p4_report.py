@@ -34,15 +34,24 @@ from covidlib.experiments.p4 import (
     decode_mask,
 )
 from covidlib.models import resunet3d_p4, resunet3d_table
+from covidlib.verdict import (
+    INCONCLUSIVE,
+    Convergence,
+    Verdict,
+    three_way_verdict,
+)
+from covidlib.verdict import baseline_converged as _curve_converged
 
 __all__ = [
     "MECHANISM_ROWS",
+    "MIN_CASES",
     "VERDICT_RULE",
     "averages",
     "baseline_converged",
     "baseline_curves",
     "claim_verdict",
     "converged",
+    "convergence",
     "curve_figure",
     "data_note",
     "figure_verdict",
@@ -624,15 +633,15 @@ def baseline_curves(res: P4Results) -> dict[tuple[int, int], tuple[list[int], li
     return out
 
 
+def convergence(dice: Sequence[float], tol: float) -> Convergence:
+    """:func:`covidlib.verdict.baseline_converged` on a held-out curve, with the last third
+    of its points (at least one) as the window."""
+    return _curve_converged(list(dice), window=max(1, len(dice) // 3), tol=tol)
+
+
 def converged(dice: Sequence[float], tol: float) -> bool:
-    """The curve has flattened: the mean of its last quarter (at least one point) is less
-    than ``tol`` above the mean of the quarter before. Fewer than 2 points: False."""
-    d = [float(v) for v in dice]
-    if len(d) < 2:
-        return False
-    k = max(1, len(d) // 4)
-    last, before = d[-k:], d[-2 * k:-k]
-    return bool(np.mean(last) - np.mean(before) < tol)
+    """The curve has flattened (:func:`convergence`)."""
+    return convergence(dice, tol).converged
 
 
 def baseline_converged(res: P4Results) -> bool | None:
@@ -666,44 +675,55 @@ def curve_figure(res: P4Results) -> Figure | None:
     return fig
 
 
+MIN_CASES = 3
+"""Fewer paired test cases than this: the verdict is inconclusive whatever the means say."""
+
 VERDICT_RULE = (
-    "Three-way verdict (rule in covidlib.experiments.p4_report.claim_verdict; no shared "
-    "covidlib.verdict module existed when it was written): *reproduced* when P4's claim "
-    "holds (RGS&M+AL better than the baseline by more than two standard errors of the "
-    "paired per-case difference); otherwise *not reproduced* when the fully supervised "
-    "baseline's held-out Dice has flattened (a real finding, stated with whether the "
-    "weights track pseudo-label quality), else *inconclusive*: the baseline has not "
-    "converged and a longer run could change the result.")
+    "Three-way verdict (covidlib.verdict, applied by "
+    "covidlib.experiments.p4_report.claim_verdict): *reproduced* when P4's claim "
+    "holds: RGS&M+AL better than its baseline(s) (Table 2: uniform pseudo-labels and fully "
+    "supervised; Tables 3-4: fully supervised) by more than two standard errors of the "
+    f"paired per-case difference, over at least {MIN_CASES} test cases; otherwise *not "
+    "reproduced* when the fully supervised baseline's held-out Dice has flattened (a real "
+    "finding, stated with whether the weights track pseudo-label quality), else "
+    "*inconclusive*: too few test cases, or the baseline has not converged and a longer "
+    "run could change the result.")
 
 
 def claim_verdict(res: P4Results, artifact: str) -> dict[str, Any]:
-    """One of "reproduced" / "not reproduced" / "inconclusive" for P4 Table 2 or 3's claim
-    that RGS&M+AL beats its baseline (Table 2: plain pseudo-labels when run, else fully
-    supervised; Table 3: fully supervised), with the reasons in ``text``."""
+    """One of "reproduced" / "not reproduced" / "inconclusive" for P4's claim that RGS&M+AL
+    beats its baselines (Table 2: uniform pseudo-labels, when run, and fully supervised;
+    Tables 3-4: fully supervised), with the reasons in ``text`` (rule: :data:`VERDICT_RULE`)."""
     ours = averages(res)
-    base = "semi" if artifact.startswith("P4-T2") and "semi" in ours else "fully"
-    if "rgsm_al" not in ours or base not in ours:
+    bases = [b for b in (("semi", "fully") if artifact.startswith("P4-T2") else ("fully",))
+             if b in ours]
+    if "rgsm_al" not in ours or not bases:
         return {"verdict": "inconclusive", "text": "RGS&M+AL or its baseline was not run."}
-    mean, se, n = _paired(res, "rgsm_al", base)
-    holds = bool(math.isfinite(se) and mean > 2 * se)
+    diffs = {b: _paired(res, "rgsm_al", b) for b in bases}
+    n = min(k for _, _, k in diffs.values())
+    holds = all(math.isfinite(se) and mean > 2 * se for mean, se, _ in diffs.values())
     conv = baseline_converged(res)
     mech = mechanism_present(res)
-    if holds:
-        verdict = "reproduced"
-    elif conv:
-        verdict = "not reproduced"
-    else:
-        verdict = "inconclusive"
     mech_txt = {True: "the weights do track pseudo-label quality (mechanism present)",
                 False: "the weights do not track pseudo-label quality (mechanism absent)",
                 None: "the mechanism was not probed"}[mech]
     conv_txt = {True: "the fully supervised baseline has converged",
                 False: "the fully supervised baseline has NOT converged",
                 None: "no learning curve of the baseline was recorded"}[conv]
-    text = (f"**{verdict}**: RGS&M+AL − {METHOD_LABELS[base]} = {mean:+.3f} ± {se:.3f} "
-            f"(n = {n}); {conv_txt}; {mech_txt}.")
+    gaps = "; ".join(f"RGS&M+AL − {METHOD_LABELS[b]} = {m:+.3f} ± {se:.3f}"
+                     for b, (m, se, _) in diffs.items())
+    detail = f"{gaps} (n = {n}); {conv_txt}; {mech_txt}"
+    if n < MIN_CASES:
+        v = Verdict(INCONCLUSIVE, f"{INCONCLUSIVE}, only {n} paired test cases "
+                                  f"(< {MIN_CASES}): {detail}")
+    else:
+        v = three_way_verdict(holds, bool(conv), mech, detail,
+                              mechanism="weights tracking pseudo-label quality")
+    verdict = v.label
+    text = f"**{verdict}**" + v.text[len(verdict):] + "."
+    first = diffs[bases[0]]
     return {"verdict": verdict, "holds": holds, "converged": conv, "mechanism": mech,
-            "diff": mean, "se": se, "text": text}
+            "diff": first[0], "se": first[1], "n": n, "text": text}
 
 
 _DATA_NOTES: dict[str, str] = {
