@@ -447,3 +447,30 @@ def test_references_and_citation_are_shipped():
     cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
     assert cff["cff-version"] == "1.2.0" and cff["title"].startswith("covidlib")
     assert len(cff["references"]) == 4
+
+
+def test_the_html_is_fresh_until_a_page_changes(tmp_path):
+    import os
+
+    book = tmp_path / "book"
+    (book / "_generated").mkdir(parents=True)
+    (book / "_build").mkdir()
+    page = book / "_generated" / "a.ipynb"
+    page.write_text("{}")
+    stamp = book / "_build" / ".covidlib-layout"
+    stamp.write_text("x")
+    os.utime(page, ns=(1, 1))
+    assert book_mod._html_fresh(book, stamp)
+    (book / "_build" / "late.html").write_text("")  # the build's own output does not count
+    assert book_mod._html_fresh(book, stamp)
+    page.write_text("{ }")  # a chapter was executed again
+    os.utime(page, ns=(stamp.stat().st_mtime_ns + 1,) * 2)
+    assert not book_mod._html_fresh(book, stamp)
+
+
+def test_result_tables_keep_mean_and_sd_on_one_line():
+    config = (REPO / "book" / "_config.yml").read_text()
+    assert "html_css_files: [covidlib.css]" in config
+    css = (REPO / "book" / "_assets" / "covidlib.css").read_text()
+    assert ".cell_output table td" in css and "white-space: nowrap" in css
+    assert "url(" not in css  # offline: the stylesheet fetches nothing

@@ -328,3 +328,8 @@ def test_chapter_runs_end_to_end_on_lctsc_layout(lctsc_root, tmp_path):
     # 4 epochs cannot show a plateau: the verdict is inconclusive unless variance wins
     assert f2["verdict"].startswith(("heart: inconclusive", "heart: reproduced"))
     assert "validation Dice gap" in f2["verdict"]
+
+
+def test_paper_numbers_for_prose_come_from_the_yaml():
+    assert p3.paper_numbers() == {"p3_paper_it2_active": 0.77, "p3_paper_it2_random": 0.52,
+                                  "p3_paper_last_active": 0.87, "p3_paper_share": "42%"}

@@ -73,7 +73,7 @@ def test_the_switch_forces_the_gpu_code_path_on_a_cpu():
     with engine.acceleration(amp="fp32", channels_last=None):
         assert engine.amp_settings("cpu", 2) == (None, torch.contiguous_format)
         assert engine.amp_settings("cuda", 3) == (None, torch.channels_last_3d)
-    with pytest.raises(ValueError, match="Acceleration.amp='fp16'"):
+    with pytest.raises(ValueError, match=r"Acceleration\.amp='fp16'"):
         engine.Acceleration(amp="fp16")
 
 

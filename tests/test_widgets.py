@@ -558,3 +558,30 @@ def test_measure_responsiveness_reports_every_number(tmp_path):
     assert out["cycle_labels"] >= 4  # the 4 answers given before the cycle started
     assert (out["click_goal_ms"], out["cycle_goal_s"]) == (50.0, 10.0)
     assert list(tmp_path.iterdir()) == []  # its annotations file is gone
+
+
+def test_warm_started_questions_fall_on_the_lungs_of_real_slices(tmp_path):
+    """ma20-slices (real CT, lung masks as the alt mask "lung"): every first question of a
+    warm-started session overlaps the lungs."""
+    import os
+    from pathlib import Path
+
+    from covidlib.data.api import open_dataset
+    from covidlib.experiments.label_demo import load_cases
+    from covidlib.widgets import body_regions, pretrain
+
+    shared = Path(os.environ.get("COVIDLIB_SHARED_DATA",
+                                 Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (shared / "ma20-slices").is_dir():
+        pytest.skip(f"real data not found at {shared / 'ma20-slices'} (set "
+                    "COVIDLIB_SHARED_DATA to the folder holding ma20-slices/)")
+    cases = load_cases(open_dataset("ma20-slices", shared))
+    by_id = {c.case_id: c for c in cases}
+    warm = [("coronacases_001", z) for z in range(40, 120, 10)]
+    state = pretrain(cases, warm, size=32, epochs=2)
+    pool = choose_pool(cases, [("coronacases_002", z) for z in range(120)], n=12, seed=0)
+    s = LabelSession(cases, tmp_path / "real.jsonl", n_regions=16, n_mc=2, size=32,
+                     slices=pool, init_state=state, regions_per_cycle=8, dataset="ma20-slices")
+    assert len(s.queue) == 8
+    for q in s.queue:
+        assert body_regions(by_id[q.case_id].lung[q.z], [q.box], 0.05).all()

@@ -78,6 +78,7 @@ __all__ = [
     "mechanism_summary",
     "organ_labels",
     "paper_comparison",
+    "paper_numbers",
     "plot_baseline_curve",
     "plot_dice_curves",
     "prepare_task",
@@ -688,6 +689,15 @@ def paper_comparison(curves: pd.DataFrame, paper: Mapping[str, Any], task: str =
     rows.append(("labelled share of all volumes at iteration 2", share, frac, frac))
     return pd.DataFrame(rows, columns=["quantity", "P3 (LCTSC, validation Dice)",
                                        "ours: validation Dice", "ours: test Dice (P3: none)"])
+
+
+def paper_numbers() -> dict[str, Any]:
+    """P3's quoted numbers for the chapter's prose (glue names -> values), from
+    ``paper_values/p3.yaml``: validation Dice at iteration 2 and the last, labelled share."""
+    pts = {str(p["iteration"]): p for p in paper_values.artifact("P3-F2")["points"]}
+    share = paper_values.artifact("P3-headline")["values"]["labelled_fraction"]
+    return {"p3_paper_it2_active": pts["2"]["active"], "p3_paper_it2_random": pts["2"]["random"],
+            "p3_paper_last_active": pts["last"]["active"], "p3_paper_share": f"{share:.0%}"}
 
 
 # --------------------------------------------------------------------------------------------

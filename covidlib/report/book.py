@@ -760,6 +760,18 @@ def write_api_page(repo: Path) -> Path:
     return path
 
 
+def _html_fresh(book: Path, stamp: Path) -> bool:
+    """Whether no source of the book (pages, executed copies, assets, configuration) is newer
+    than the last successful HTML build (its ``stamp``)."""
+    built = stamp.stat().st_mtime_ns
+    for folder, dirs, files in os.walk(book):
+        dirs[:] = [d for d in dirs if d not in ("_build",) and not d.startswith(".")]
+        for name in files:
+            if os.stat(os.path.join(folder, name)).st_mtime_ns > built:
+                return False
+    return True
+
+
 def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     """``jupyter-book build book`` (Sphinx, offline); returns the HTML folder.
 
@@ -782,8 +794,11 @@ def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     layout = hashlib.sha256("".join(
         [*(_sha(repo / "book" / n) or "" for n in ("_toc.yml", "_config.yml")),
          source_digest()]).encode()).hexdigest()
-    full = not (html / "index.html").exists() or (
-        stamp.read_text() if stamp.exists() else "") != layout
+    same_layout = stamp.exists() and stamp.read_text() == layout
+    full = not (html / "index.html").exists() or not same_layout
+    if not full and _html_fresh(repo / "book", stamp):
+        log("[book] HTML up to date: no page changed since the last build")
+        return html
     cmd = [exe, "build", *(["--all"] if full else []), str(repo / "book"), "--builder", "html"]
     log(f"[book] {' '.join(cmd)}")
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
