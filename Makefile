@@ -51,8 +51,10 @@ book/_assets/vendor/.installed: node_modules/.covidlib-installed | venv
 
 vendor: book/_assets/vendor/.installed
 
+# Incremental: only chapters whose notebook, parameters, covidlib sources or results changed
+# are executed again; `make book FORCE=1` executes every chapter.
 book: data vendor
-	$(BIN)/covidlib book --profile $(PROFILE) --results-dir $(RESULTS)
+	$(BIN)/covidlib book --profile $(PROFILE) --results-dir $(RESULTS) $(if $(FORCE),--force,)
 	@echo "Book built: open file://$(CURDIR)/book/_build/html/index.html"
 
 # Benchmarks (<= 10 min on 2 CPU cores; run on a quiet machine): speed, memory and scaling in

@@ -1,6 +1,7 @@
 """``covidlib`` command line: data management and the book build.
 
     covidlib data list | synthetic | fetch NAME | stats NAME | check NAME_OR_YAML
+    covidlib data convert lctsc --source TCIA_FOLDER [--root DATA_ROOT] [--force]
     covidlib book [--profile cpu] [--results-dir results] [--only CHAPTER ...] [--no-html]
                   [--workers N] [--scheduler tcp://host:port]
 """
@@ -52,6 +53,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if not args.name:
         raise SystemExit(f"error: 'covidlib data {args.action}' needs a dataset name; "
                          f"known: {', '.join(mf.list_datasets())}")
+    if args.action == "convert":  # DICOM CT + RTSTRUCT (TCIA) -> the manifest's NIfTI layout
+        return _cmd_convert(args, root)
     if args.action == "fetch":
         from covidlib.data.fetch import fetch
 
@@ -73,6 +76,27 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"{key:<24} {value}")
         return 0
     raise AssertionError(args.action)
+
+
+def _cmd_convert(args: argparse.Namespace, root: Path | None) -> int:
+    from covidlib.data.dicom import convert_lctsc
+
+    if not args.source:
+        raise SystemExit(f"error: 'covidlib data convert {args.name}' needs --source, the "
+                         "folder of the TCIA download (holding LCTSC/<PatientID>/...)")
+    reports = convert_lctsc(args.source, root, args.name, force=args.force)
+    for r in reports:
+        if r.status == "failed":
+            print(f"{r.patient}: FAILED: {r.error}")
+            continue
+        for note in ([f"unknown ROI {n!r} not painted" for n in r.unknown_rois]
+                     + [f"no ROI for organ {o!r} (left 0)" for o in r.missing_organs] + r.notes):
+            print(f"{r.patient}: {note}")
+    counts = {s: sum(r.status == s for r in reports) for s in ("converted", "skipped", "failed")}
+    where = Path(reports[0].folder).parent if reports else "-"
+    print(f"{args.name}: {counts['converted']} converted, {counts['skipped']} already done, "
+          f"{counts['failed']} failed; NIfTI in {where}")
+    return 1 if counts["failed"] else 0
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
@@ -106,10 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="list, generate, download or describe datasets")
-    data.add_argument("action", choices=["list", "synthetic", "fetch", "stats", "check"])
+    data.add_argument("action", choices=["list", "synthetic", "fetch", "stats", "check",
+                                         "convert"])
     data.add_argument("name", nargs="?", help="dataset name (a manifest in data_manifests/; "
                                               "for check also a manifest YAML path)")
     data.add_argument("--root", help="data root (default: first entry of COVIDLIB_DATA_PATH)")
+    data.add_argument("--source", help="convert: the TCIA download folder (DICOM + RTSTRUCT)")
+    data.add_argument("--force", action="store_true",
+                      help="convert: redo patients that are already converted")
     data.set_defaults(func=_cmd_data)
     bk = sub.add_parser("book", help="execute the notebooks with papermill and build the book")
     bk.add_argument("--profile", default="cpu",

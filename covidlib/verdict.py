@@ -57,8 +57,9 @@ def baseline_converged(val_scores: Sequence[float | None], *, window: int = 3,
 
     Converged when the best score of the last ``window`` epochs exceeds the best score of
     the epochs before them by less than ``tol`` (absolute): more training would not have
-    changed the baseline. A curve of fewer than ``window + 1`` finite scores, or one whose
-    last ``window`` epochs are all missing, has not shown that it flattened.
+    changed the baseline. A curve of fewer than ``window + 1`` finite scores, one whose
+    last ``window`` epochs are all missing, or one that never rose above 0 (flat at nothing)
+    has not shown that it converged.
     """
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"baseline_converged: window={window!r} must be an integer >= 1")
@@ -70,6 +71,10 @@ def baseline_converged(val_scores: Sequence[float | None], *, window: int = 3,
         return Convergence(False, float("nan"), None, float("nan"),
                            "no finite validation score")
     best_i, best = max(finite, key=lambda t: (t[1], -t[0]))
+    if best <= 0:
+        return Convergence(False, best, best_i + 1, float("nan"),
+                           "the validation score never rose above 0: training has not started "
+                           "to converge")
     if len(vals) < window + 1:
         return Convergence(False, best, best_i + 1, float("nan"),
                            f"only {len(vals)} epochs: fewer than {window + 1} to judge a plateau")

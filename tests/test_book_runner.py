@@ -111,6 +111,10 @@ def test_a_chapter_whose_data_is_absent_becomes_a_page_saying_so(tmp_path, monke
     text = page.cells[0].source
     assert text.startswith("# Real data") and "not executed" in text
     assert "covid-semiseg" in text and str(tmp_path / "empty") in text
+    # the same page next time is not rewritten (the HTML of a no-change rebuild stays fresh)
+    stamp = (tmp_path / "book" / "_generated" / "real_out.ipynb").stat().st_mtime_ns
+    execute_plan(tmp_path, "cpu", tmp_path / "results", log=lambda s: None)
+    assert (tmp_path / "book" / "_generated" / "real_out.ipynb").stat().st_mtime_ns == stamp
 
 
 def test_stage_must_be_a_non_negative_integer(tmp_path):

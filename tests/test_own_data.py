@@ -159,3 +159,25 @@ def test_unknown_manifest_folder_on_the_search_path_is_named(monkeypatch: pytest
     monkeypatch.setenv("COVIDLIB_MANIFESTS", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="COVIDLIB_MANIFESTS"):
         open_dataset("my-slices")
+
+
+@pytest.mark.slow
+def test_the_chapter_runs_and_shows_the_fix_and_two_test_sets(tmp_path: Path):
+    import nbformat
+    import papermill
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "own_data.ipynb"
+    papermill.execute_notebook(
+        str(repo / "notebooks" / "own_data.ipynb"), str(out), kernel_name="python3",
+        cwd=str(repo / "notebooks"), progress_bar=False,
+        parameters={"profile": "cpu", "dataset": "demo", "device": "cpu", "seeds": [0],
+                    "results_dir": str(tmp_path / "results"), "overrides": TINY})
+    nb = nbformat.read(out, as_version=4)
+    text = "\n".join(o.get("text", "") if "text" in o else str(o.get("data", {}).get(
+        "text/plain", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "set mask_scale: 255" in text and "my-slices.yaml: 6 problem(s)" in text
+    assert "my-slices.yaml: OK" in text
+    assert "scanner A (held-out volume)" in text and "scanner B" in text
+    assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs)

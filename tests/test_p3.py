@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from covidlib.cache import config_hash
 from covidlib.data.api import open_dataset
 from covidlib.experiments import p3
 from covidlib.report import paper_values
@@ -18,15 +20,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_settings_merge_overrides_and_reject_unknown_names():
-    s = p3.settings("cpu", {"epochs": 3})
-    assert s["epochs"] == 3 and s["n_samples"] == 5 and s["dropout"] == 0.5
-    s["grid"].append(1)  # a deep copy: the profile is untouched
-    assert len(p3.PROFILES["cpu"]["grid"]) == 3
+    s = p3.settings("cpu", {"epochs": 3, "grid": [10, 20, 20]})
+    assert isinstance(s, p3.P3Settings)
+    assert s.epochs == 3 and s.n_samples == 5 and s.dropout == 0.5
+    assert s.grid == (10, 20, 20)  # lists are stored as tuples
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.epochs = 4  # type: ignore[misc]
+    assert p3.PROFILES["cpu"].epochs == 24 and p3.PROFILES["cpu"].grid == (12, 24, 24)
     with pytest.raises(ValueError, match="'tpu'"):
         p3.settings("tpu")
-    with pytest.raises(ValueError, match=r"\['epoch'\]"):
+    with pytest.raises(p3.SettingsError, match=r"\['epoch'\].*'epochs'"):
         p3.settings("cpu", {"epoch": 3})
-    assert p3.settings("paper")["epochs"] == 24  # P3 Sec. III
+    assert p3.settings("paper").epochs == 24  # P3 Sec. III
+
+
+def test_settings_reject_values_naming_them():
+    with pytest.raises(p3.SettingsError, match=r"epochs='3': expected int"):
+        p3.settings("cpu", {"epochs": "3"})
+    with pytest.raises(p3.SettingsError, match=r"epochs=0: must be >= 1"):
+        p3.settings("cpu", {"epochs": 0})
+    with pytest.raises(p3.SettingsError, match=r"grid=\(12, 24\): expected a sequence of 3"):
+        p3.settings("cpu", {"grid": (12, 24)})
+    with pytest.raises(p3.SettingsError, match=r"loss='dice': expected one of 'dice_ce', 'combo'"):
+        p3.settings("cpu", {"loss": "dice"})
+    with pytest.raises(p3.SettingsError, match=r"dropout=1.0"):
+        p3.settings("cpu", {"dropout": 1.0})
+    with pytest.raises(p3.SettingsError, match=r"warm_start=1: expected bool"):
+        p3.settings("cpu", {"warm_start": 1})
+    assert p3.settings("cpu", {"patch": None, "reference_seeds": None}).reference_seeds is None
+
+
+def test_profiles_keep_their_cache_config():
+    # the experiment identity is the same dict as when profiles were plain dicts
+    spec = {"classes": {1: [3]}, "class_names": ["background", "heart"], "target": 1}
+    cfg = p3.experiment_config("synthetic", "heart", p3.settings("cpu"), spec)
+    assert config_hash(cfg) == config_hash({
+        "paper": "P3", "dataset": "synthetic", "task": "heart", "classes": {"1": [3]},
+        "n_classes": 2, "target_class": 1,
+        "model": {"name": "unet3d_p3", "base_width": 8, "depth": 2, "dropout": 0.5},
+        "loss": "combo", "grid": [12, 24, 24], "window": [-1000.0, 400.0], "lr": 3e-3,
+        "batch_size": 2, "patch": None, "patches_per_volume": 1, "epochs": 24})
 
 
 def test_split_counts_on_twenty_volumes():
@@ -49,7 +82,7 @@ def test_paper_profile_fractions_give_p3_counts_on_fifty_volumes():
     sp = p3.split_volumes([f"c{i:02d}" for i in range(50)], s)
     assert [len(sp[k]) for k in ("test", "val", "pool")] == [22, 6, 22]
     assert len(p3.initial_set(sp["pool"], s, 0)) == 11
-    assert p3._count(s["per_iteration"], 22, "per_iteration") == 5
+    assert p3._count(s.per_iteration, 22, "per_iteration") == 5
     with pytest.raises(ValueError, match="pool of 1"):
         p3.split_volumes(["a", "b", "c", "d"], p3.settings("cpu", {"test": 2, "val": 1}))
 
@@ -283,7 +316,7 @@ def test_lctsc_organ_names_tasks_and_split(lctsc_root):
         assert (sp["pool"], sp["val"], sp["test"]) == (sorted(m.train), sorted(m.val),
                                                        sorted(m.test))
         assert len(p3.initial_set(sp["pool"], s, 0)) == 11
-        assert p3._count(s["per_iteration"], len(sp["pool"]), "per_iteration") == 5
+        assert p3._count(s.per_iteration, len(sp["pool"]), "per_iteration") == 5
     drawn = p3.volume_split(ds, p3.settings("cpu", {"split": "random"}))
     assert [len(drawn[k]) for k in ("test", "val", "pool")] == [4, 2, 54]
 

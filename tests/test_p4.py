@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from covidlib import reweight as rw
+from covidlib.cache import config_hash
 from covidlib.data.manifest import load_manifest
 from covidlib.experiments import p4
 from covidlib.experiments import p4_report as report
@@ -20,25 +22,47 @@ from covidlib.models import resunet3d_p4
 
 
 def test_settings_and_profiles():
-    s = p4.settings("cpu", {"student_steps": 3})
-    assert s["student_steps"] == 3 and p4.PROFILES["cpu"]["student_steps"] != 3
+    s = p4.settings("cpu", {"student_steps": 3, "patch": [16, 16, 16]})
+    assert isinstance(s, p4.P4Settings) and s.patch == (16, 16, 16)  # lists stored as tuples
+    assert s.student_steps == 3 and p4.PROFILES["cpu"].student_steps != 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.batch = 2  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown profile 'tpu'"):
         p4.settings("tpu")
-    with pytest.raises(ValueError, match=r"unknown override key\(s\) \['epochs'\]"):
+    with pytest.raises(p4.SettingsError, match=r"unknown override key\(s\) \['epochs'\]; "
+                       r"known: .*'student_steps'"):
         p4.settings("cpu", {"epochs": 3})
     with pytest.raises(ValueError, match="multiple of 16"):
         p4.settings("cpu", {"patch": [24, 32, 32]})
-    with pytest.raises(ValueError, match="init="):
+    with pytest.raises(ValueError, match="init='imagenet': expected one of 'teacher', 'scratch'"):
         p4.settings("cpu", {"init": "imagenet"})
+    with pytest.raises(p4.SettingsError, match=r"batch=2.5: expected int"):
+        p4.settings("cpu", {"batch": 2.5})
+    with pytest.raises(p4.SettingsError, match=r"lam=1.5: must lie in \[0, 1\]"):
+        p4.settings("cpu", {"lam": 1.5})
+    with pytest.raises(p4.SettingsError, match=r"folds=\(\): a non-empty"):
+        p4.settings("cpu", {"folds": []})
     for name in ("gpu", "paper"):  # P4 Sec. 4
         s = p4.settings(name)
-        assert s["spacing"] == [3.2, 1.6, 1.6] and s["patch"] == [96, 96, 96]
-        assert s["batch"] == 4 and s["lam"] == 0.5
+        assert s.spacing == (3.2, 1.6, 1.6) and s.patch == (96, 96, 96)
+        assert s.batch == 4 and s.lam == 0.5
     paper = p4.settings("paper")
-    assert paper["lr"] == 0.01 and paper["optimizer"] == "adam"
-    assert paper["teacher_steps"] == 500 * 16 // 4  # 500 epochs of 16 flipped volumes
-    assert paper["student_steps"] == 500 * math.ceil(1473 / 4) == 184_500
-    assert paper["folds"] == [0, 1, 2, 3] and paper["init"] == "scratch"
+    assert paper.lr == 0.01 and paper.optimizer == "adam"
+    assert paper.teacher_steps == 500 * 16 // 4  # 500 epochs of 16 flipped volumes
+    assert paper.student_steps == 500 * math.ceil(1473 / 4) == 184_500
+    assert paper.folds == (0, 1, 2, 3) and paper.init == "scratch"
+
+
+def test_settings_keep_the_cache_keys():
+    # the cached configs are the same dicts as when profiles were plain dicts (tuples and
+    # lists hash alike), so results cached before typed settings stay valid
+    s = p4.settings("cpu")
+    run = p4._run_config({"t": 1}, s, "rgs")
+    assert config_hash(run) == config_hash({
+        "version": p4.VERSION, "kind": "run", "method": "rgs", "teacher": {"t": 1},
+        "init": "teacher", "student_steps": 30, "batch": 4, "lr": 3e-3, "optimizer": "adam",
+        "pos_fraction": 0.5, "lam": 0.5, "meta_lr": 1e-2, "expert_term": True,
+        "gem_norm": "l2", "rgs_method": "jvp"})
 
 
 # ------------------------------------------------------------------------------ Table 1

@@ -44,6 +44,8 @@ def test_short_or_empty_curves_are_not_converged():
     assert not baseline_converged([0.5, 0.6, 0.6], window=3).converged  # 3 epochs < 4
     c = baseline_converged([None, float("nan")], window=1)
     assert not c.converged and c.best_epoch is None and "no finite" in c.reason
+    c = baseline_converged([0.0, 0.0, 0.0, 0.0, 0.0], window=2)  # flat, but at nothing
+    assert not c.converged and "never rose above 0" in c.reason
     c = baseline_converged([0.5, 0.6, None, None], window=2)
     assert not c.converged and "missing" in c.reason
     # missing scores among finite ones are skipped: best before = 0.5, last 2 best = 0.5

@@ -150,15 +150,17 @@ def _metrics_of(frame: pd.DataFrame) -> list[str]:
 
 def display_table(frame: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """Text table: rows = the paper's row names, columns = (metric, "paper" | "ours"),
-    ours as ``mean ± std``."""
+    ours as ``mean ± std`` (the mean alone for one seed)."""
     cols, data = [], {}
     for m in _metrics_of(frame):
         label = METRIC_LABELS.get(m, m)
         cols += [(label, "paper"), (label, "ours")]
         data[(label, "paper")] = [f"{v:.{digits}f}" for v in frame[f"{m}_paper"]]
         data[(label, "ours")] = [
-            "n/a" if math.isnan(mu) else f"{mu:.{digits}f} ± {sd:.{digits}f}"
-            for mu, sd in zip(frame[f"{m}_mean"], frame[f"{m}_std"], strict=True)]
+            "n/a" if math.isnan(mu) else f"{mu:.{digits}f}" if n < 2  # one seed: no spread
+            else f"{mu:.{digits}f} ± {sd:.{digits}f}"
+            for mu, sd, n in zip(frame[f"{m}_mean"], frame[f"{m}_std"], frame["n_seeds"],
+                                 strict=True)]
     out = pd.DataFrame(data, index=list(frame["label"]), columns=pd.MultiIndex.from_tuples(cols))
     out.index.name = "Loss function"
     return out
@@ -404,8 +406,9 @@ class TableReport:
                 f"({self.convergence.reason})")
         lines = [f"**Baseline** ({label}): {conv}; its curve is below."]
         if self.lungs is not None:
-            parts = [f"{_short(row['label'])} {row['inside_lung_mean']:.2f} ± "
-                     f"{row['inside_lung_std']:.2f}" for _k, row in self.lungs.iterrows()]
+            lu = self.lungs
+            parts = [f"{_short(lab)} {_pm(m, sd)}" for lab, m, sd in zip(
+                lu["label"], lu["inside_lung_mean"], lu["inside_lung_std"], strict=True)]
             lines.append("**Mechanism** (P2 Sec. 4.3.1, share of predicted infection pixels "
                          "inside the lung mask; ground truth "
                          f"{self.lungs['ground_truth'].mean():.2f}): " + "; ".join(parts) + ".")
@@ -658,7 +661,7 @@ def lung_frame(tr: TableRuns) -> pd.DataFrame | None:
         ok = vals[~np.isnan(vals)]
         rows.append({"loss": loss, "label": _paper(tr.artifact)["rows"][loss]["label"],
                      "inside_lung_mean": float(ok.mean()) if ok.size else math.nan,
-                     "inside_lung_std": float(ok.std(ddof=1)) if ok.size > 1 else 0.0,
+                     "inside_lung_std": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
                      "ground_truth": float(np.nanmean(truth))})
     return pd.DataFrame(rows).set_index("loss") if rows else None
 
@@ -722,9 +725,16 @@ def a_split_counts(dataset: str = "auto", data_root: str | Path | None = None,
 def lung_display(lungs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """:func:`lung_frame` as text: one line per loss (``mean ± std`` over seeds), then the
     ground truth's share as the last line."""
-    shown = ["n/a" if math.isnan(m) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+    shown = [_pm(m, sd, digits)
              for m, sd in zip(lungs["inside_lung_mean"], lungs["inside_lung_std"], strict=True)]
     return pd.DataFrame(
         {"predicted infection pixels inside the lungs": [
             *shown, f"{lungs['ground_truth'].mean():.{digits}f}"]},
         index=pd.Index([*lungs["label"], "Ground truth (expert masks)"], name="Loss function"))
+
+
+def _pm(mean: float, sd: float, digits: int = 2) -> str:
+    """``mean ± sd``; the mean alone when ``sd`` is nan (one seed); "n/a" without a mean."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if math.isnan(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"

@@ -16,13 +16,12 @@ which is how two strategies can still differ once the whole pool is labelled.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,6 +37,7 @@ from covidlib.data.api import Dataset
 from covidlib.data.manifest import Split
 from covidlib.data.types import Case
 from covidlib.engine import resolve_device
+from covidlib.experiments.typed_settings import SettingsError, check_fields, from_profile
 from covidlib.models import UNet3D
 from covidlib.report import paper_values
 from covidlib.report.figures import display_view
@@ -63,6 +63,8 @@ __all__ = [
     "PROFILES",
     "TASKS",
     "P3Results",
+    "P3Settings",
+    "SettingsError",
     "baseline_converged",
     "baseline_convergence",
     "baseline_curve",
@@ -111,95 +113,100 @@ TASKS: tuple[str, ...] = ("heart", "infection")
 the binary COVID-19 infection mask (any infection label). :func:`default_tasks` picks those a
 dataset has labels for."""
 
-_COMMON: dict[str, Any] = {
-    "window": [-1000.0, 400.0],  # HU -> [0, 1] (lung window, covidlib.data.preprocess)
-    "dropout": 0.5,  # P3 Sec. III: p = 0.5
-    "n_samples": 5,  # P3 Sec. III: T = 5
-    "split_seed": 0,  # which volumes are test / val / pool (fixed across training seeds)
-    # "auto": the manifest's "p3" split when the dataset has one (LCTSC: P3's 22 / 6 / 22),
-    # else test / val / pool drawn with split_seed; "random": always drawn.
-    "split": "auto",
-}
+@dataclass(frozen=True)
+class P3Settings:
+    """One P3 profile (P3 Sec. III; the cpu / gpu profiles shrink it). Validated on creation:
+    a value of the wrong type or range -> :class:`SettingsError` naming it.
 
-PROFILES: dict[str, dict[str, Any]] = {
+    ``test`` / ``val`` / ``initial`` / ``per_iteration``: an int is a count of volumes, a
+    float in (0, 1) a fraction (of all volumes, of the pool). ``split``: ``"auto"`` uses the
+    manifest's ``p3`` split when the dataset has one (LCTSC: P3's 22 / 6 / 22), else draws
+    test / val / pool with ``split_seed``; ``"random"`` always draws. ``reference_seeds``:
+    the fully supervised baseline (whole pool labelled) for the first this many seeds
+    (None: every seed).
+    """
+
+    loss: Literal["dice_ce", "combo"]
+    grid: tuple[int, int, int]
+    organs: tuple[str, ...]
+    base_width: int
+    depth: int
+    lr: float
+    batch_size: int
+    patch: tuple[int, int, int] | None
+    patches_per_volume: int
+    epochs: int
+    warm_start: bool
+    warm_epochs: int
+    test: int | float
+    val: int | float
+    initial: int | float
+    per_iteration: int | float
+    iterations: int
+    reference_seeds: int | None
+    window: tuple[float, float] = (-1000.0, 400.0)  # HU -> [0, 1] (lung window)
+    dropout: float = 0.5  # P3 Sec. III: p = 0.5
+    n_samples: int = 5  # P3 Sec. III: T = 5
+    split_seed: int = 0  # which volumes are test / val / pool (fixed across training seeds)
+    split: Literal["auto", "random"] = "auto"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "p3")
+        for name in ("base_width", "depth", "batch_size", "patches_per_volume", "epochs",
+                     "warm_epochs", "n_samples"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"p3 setting {name}={getattr(self, name)!r}: must be >= 1")
+        for name in ("iterations", "split_seed"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"p3 setting {name}={getattr(self, name)!r}: must be >= 0")
+        if self.reference_seeds is not None and self.reference_seeds < 0:
+            raise SettingsError(f"p3 setting reference_seeds={self.reference_seeds!r}: None "
+                                "(all seeds) or a count >= 0")
+        if not self.lr > 0:
+            raise SettingsError(f"p3 setting lr={self.lr!r}: must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SettingsError(f"p3 setting dropout={self.dropout!r}: must lie in [0, 1)")
+        if any(g < 1 for g in self.grid) or (self.patch and any(p < 1 for p in self.patch)):
+            raise SettingsError(f"p3 setting grid={self.grid!r} / patch={self.patch!r}: "
+                                "sizes must be >= 1")
+        if not self.organs:
+            raise SettingsError("p3 setting organs=(): name at least one organ")
+
+
+PROFILES: dict[str, P3Settings] = {
     # About 1.5 minutes on one CPU core (the book's P3 budget is 100 s): a 12x24x24 grid (about
     # 22 mm x 16 mm voxels on the phantom), heart-vs-rest (C = 2), a small U-Net, whole volumes,
     # fine-tuning between rounds, and the fully supervised baseline for the first seed. The
     # combo loss is MONAI's Dice + CE in kind for two classes, without MONAI's import time.
-    "cpu": {
-        **_COMMON,
-        "loss": "combo",
-        "grid": [12, 24, 24],
-        "organs": ["heart"],
-        "base_width": 8,
-        "depth": 2,
-        "lr": 3e-3,
-        "batch_size": 2,
-        "patch": None,
-        "patches_per_volume": 1,
-        "epochs": 24,
-        "warm_start": True,
-        "warm_epochs": 6,
-        "test": 4,
-        "val": 2,
+    "cpu": P3Settings(
+        loss="combo", grid=(12, 24, 24), organs=("heart",), base_width=8, depth=2, lr=3e-3,
+        batch_size=2, patch=None, patches_per_volume=1, epochs=24, warm_start=True,
+        warm_epochs=6, test=4, val=2,
         # P3's 11 of 22 and 5 of 22 as fractions of the pool: 7 and 3 of the phantom's 14,
         # 11 and 5 of LCTSC's 22
-        "initial": 0.5,
-        "per_iteration": 5 / 22,
-        "iterations": 2,
+        initial=0.5, per_iteration=5 / 22, iterations=2,
         # the fully supervised baseline (whole pool labelled, its training curve shown) for
         # the first seed: it tells whether this small run has converged
-        "reference_seeds": 1,
-    },
+        reference_seeds=1),
     # One H100: the phantom's native 48x160x160 grid, P3's C = 6 and 24 epochs, the 3D U-Net
     # of Cicek et al. (32 channels, 3 poolings), 48x96x96 patches (P4's 96^3 capped at the
-    # 48 slices), batch 4 (P4 Sec. 4), 4 patches per volume per epoch.
-    "gpu": {
-        **_COMMON,
-        "loss": "dice_ce",
-        "grid": [48, 160, 160],
-        "organs": list(AAPM_ORGANS),
-        "base_width": 32,
-        "depth": 3,
-        "lr": 1e-3,
-        "batch_size": 4,
-        "patch": [48, 96, 96],
-        "patches_per_volume": 4,
-        "epochs": 24,
-        "warm_start": True,
-        "warm_epochs": 24,
-        "test": 4,
-        "val": 2,
-        "initial": 0.5,  # as in the cpu profile: 7 / 3 of the phantom's pool, 11 / 5 of LCTSC's
-        "per_iteration": 5 / 22,
-        "iterations": 3,
-        "reference_seeds": None,  # every seed
-    },
+    # 48 slices), batch 4 (P4 Sec. 4), 4 patches per volume per epoch; every seed's baseline.
+    "gpu": P3Settings(
+        loss="dice_ce", grid=(48, 160, 160), organs=AAPM_ORGANS, base_width=32, depth=3,
+        lr=1e-3, batch_size=4, patch=(48, 96, 96), patches_per_volume=4, epochs=24,
+        warm_start=True, warm_epochs=24, test=4, val=2,
+        initial=0.5, per_iteration=5 / 22,  # as in cpu: 7 / 3 of the phantom's pool
+        iterations=3, reference_seeds=None),
     # P3's own settings (Sec. III): C = 6, T = 5, p = 0.5, 24 epochs per run, split as
     # fractions that give exactly 22 test / 6 val / 22 pool, 11 initial, 5 per iteration on
     # P3's 50 volumes (on the 20-volume phantom: 9 / 2 / 9, 5 initial, 2 per iteration).
-    "paper": {
-        **_COMMON,
-        "loss": "dice_ce",
-        "grid": [48, 160, 160],
-        "organs": list(AAPM_ORGANS),
-        "base_width": 32,
-        "depth": 3,
-        "lr": 1e-3,
-        "batch_size": 4,
-        "patch": [48, 96, 96],
-        "patches_per_volume": 8,
-        "epochs": 24,
-        "warm_start": True,
-        "warm_epochs": 24,
-        "test": 0.44,
-        "val": 0.12,
-        "initial": 0.5,
-        "per_iteration": 5 / 22,
-        "iterations": 3,
-        "reference_seeds": None,  # every seed
-    },
+    "paper": P3Settings(
+        loss="dice_ce", grid=(48, 160, 160), organs=AAPM_ORGANS, base_width=32, depth=3,
+        lr=1e-3, batch_size=4, patch=(48, 96, 96), patches_per_volume=8, epochs=24,
+        warm_start=True, warm_epochs=24, test=0.44, val=0.12, initial=0.5,
+        per_iteration=5 / 22, iterations=3, reference_seeds=None),
 }
+"""The profiles as data (:func:`settings` applies and validates overrides)."""
 
 _KIND = "p3_volume_al"
 _STRATEGY_LABELS = {"variance": "MC-dropout variance (active)", "random": "random"}
@@ -211,19 +218,13 @@ _COLOURS = {"variance": "tab:blue", "random": "tab:orange"}
 # --------------------------------------------------------------------------------------------
 
 
-def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The profile's settings with ``overrides`` merged over them (a deep copy).
+def settings(profile: str, overrides: P3Settings | None = None) -> P3Settings:
+    """Profile ``profile`` with ``overrides`` (setting name -> value) applied and validated.
 
-    Unknown profile or override key -> ``ValueError`` naming it.
+    Unknown profile or override key -> :class:`SettingsError` naming it and the valid ones;
+    a bad value -> :class:`SettingsError` naming the setting and the value.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"p3: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    out = copy.deepcopy(PROFILES[profile])
-    unknown = sorted(set(overrides or {}) - set(out))
-    if unknown:
-        raise ValueError(f"p3: unknown override key(s) {unknown}; known: {sorted(out)}")
-    out.update(copy.deepcopy(dict(overrides or {})))
-    return out
+    return from_profile(PROFILES, profile, overrides, "p3")
 
 
 def _count(value: float | int, n: int, name: str) -> int:
@@ -239,7 +240,7 @@ def _count(value: float | int, n: int, name: str) -> int:
     return max(1, math.floor(value * n + 0.5))
 
 
-def split_volumes(case_ids: Sequence[str], s: Mapping[str, Any],
+def split_volumes(case_ids: Sequence[str], s: P3Settings,
                   manifest_split: Split | None = None) -> dict[str, list[str]]:
     """``pool`` / ``val`` / ``test`` ids.
 
@@ -255,15 +256,15 @@ def split_volumes(case_ids: Sequence[str], s: Mapping[str, Any],
     if manifest_split is not None:
         return _manifest_split(ids, s, manifest_split)
     n = len(ids)
-    n_test, n_val = _count(s["test"], n, "test"), _count(s["val"], n, "val")
+    n_test, n_val = _count(s.test, n, "test"), _count(s.val, n, "val")
     n_pool = n - n_test - n_val
-    n_init = _count(s["initial"], n_pool, "initial") if n_pool > 0 else 0
+    n_init = _count(s.initial, n_pool, "initial") if n_pool > 0 else 0
     if n_pool < 2 or n_init >= n_pool:
         raise ValueError(
             f"p3: {n} volumes leave a pool of {n_pool} after test={n_test} and val={n_val}; "
-            f"it must exceed initial={s['initial']!r} (P3 needs unlabelled volumes to choose from)"
+            f"it must exceed initial={s.initial!r} (P3 needs unlabelled volumes to choose from)"
         )
-    perm = np.random.default_rng(int(s["split_seed"])).permutation(n)
+    perm = np.random.default_rng(int(s.split_seed)).permutation(n)
     chosen = [ids[i] for i in perm]
     return {
         "test": sorted(chosen[:n_test]),
@@ -272,7 +273,7 @@ def split_volumes(case_ids: Sequence[str], s: Mapping[str, Any],
     }
 
 
-def _manifest_split(ids: Sequence[str], s: Mapping[str, Any], sp: Split) -> dict[str, list[str]]:
+def _manifest_split(ids: Sequence[str], s: P3Settings, sp: Split) -> dict[str, list[str]]:
     if sp.method != "by-case":
         raise ValueError(f"p3: split {sp.name!r} is {sp.method!r}; P3 needs a by-case split of "
                          "whole volumes")
@@ -286,26 +287,26 @@ def _manifest_split(ids: Sequence[str], s: Mapping[str, Any], sp: Split) -> dict
         raise ValueError(f"p3: split {sp.name!r} has no validation volumes (P3 selects epochs "
                          "on them)")
     n_pool = len(out["pool"])
-    if n_pool < 2 or _count(s["initial"], n_pool, "initial") >= n_pool:
+    if n_pool < 2 or _count(s.initial, n_pool, "initial") >= n_pool:
         raise ValueError(f"p3: split {sp.name!r} has a pool of {n_pool}; it must exceed "
-                         f"initial={s['initial']!r}")
+                         f"initial={s.initial!r}")
     return out
 
 
-def volume_split(ds: Dataset, s: Mapping[str, Any]) -> dict[str, list[str]]:
+def volume_split(ds: Dataset, s: P3Settings) -> dict[str, list[str]]:
     """:func:`split_volumes` of ``ds``: its manifest's ``p3`` split when it has one and
-    ``s["split"]`` is ``"auto"``, else a random draw (``"random"``)."""
-    mode = s.get("split", "auto")
+    ``s.split`` is ``"auto"``, else a random draw (``"random"``)."""
+    mode = s.split
     if mode not in ("auto", "random"):
         raise ValueError(f"p3: split={mode!r} must be 'auto' or 'random'")
     sp = ds.manifest.splits.get("p3") if mode == "auto" else None
     return split_volumes([c.case_id for c in ds.cases()], s, sp)
 
 
-def initial_set(pool: Sequence[str], s: Mapping[str, Any], seed: int) -> list[str]:
+def initial_set(pool: Sequence[str], s: P3Settings, seed: int) -> list[str]:
     """The first labelled volumes: ``initial`` drawn at random from the pool for ``seed``
     (P3: "11 randomly selected images")."""
-    n = _count(s["initial"], len(pool), "initial")
+    n = _count(s.initial, len(pool), "initial")
     rng = np.random.default_rng([int(seed), 11])
     pool = sorted(pool)
     return sorted(pool[i] for i in rng.choice(len(pool), size=n, replace=False))
@@ -351,7 +352,7 @@ def organ_labels(organ_map: Mapping[int, str], organs: Sequence[str], dataset: s
     return out
 
 
-def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
+def task_spec(task: str, ds: Dataset, s: P3Settings) -> dict[str, Any]:
     """Label source, class mapping, class names and the scored (target) class of ``task``."""
     if task == "heart":
         organ_map = ds.manifest.organ_map
@@ -359,7 +360,7 @@ def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"dataset {ds.name!r}: has no organ masks (manifest organ_map is empty); the "
                 "heart task needs them (use the synthetic phantom or LCTSC)")
-        organs = list(s["organs"])
+        organs = list(s.organs)
         if "heart" not in organs:
             raise ValueError("p3: the heart task needs 'heart' among the organs setting")
         by_name = organ_labels(organ_map, organs, ds.name)
@@ -382,29 +383,29 @@ def task_spec(task: str, ds: Dataset, s: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"p3: unknown task {task!r}; choose from {TASKS}")
 
 
-def prepare_task(ds: Dataset, task: str, s: Mapping[str, Any],
+def prepare_task(ds: Dataset, task: str, s: P3Settings,
                  images: Mapping[str, torch.Tensor] | None = None,
                  ids: Sequence[str] | None = None) -> dict[str, Volume]:
     """The cases of ``ds`` (those in ``ids``, default all) windowed and resampled to
-    ``s["grid"]`` for ``task`` (``images``: already resampled images by case id, shared
+    ``s.grid`` for ``task`` (``images``: already resampled images by case id, shared
     between tasks)."""
     spec = task_spec(task, ds, s)
     keep = None if ids is None else set(ids)
     return {
-        c.case_id: prepare_volume(c, s["grid"], source=spec["source"], classes=spec["classes"],
-                                  window=tuple(s["window"]),
+        c.case_id: prepare_volume(c, s.grid, source=spec["source"], classes=spec["classes"],
+                                  window=tuple(s.window),
                                   image=None if images is None else images[c.case_id])
         for c in ds.cases() if keep is None or c.case_id in keep
     }
 
 
-def make_model(s: Mapping[str, Any], n_classes: int) -> UNet3D:
+def make_model(s: P3Settings, n_classes: int) -> UNet3D:
     """P3's MC-dropout 3D U-Net at the profile's width and depth."""
-    return UNet3D(1, n_classes, base_width=int(s["base_width"]), depth=int(s["depth"]),
-                  dropout=float(s["dropout"]))
+    return UNet3D(1, n_classes, base_width=int(s.base_width), depth=int(s.depth),
+                  dropout=float(s.dropout))
 
 
-def experiment_config(dataset: str, task: str, s: Mapping[str, Any], spec: Mapping[str, Any]
+def experiment_config(dataset: str, task: str, s: P3Settings, spec: Mapping[str, Any]
                       ) -> dict[str, Any]:
     """The identity of one task's experiment (everything that changes its numbers)."""
     return {
@@ -414,25 +415,25 @@ def experiment_config(dataset: str, task: str, s: Mapping[str, Any], spec: Mappi
         "classes": {str(k): v for k, v in spec["classes"].items()},
         "n_classes": len(spec["class_names"]),
         "target_class": spec["target"],
-        "model": {"name": "unet3d_p3", "base_width": s["base_width"], "depth": s["depth"],
-                  "dropout": s["dropout"]},
-        **{k: s[k] for k in ("loss", "grid", "window", "lr", "batch_size", "patch",
-                             "patches_per_volume", "epochs")},
+        "model": {"name": "unet3d_p3", "base_width": s.base_width, "depth": s.depth,
+                  "dropout": s.dropout},
+        **{k: getattr(s, k) for k in ("loss", "grid", "window", "lr", "batch_size", "patch",
+                                      "patches_per_volume", "epochs")},
     }
 
 
-def describe(ds: Dataset, s: Mapping[str, Any], seeds: Sequence[int]) -> pd.DataFrame:
+def describe(ds: Dataset, s: P3Settings, seeds: Sequence[int]) -> pd.DataFrame:
     """The chapter's setup beside P3's (Sec. III): split, schedule, model and MC sampling."""
     sp = volume_split(ds, s)
     n_pool = len(sp["pool"])
-    k = _count(s["per_iteration"], n_pool, "per_iteration")
-    n_init = _count(s["initial"], n_pool, "initial")
-    sizes = sorted({min(n_init + i * k, n_pool) for i in range(int(s["iterations"]) + 1)})
+    k = _count(s.per_iteration, n_pool, "per_iteration")
+    n_init = _count(s.initial, n_pool, "initial")
+    sizes = sorted({min(n_init + i * k, n_pool) for i in range(int(s.iterations) + 1)})
     ref = _paper_settings()
     ref_sizes = sorted({min(ref["initial_labelled"] + i * ref["per_iteration"], ref["train"])
                         for i in range(4)})
-    source = "the manifest's p3 split" if s.get("split", "auto") == "auto" and \
-        "p3" in ds.manifest.splits else f"drawn with split_seed {s['split_seed']}"
+    source = "the manifest's p3 split" if s.split == "auto" and \
+        "p3" in ds.manifest.splits else f"drawn with split_seed {s.split_seed}"
     rows = [
         ("volumes (test / val / pool)",
          f"{ref['test']} / {ref['val']} / {ref['train']}",
@@ -446,15 +447,15 @@ def describe(ds: Dataset, s: Mapping[str, Any], seeds: Sequence[int]) -> pd.Data
          ", ".join(f"{len(task_spec(t, ds, s)['class_names'])} ({t} task)"
                    for t in default_tasks(ds))),
         ("MC passes T; dropout p", f"{ref['mc_passes_T']}; {ref['dropout_p']}",
-         f"{s['n_samples']}; {s['dropout']}"),
+         f"{s.n_samples}; {s.dropout}"),
         ("epochs per run", f"{ref['epochs_per_run']}",
-         f"{s['epochs']} first, then {s['warm_epochs']} (fine-tuning)" if s["warm_start"]
-         else f"{s['epochs']} (retrained from scratch)"),
+         f"{s.epochs} first, then {s.warm_epochs} (fine-tuning)" if s.warm_start
+         else f"{s.epochs} (retrained from scratch)"),
         ("network", str(ref["model"]),
-         f"3D U-Net, {s['base_width']} channels, {s['depth']} poolings, dropout in the decoder"),
+         f"3D U-Net, {s.base_width} channels, {s.depth} poolings, dropout in the decoder"),
         ("input", "LCTSC CT (about 1 mm in-plane)",
-         f"{'x'.join(str(g) for g in s['grid'])} grid, HU window {s['window']} -> [0, 1]"
-         + (f", {'x'.join(str(p) for p in s['patch'])} patches" if s["patch"] else
+         f"{'x'.join(str(g) for g in s.grid)} grid, HU window {s.window} -> [0, 1]"
+         + (f", {'x'.join(str(p) for p in s.patch)} patches" if s.patch else
             ", whole volumes")),
         ("seeds", "not stated", ", ".join(str(x) for x in seeds)),
     ]
@@ -474,7 +475,7 @@ def _paper_settings() -> dict[str, Any]:
 class P3Results:
     """Everything the chapter shows: raw records, the prepared volumes and the setup."""
 
-    settings: dict[str, Any]
+    settings: P3Settings
     dataset: Dataset
     split: dict[str, list[str]]
     seeds: list[int]
@@ -491,7 +492,7 @@ class P3Results:
 
 def run(
     ds: Dataset,
-    s: Mapping[str, Any],
+    s: P3Settings,
     *,
     tasks: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
@@ -519,13 +520,13 @@ def run(
     cache = ResultCache(results_dir)
     split = volume_split(ds, s)
     used = sorted(set().union(*split.values()))
-    res = P3Results(dict(s), ds, split, [int(x) for x in seeds],
+    res = P3Results(s, ds, split, [int(x) for x in seeds],
                     checkpoint_root=Path(results_dir) / "checkpoints" / "p3")
     jobs = [(t, st, int(sd)) for t in tasks for sd in seeds for st in strategies]
     ref_seeds = _reference_seeds(s, seeds)
     bar = tqdm(total=len(jobs) + len(tasks) * len(ref_seeds), desc="P3 runs",
                disable=not progress)
-    images = {c.case_id: resample_image(c, s["grid"], tuple(s["window"]))
+    images = {c.case_id: resample_image(c, s.grid, tuple(s.window))
               for c in ds.cases() if c.case_id in used}
     for task in tasks:
         spec = task_spec(task, ds, s)
@@ -535,22 +536,22 @@ def run(
         n_classes = cfg["n_classes"]
         for seed in seeds:
             init = initial_set(split["pool"], s, seed)
-            k = _count(s["per_iteration"], len(split["pool"]), "per_iteration")
+            k = _count(s.per_iteration, len(split["pool"]), "per_iteration")
             for strategy in strategies:
                 run_cfg = {**cfg, "strategy": strategy, "seed": int(seed), "initial": init,
-                           "per_iteration": k, "iterations": int(s["iterations"]),
-                           "n_samples": int(s["n_samples"]), "split": split,
-                           "warm_start": bool(s["warm_start"]),
-                           "warm_epochs": s["warm_epochs"] if s["warm_start"] else None}
+                           "per_iteration": k, "iterations": int(s.iterations),
+                           "n_samples": int(s.n_samples), "split": split,
+                           "warm_start": bool(s.warm_start),
+                           "warm_epochs": s.warm_epochs if s.warm_start else None}
                 records = cache.get(_KIND, run_cfg)
                 if records is None or not _weights_present(res.checkpoint_root, records):
                     records = run_volume_al(
                         res.volumes[task], split, init, strategy=strategy,
-                        n_iterations=int(s["iterations"]), per_iteration=k,
+                        n_iterations=int(s.iterations), per_iteration=k,
                         make_model=lambda n_classes=n_classes: make_model(s, n_classes),
                         config=cfg, seed=int(seed), cache=cache,
-                        checkpoint_root=res.checkpoint_root, n_samples=int(s["n_samples"]),
-                        warm_start=bool(s["warm_start"]), warm_epochs=s["warm_epochs"],
+                        checkpoint_root=res.checkpoint_root, n_samples=int(s.n_samples),
+                        warm_start=bool(s.warm_start), warm_epochs=s.warm_epochs,
                         device=dev)
                     cache.put(_KIND, run_cfg, records)
                 res.runs[(task, strategy, int(seed))] = records
@@ -568,10 +569,10 @@ def run(
     return res
 
 
-def _reference_seeds(s: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
+def _reference_seeds(s: P3Settings, seeds: Sequence[int]) -> list[int]:
     """The seeds the fully supervised baseline is trained for: the first
     ``reference_seeds`` (None: all)."""
-    n = s["reference_seeds"]
+    n = s.reference_seeds
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise ValueError(f"p3: reference_seeds={n!r} must be None (all seeds) or a count >= 0")
     return [int(x) for x in (seeds if n is None else seeds[:n])]

@@ -85,14 +85,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -114,6 +113,7 @@ from covidlib.data.readers import iter_cases, read_slice_image
 from covidlib.data.splits import make_split
 from covidlib.data.types import Case
 from covidlib.engine import amp_settings, atomic_save, autocast, resolve_device, set_determinism
+from covidlib.experiments.typed_settings import SettingsError, check_fields, from_profile
 from covidlib.metrics import confusion, hausdorff, scores, surface_distances
 from covidlib.models import resunet3d_p4
 
@@ -134,6 +134,8 @@ __all__ = [
     "FoldData",
     "Item",
     "P4Results",
+    "P4Settings",
+    "SettingsError",
     "TestItem",
     "curve_items",
     "decode_mask",
@@ -218,86 +220,115 @@ POOL_SITE_NAMES: tuple[str, ...] = ("thick-slice scanner", "sharp noisy scanner"
 POOL_SEED = 4
 """Phantom seed of the pool (the expert set uses seed 0: other patients)."""
 
-_COMMON: dict[str, Any] = {
-    "batch": 4,  # C_p = C_v = 4 (P4 Sec. 4)
-    "lam": 0.5,  # lambda of Eq. 8 (P4 Sec. 4)
-    "lr": 1e-2,  # Adam, initial learning rate 0.01 (P4 Sec. 4)
-    "optimizer": "adam",
-    "meta_lr": 1e-2,  # alpha of Alg. 1 line 8 (only scales the RGS weights)
-    "pos_fraction": 0.5,  # share of patches centred on a labelled voxel
-    "expert_term": True,
-    "gem_norm": "l2",
-    "window": list(LUNG_WINDOW),  # HU -> [0, 1]
-    "overlap": 0.25,  # sliding-window overlap (when infer_roi is set)
-    "figure_cases": 4,
-    "history_max": 2000,  # at most this many logged steps per run (evenly thinned)
-}
+@dataclass(frozen=True)
+class P4Settings:
+    """One P4 profile (P4 Sec. 4; the cpu / gpu profiles shrink it). Validated on creation: a
+    value of the wrong type or range -> :class:`SettingsError` naming it.
 
-PROFILES: dict[str, dict[str, Any]] = {
+    Data: ``spacing`` (z, y, x mm) and ``patch`` (voxels) of the 3-D networks, ``size_2d``
+    (px) of the 2-D ones, ``window`` (HU -> [0, 1]), the phantom pool (``pool_size`` volumes
+    of ``pool_shape``), ``pool_2d`` pool slices, ``infer_roi`` (sliding windows; None: one
+    pass) with ``overlap``. Training: ``batch`` (C_p = C_v), Adam / SGD ``lr``,
+    ``pos_fraction`` of patches centred on a labelled voxel, ``teacher_steps``,
+    ``student_steps``, ``init`` of every method (``"teacher"``: fine-tune Phi_sl). Alg. 1:
+    ``lam`` (Eq. 8), ``meta_lr`` (line 8), ``expert_term``, ``gem_norm``, ``rgs_method``.
+    """
+
+    spacing: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    size_2d: int
+    teacher_steps: int
+    student_steps: int
+    init: Literal["teacher", "scratch"]
+    rgs_method: Literal["meta", "jvp"]
+    folds: tuple[int, ...]
+    pool_size: int
+    pool_shape: tuple[int, int, int]
+    pool_2d: int
+    checkpoint_every: int
+    infer_roi: tuple[int, int, int] | None
+    batch: int = 4  # C_p = C_v = 4 (P4 Sec. 4)
+    lam: float = 0.5  # lambda of Eq. 8 (P4 Sec. 4)
+    lr: float = 1e-2  # Adam, initial learning rate 0.01 (P4 Sec. 4)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    meta_lr: float = 1e-2  # alpha of Alg. 1 line 8 (only scales the RGS weights)
+    pos_fraction: float = 0.5  # share of patches centred on a labelled voxel
+    expert_term: bool = True
+    gem_norm: Literal["l2", "mean_abs"] = "l2"
+    window: tuple[float, float] = LUNG_WINDOW  # HU -> [0, 1]
+    overlap: float = 0.25  # sliding-window overlap (when infer_roi is set)
+    figure_cases: int = 4
+    history_max: int = 2000  # at most this many logged steps per run (evenly thinned)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "p4")
+        _check_ranges(self)
+
+
+def _check_ranges(s: P4Settings) -> None:
+    """The value ranges of :class:`P4Settings` (types are checked by :func:`check_fields`)."""
+    for name in ("batch", "size_2d", "teacher_steps", "student_steps", "pool_size",
+                 "pool_2d", "figure_cases", "history_max"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"p4 setting {name}={getattr(s, name)!r}: expected an "
+                                "integer >= 1")
+    if s.checkpoint_every < 0:
+        raise SettingsError(f"p4 setting checkpoint_every={s.checkpoint_every!r}: expected an "
+                            "integer >= 0")
+    if any(p % 16 or p < 16 for p in s.patch):
+        raise SettingsError(f"p4 setting patch={s.patch!r}: three sizes, each a multiple of 16 "
+                            "(the network halves them four times)")
+    if s.infer_roi is not None and any(v < 16 for v in s.infer_roi):
+        raise SettingsError(f"p4 setting infer_roi={s.infer_roi!r}: None (whole volume) or "
+                            "three sizes >= 16")
+    if s.size_2d % 16:
+        raise SettingsError(f"p4 setting size_2d={s.size_2d!r}: must be a multiple of 16")
+    if not all(v > 0 for v in s.spacing):
+        raise SettingsError(f"p4 setting spacing={s.spacing!r}: three positive (z, y, x) mm")
+    if any(v < 1 for v in s.pool_shape):
+        raise SettingsError(f"p4 setting pool_shape={s.pool_shape!r}: three sizes (Z, H, W)")
+    for name in ("lam", "pos_fraction"):
+        if not 0.0 <= getattr(s, name) <= 1.0:
+            raise SettingsError(f"p4 setting {name}={getattr(s, name)!r}: must lie in [0, 1]")
+    for name in ("lr", "meta_lr"):
+        if not getattr(s, name) > 0:
+            raise SettingsError(f"p4 setting {name}={getattr(s, name)!r}: must be > 0")
+    if not 0.0 <= s.overlap < 1.0:
+        raise SettingsError(f"p4 setting overlap={s.overlap!r}: must lie in [0, 1)")
+    if not s.folds or any(f < 0 for f in s.folds):
+        raise SettingsError(f"p4 setting folds={s.folds!r}: a non-empty list of fold indices")
+
+
+PROFILES: dict[str, P4Settings] = {
     # About two minutes of two cores for the P4 chapters: P4's network on 32^3 patches of
     # volumes resampled to 2.5x P4's spacing (8 x 4 x 4 mm); the teacher trains 120 steps and
     # every method fine-tunes it for 30 (lr 0.003: P4's 0.01 swings too much in so few steps;
     # RGS by the equivalent jvp form); fold 1 only; an 8-volume pool of 32 x 96 x 96
     # phantoms; the 2-D variant at 128 px with 64 of the 1600 pool slices.
-    "cpu": {
-        **_COMMON,
-        "lr": 3e-3,
-        "spacing": [8.0, 4.0, 4.0],
-        "patch": [32, 32, 32],
-        "size_2d": 128,
-        "teacher_steps": 120,
-        "student_steps": 30,
-        "init": "teacher",
-        "rgs_method": "jvp",
-        "folds": [0],
-        "pool_size": 8,
-        "pool_shape": [32, 96, 96],
-        "pool_2d": 64,
-        "checkpoint_every": 0,
-        "infer_roi": None,
-    },
+    "cpu": P4Settings(
+        lr=3e-3, spacing=(8.0, 4.0, 4.0), patch=(32, 32, 32), size_2d=128, teacher_steps=120,
+        student_steps=30, init="teacher", rgs_method="jvp", folds=(0,), pool_size=8,
+        pool_shape=(32, 96, 96), pool_2d=64, checkpoint_every=0, infer_roi=None),
     # One H100, about 7 minutes for the P4 chapters (an estimate: not yet measured on a GPU):
     # P4's spacing, 96^3 patches, batch 4, lambda 0.5, lr 0.01; the teacher trains 300
     # steps and every method fine-tunes it for 150 with Alg. 1 step by step; folds 1-2; a
     # 32-volume pool at the expert phantom's size; the 2-D variant at 352 px with all 1600
     # pool slices.
-    "gpu": {
-        **_COMMON,
-        "spacing": list(P4_SPACING),
-        "patch": [96, 96, 96],
-        "size_2d": 352,
-        "teacher_steps": 300,
-        "student_steps": 150,
-        "init": "teacher",
-        "rgs_method": "meta",
-        "folds": [0, 1],
-        "pool_size": 32,
-        "pool_shape": [48, 160, 160],
-        "pool_2d": 1600,
-        "checkpoint_every": 50,
-        "infer_roi": None,
-    },
+    "gpu": P4Settings(
+        spacing=P4_SPACING, patch=(96, 96, 96), size_2d=352, teacher_steps=300,
+        student_steps=150, init="teacher", rgs_method="meta", folds=(0, 1), pool_size=32,
+        pool_shape=(48, 160, 160), pool_2d=1600, checkpoint_every=50, infer_roi=None),
     # P4's own settings (Sec. 4): 1.6 x 1.6 x 3.2 mm, 96^3, C_p = C_v = 4, lambda 0.5, Adam
     # 0.01, 500 epochs for each network, each trained from scratch: teacher 500 x 16 flipped
     # volumes / 4 = 2000 steps, student 500 x ceil(1473 pool volumes / 4) = 184,500 steps;
     # all 4 folds; a pool as large as P4's hospital data (1473 volumes); 96^3 sliding windows.
-    "paper": {
-        **_COMMON,
-        "spacing": list(P4_SPACING),
-        "patch": [96, 96, 96],
-        "size_2d": 352,
-        "teacher_steps": 2000,
-        "student_steps": 184_500,
-        "init": "scratch",
-        "rgs_method": "meta",
-        "folds": [0, 1, 2, 3],
-        "pool_size": 1473,
-        "pool_shape": [48, 160, 160],
-        "pool_2d": 1600,
-        "checkpoint_every": 500,
-        "infer_roi": [96, 96, 96],
-    },
+    "paper": P4Settings(
+        spacing=P4_SPACING, patch=(96, 96, 96), size_2d=352, teacher_steps=2000,
+        student_steps=184_500, init="scratch", rgs_method="meta", folds=(0, 1, 2, 3),
+        pool_size=1473, pool_shape=(48, 160, 160), pool_2d=1600, checkpoint_every=500,
+        infer_roi=(96, 96, 96)),
 }
+"""The profiles as data (:func:`settings` applies and validates overrides)."""
 
 
 @dataclass(frozen=True)
@@ -334,63 +365,13 @@ DIAGNOSTICS: dict[str, Diagnostics] = {
 """The diagnostics of each profile."""
 
 
-def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A deep copy of profile ``profile`` with ``overrides`` merged over it (top-level keys).
+def settings(profile: str, overrides: P4Settings | None = None) -> P4Settings:
+    """Profile ``profile`` with ``overrides`` (setting name -> value) applied and validated.
 
-    Unknown profile or override key -> ``ValueError`` naming it.
+    Unknown profile or override key -> :class:`SettingsError` naming it and the valid ones;
+    a bad value -> :class:`SettingsError` naming the setting and the value.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"p4: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    out = copy.deepcopy(PROFILES[profile])
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(out))
-    if unknown:
-        raise ValueError(f"p4: unknown override key(s) {unknown}; known: {sorted(out)}")
-    out.update(copy.deepcopy(overrides))
-    _check_settings(out)
-    return out
-
-
-def _check_settings(s: Mapping[str, Any]) -> None:
-    def pos_int(name: str, v: Any, minimum: int = 1) -> None:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"p4 setting {name}={v!r}: expected an integer >= {minimum}")
-
-    for name in ("batch", "size_2d", "teacher_steps", "student_steps", "pool_size",
-                 "pool_2d", "figure_cases", "history_max"):
-        pos_int(name, s[name])
-    pos_int("checkpoint_every", s["checkpoint_every"], 0)
-    if len(s["patch"]) != 3 or any(p % 16 for p in s["patch"]):
-        raise ValueError(f"p4 setting patch={s['patch']!r}: three sizes, each a multiple of 16 "
-                         "(the network halves them four times)")
-    roi = s["infer_roi"]
-    if roi is not None and (len(roi) != 3 or any(int(v) < 16 for v in roi)):
-        raise ValueError(f"p4 setting infer_roi={roi!r}: None (whole volume) or three sizes")
-    if s["size_2d"] % 16:
-        raise ValueError(f"p4 setting size_2d={s['size_2d']!r}: must be a multiple of 16")
-    if len(s["spacing"]) != 3 or not all(float(v) > 0 for v in s["spacing"]):
-        raise ValueError(f"p4 setting spacing={s['spacing']!r}: three positive (z, y, x) mm")
-    if len(s["pool_shape"]) != 3:
-        raise ValueError(f"p4 setting pool_shape={s['pool_shape']!r}: three sizes (Z, H, W)")
-    if not 0.0 <= float(s["lam"]) <= 1.0:
-        raise ValueError(f"p4 setting lam={s['lam']!r}: must lie in [0, 1]")
-    if s["optimizer"] not in ("adam", "sgd"):
-        raise ValueError(f"p4 setting optimizer={s['optimizer']!r}: 'adam' or 'sgd'")
-    if not 0.0 <= float(s["pos_fraction"]) <= 1.0:
-        raise ValueError(f"p4 setting pos_fraction={s['pos_fraction']!r}: a probability")
-    for name in ("lr", "meta_lr"):
-        if not float(s[name]) > 0:
-            raise ValueError(f"p4 setting {name}={s[name]!r}: must be > 0")
-    if s["init"] not in ("teacher", "scratch"):
-        raise ValueError(f"p4 setting init={s['init']!r}: 'teacher' (fine-tune Phi_sl) or "
-                         "'scratch'")
-    if s["rgs_method"] not in ("meta", "jvp"):
-        raise ValueError(f"p4 setting rgs_method={s['rgs_method']!r}: 'meta' or 'jvp'")
-    if s["gem_norm"] not in ("l2", "mean_abs"):
-        raise ValueError(f"p4 setting gem_norm={s['gem_norm']!r}: 'l2' or 'mean_abs'")
-    folds = s["folds"]
-    if not folds or any(isinstance(f, bool) or not isinstance(f, int) or f < 0 for f in folds):
-        raise ValueError(f"p4 setting folds={folds!r}: a non-empty list of fold indices")
+    return from_profile(PROFILES, profile, overrides, "p4")
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,11 +466,11 @@ def resample_volume(array: np.ndarray, spacing: Sequence[float], target: Sequenc
     return (out > 0.5).astype(np.uint8)
 
 
-def _prepare_3d(case: Case, s: Mapping[str, Any], with_label: bool = True) -> Item:
-    image = resample_volume(_window(case.image, s["window"]), case.spacing, s["spacing"])
+def _prepare_3d(case: Case, s: P4Settings, with_label: bool = True) -> Item:
+    image = resample_volume(_window(case.image, s.window), case.spacing, s.spacing)
     label = None
     if with_label:
-        label = resample_volume(_infection(case).astype(np.uint8), case.spacing, s["spacing"],
+        label = resample_volume(_infection(case).astype(np.uint8), case.spacing, s.spacing,
                                 kind="mask")
     return Item(case.case_id, image, label=label, site=case.site)
 
@@ -541,9 +522,9 @@ def _split_2d(train_ids: Sequence[str], fold: int) -> tuple[list[str], list[str]
     return tr, [c for c in perm if c not in set(tr)]
 
 
-def _pool_config(s: Mapping[str, Any]) -> PhantomConfig:
-    n = int(s["pool_size"])
-    return PhantomConfig(n_cases=n, shape=tuple(s["pool_shape"]), n_sites=len(POOL_SITES),
+def _pool_config(s: P4Settings) -> PhantomConfig:
+    n = int(s.pool_size)
+    return PhantomConfig(n_cases=n, shape=tuple(s.pool_shape), n_sites=len(POOL_SITES),
                          sites=POOL_SITES, cases_per_site=math.ceil(n / len(POOL_SITES)),
                          seed=POOL_SEED)
 
@@ -561,10 +542,10 @@ def _npz_cached(path: Path, compute: Any) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _phantom_pool(s: Mapping[str, Any], store: Path, progress: bool) -> list[Item]:
+def _phantom_pool(s: P4Settings, store: Path, progress: bool) -> list[Item]:
     cfg = _pool_config(s)
-    key = config_hash({"version": VERSION, "pool": cfg.to_dict(), "spacing": s["spacing"],
-                       "window": s["window"]})
+    key = config_hash({"version": VERSION, "pool": cfg.to_dict(), "spacing": s.spacing,
+                       "window": s.window})
     items = []
     for i in tqdm(range(cfg.n_cases), desc="p4 pool (other sites)", disable=not progress,
                   leave=False):
@@ -592,23 +573,23 @@ def pool_case_ids(ids: Sequence[str], held_out: Iterable[str]) -> list[str]:
     return pool_cases_outside(ids, held_out)
 
 
-def _semiseg_pool(ds: Dataset, s: Mapping[str, Any], progress: bool,
+def _semiseg_pool(ds: Dataset, s: P4Settings, progress: bool,
                   held_out: Iterable[str] = ()) -> list[Item]:
     group = next(g for g in ds.manifest.layout.groups if g.name == "pseudo-label")
     ids = pool_case_ids(sorted(group.cases or (), key=natural_key), held_out)
     if not ids:
         raise ValueError(f"{ds.name}: the pseudo-label group lists no usable cases")
-    n = min(int(s["pool_2d"]), len(ids))
+    n = min(int(s.pool_2d), len(ids))
     pick = [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
     items = []
     for case in iter_cases(ds.manifest, ds.root, "pseudo-label", pick, progress=progress):
-        it = _prepare_2d(case, int(s["size_2d"]), with_label=False)
+        it = _prepare_2d(case, int(s.size_2d), with_label=False)
         it.volume = pool_volume(case.case_id)
         path = case.meta.get("teacher_path")
         if path is None:
             raise ValueError(f"{case.case_id}: pool slice without its provided teacher map")
         soft = read_slice_image(path, "mask").astype(np.float32)  # 0..255 soft prediction
-        it.provided = (resize_image(soft, int(s["size_2d"])) >= 127.5).astype(np.uint8)
+        it.provided = (resize_image(soft, int(s.size_2d)) >= 127.5).astype(np.uint8)
         items.append(it)
     return items
 
@@ -642,7 +623,7 @@ def kfold_lists(ids: Sequence[str], k: int, seed: int, fold: int) -> dict[str, l
             "test": [c for c in order if c in test]}
 
 
-def _teacher_volumes(spec: Mapping[str, Any], ds: Dataset, s: Mapping[str, Any]
+def _teacher_volumes(spec: Mapping[str, Any], ds: Dataset, s: P4Settings
                      ) -> list[Item] | None:
     """``X_tr`` from another dataset (P4 Sec. 4, experiment 2: the Challenge students use
     the Benchmark teacher's pseudo-labels), or None."""
@@ -655,13 +636,13 @@ def _teacher_volumes(spec: Mapping[str, Any], ds: Dataset, s: Mapping[str, Any]
     return [_prepare_3d(tcases[c], s) for c in train]
 
 
-def _stacks_fold(ds: Dataset, fold: int, s: Mapping[str, Any], progress: bool) -> FoldData:
+def _stacks_fold(ds: Dataset, fold: int, s: P4Settings, progress: bool) -> FoldData:
     """``ma20-slices``: the split's volumes as slices (``X_tr``, ``X_v``), whole test volumes
     (``X_t``) and COVID-SemiSeg's pseudo-labelled slices without the test volumes' own."""
     spec = DATASETS[ds.name]
     cases = {c.case_id: c for c in ds.cases()}
     parts = _fold_parts(ds, cases, spec["split"], fold)
-    size = int(s["size_2d"])
+    size = int(s.size_2d)
     train, val = ([_slice_item(cases[c], z, size) for c, z in parts[p]] for p in ("train", "val"))
     test_ids = _case_ids_of(parts["test"])
     test = [_stack_item(cases[c], size) for c in test_ids]
@@ -684,7 +665,7 @@ def _get_folds(split: Any) -> Sequence[Any]:
     return folds or ()
 
 
-def fold_data(ds: Dataset, fold: int, s: Mapping[str, Any], store: Path,
+def fold_data(ds: Dataset, fold: int, s: P4Settings, store: Path,
               progress: bool = True) -> FoldData:
     """``X_tr``, ``X_v``, ``X_t`` of ``fold`` and the pool ``X_p``, prepared for training."""
     spec = DATASETS.get(ds.name)
@@ -713,7 +694,7 @@ def fold_data(ds: Dataset, fold: int, s: Mapping[str, Any], store: Path,
                 for c in ids["test"]]
         pool = _phantom_pool(s, store, progress)
         return FoldData(3, train, val, test, pool)
-    size = int(s["size_2d"])
+    size = int(s.size_2d)
     train_cases = {c.case_id: c for c in ds.cases("train")}
     tr, va = _split_2d(list(train_cases), fold)
     test_cases = ds.cases("test")
@@ -827,10 +808,10 @@ def make_model(dims: int) -> nn.Module:
     raise ValueError(f"make_model: dims={dims!r} must be 2 or 3")
 
 
-def _optimizer(model: nn.Module, s: Mapping[str, Any]) -> torch.optim.Optimizer:
-    if s["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=float(s["lr"]))
-    return torch.optim.SGD(model.parameters(), lr=float(s["lr"]))  # Eq. 9 read literally
+def _optimizer(model: nn.Module, s: P4Settings) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=float(s.lr))
+    return torch.optim.SGD(model.parameters(), lr=float(s.lr))  # Eq. 9 read literally
 
 
 # --------------------------------------------------------------------------------------------
@@ -842,8 +823,8 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *[int(v) for v in stream]])
 
 
-def _patch_shape(dims: int, s: Mapping[str, Any]) -> list[int]:
-    return list(s["patch"]) if dims == 3 else [int(s["size_2d"])] * 2
+def _patch_shape(dims: int, s: P4Settings) -> list[int]:
+    return list(s.patch) if dims == 3 else [int(s.size_2d)] * 2
 
 
 def _keep_steps(steps: int, n: int) -> set[int]:
@@ -873,7 +854,7 @@ def _checkpointing(path: Path | None, every: int, model: nn.Module,
         path.unlink()
 
 
-def monitor_dice(model: nn.Module, items: Sequence[Item], s: Mapping[str, Any],
+def monitor_dice(model: nn.Module, items: Sequence[Item], s: P4Settings,
                  device: torch.device) -> float:
     """Dice of the summed confusion over ``items`` (labels at the working resolution); the
     model is left in training mode."""
@@ -903,7 +884,7 @@ def curve_items(test: Sequence[TestItem], n: int) -> list[Item]:
     return [pool[i] for i in idx]
 
 
-def train_supervised(model: nn.Module, items: Sequence[Item], s: Mapping[str, Any], steps: int,
+def train_supervised(model: nn.Module, items: Sequence[Item], s: P4Settings, steps: int,
                      seed: int, dims: int, device: torch.device, *, stream: int = 0,
                      checkpoint: Path | None = None, desc: str = "train",
                      progress: bool = True, monitor: Sequence[Item] = (),
@@ -920,13 +901,13 @@ def train_supervised(model: nn.Module, items: Sequence[Item], s: Mapping[str, An
     if monitor and monitor_points > 0:
         history.update(curve_step=[], curve_dice=[])
         at = set(np.linspace(0, steps, monitor_points + 1)[1:].round().astype(int).tolist())
-    keep = _keep_steps(steps, int(s["history_max"]))
+    keep = _keep_steps(steps, int(s.history_max))
     patch = _patch_shape(dims, s)
-    with _checkpointing(checkpoint, int(s["checkpoint_every"]), model, opt, history) as (
+    with _checkpointing(checkpoint, int(s.checkpoint_every), model, opt, history) as (
             start, save):
         for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
-            b = _batch(items, int(s["batch"]), patch, _rng(seed, stream, step), "label",
-                       float(s["pos_fraction"]), flip=True)
+            b = _batch(items, int(s.batch), patch, _rng(seed, stream, step), "label",
+                       float(s.pos_fraction), flip=True)
             opt.zero_grad(set_to_none=True)
             with autocast(device, dtype):
                 loss = rw.p4_loss(model(b["image"].to(device)), b["label"].to(device)).mean()
@@ -952,39 +933,39 @@ def _patch_quality(pseudo: np.ndarray, truth: np.ndarray) -> list[float]:
 
 
 def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequence[Item],
-                  s: Mapping[str, Any], seed: int, dims: int, device: torch.device, *,
+                  s: P4Settings, seed: int, dims: int, device: torch.device, *,
                   stream: int = 1, checkpoint: Path | None = None, desc: str = "student",
                   progress: bool = True) -> dict[str, list]:
     """``Phi_ssl`` by Alg. 1: per step a pseudo batch from ``pool`` (labels ``pseudo``) and
     an expert batch from ``val`` (``X_v``); weights by ``mode`` (:data:`reweight.MODES`),
     update by Eq. 9 (plus the expert batch's mean loss when ``expert_term``)."""
-    lam, rectify = rw.mode_settings(mode, float(s["lam"]))
+    lam, rectify = rw.mode_settings(mode, float(s.lam))
     model.to(device).train()
     opt = _optimizer(model, s)
     dtype, _ = amp_settings(device, dims)
     history: dict[str, list] = {"step": [], "loss": [], "w_star": [], "w_com": [],
                                 "quality": []}
-    keep = _keep_steps(steps := int(s["student_steps"]), int(s["history_max"]))
+    keep = _keep_steps(steps := int(s.student_steps), int(s.history_max))
     patch = _patch_shape(dims, s)
-    n = int(s["batch"])
+    n = int(s.batch)
     has_truth = all(it.truth is not None for it in pool)
-    with _checkpointing(checkpoint, int(s["checkpoint_every"]), model, opt, history) as (
+    with _checkpointing(checkpoint, int(s.checkpoint_every), model, opt, history) as (
             start, save):
         for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
             rng = _rng(seed, stream, step)
-            bp = _batch(pool, n, patch, rng, "pseudo", float(s["pos_fraction"]), flip=False,
+            bp = _batch(pool, n, patch, rng, "pseudo", float(s.pos_fraction), flip=False,
                         extra=("truth",) if has_truth else ())
-            bv = _batch(val, n, patch, rng, "label", float(s["pos_fraction"]), flip=True)
+            bv = _batch(val, n, patch, rng, "label", float(s.pos_fraction), flip=True)
             x_p, y_p = bp["image"].to(device), bp["label"].to(device)
             x_v, y_v = bv["image"].to(device), bv["label"].to(device)
             with autocast(device, dtype):
                 res = rw.compute_weights(model, x_p, y_p, x_v, y_v, lam=lam, rectify=rectify,
-                                         alpha=float(s["meta_lr"]), norm=s["gem_norm"],
-                                         rgs_method=s["rgs_method"])
+                                         alpha=float(s.meta_lr), norm=s.gem_norm,
+                                         rgs_method=s.rgs_method)
                 parts = rw.weighted_update(
                     model, opt, x_p, y_p, res.w_star,
-                    x_e=x_v if s["expert_term"] else None,
-                    y_e=y_v if s["expert_term"] else None)
+                    x_e=x_v if s.expert_term else None,
+                    y_e=y_v if s.expert_term else None)
             if step in keep:
                 history["step"].append(step)
                 history["loss"].append(parts["loss"])
@@ -1002,7 +983,7 @@ def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequen
 
 
 @torch.no_grad()
-def predict_foreground(model: nn.Module, image: np.ndarray, s: Mapping[str, Any],
+def predict_foreground(model: nn.Module, image: np.ndarray, s: P4Settings,
                        device: torch.device) -> np.ndarray:
     """Foreground probability map of one item at the working resolution: sliding windows
     of ``infer_roi`` with ``overlap`` (3-D), or the whole volume / slice in one pass when
@@ -1015,9 +996,9 @@ def predict_foreground(model: nn.Module, image: np.ndarray, s: Mapping[str, Any]
     dtype, _ = amp_settings(device, dims)
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     with autocast(device, dtype):
-        if dims == 3 and s["infer_roi"] is not None:
-            logits = sliding_window_inference(x, tuple(s["infer_roi"]), int(s["batch"]),
-                                              model, overlap=float(s["overlap"]))
+        if dims == 3 and s.infer_roi is not None:
+            logits = sliding_window_inference(x, tuple(s.infer_roi), int(s.batch),
+                                              model, overlap=float(s.overlap))
         else:  # the whole volume / slice at once, zero-padded to a multiple of 16
             pad = [(-n) % 16 for n in x.shape[2:]]
             flat = [v for p in reversed(pad) for v in (0, p)]
@@ -1027,7 +1008,7 @@ def predict_foreground(model: nn.Module, image: np.ndarray, s: Mapping[str, Any]
 
 @torch.no_grad()
 def predict_slices(model: nn.Module, images: Sequence[np.ndarray] | np.ndarray,
-                   s: Mapping[str, Any], device: torch.device, chunk: int = 16) -> np.ndarray:
+                   s: P4Settings, device: torch.device, chunk: int = 16) -> np.ndarray:
     """Foreground probabilities of equally sized 2-D slices ``(N, H, W)``, ``chunk`` slices
     per forward pass (batch norm in eval mode: each slice independent of the others)."""
     stack = np.asarray(images, dtype=np.float32)
@@ -1098,7 +1079,7 @@ def _hausdorff(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | N
             float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))))
 
 
-def evaluate(model: nn.Module, test: Sequence[TestItem], s: Mapping[str, Any],
+def evaluate(model: nn.Module, test: Sequence[TestItem], s: P4Settings,
              device: torch.device, figure_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Dice and Hausdorff distance per test case at its original grid and spacing (P4
     Tables 2-3), plus the predicted masks of the figure slices."""
@@ -1141,7 +1122,7 @@ def probe_split(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
             [it for it in items if (it.volume or it.case_id) not in probe])
 
 
-def probe_weights(model: nn.Module, val: Sequence[Item], s: Mapping[str, Any], n_batches: int,
+def probe_weights(model: nn.Module, val: Sequence[Item], s: P4Settings, n_batches: int,
                   seed: int, dims: int, device: torch.device) -> dict[str, Any]:
     """The weights of Alg. 1 (RGS, RGM, RGS&M, and the rectified RGS+AL, RGS&M+AL) at the
     model's parameters, without updates, for ``n_batches`` pseudo-labelled batches whose
@@ -1150,7 +1131,7 @@ def probe_weights(model: nn.Module, val: Sequence[Item], s: Mapping[str, Any], n
     from the other half. Returns the weights and each example's true quality
     (:func:`covidlib.reweight.example_dice`), one list entry per example."""
     probe, expert = probe_split(val)
-    n = int(s["batch"])
+    n = int(s.batch)
     rng = _rng(seed, 7)
     pick = rng.choice(len(probe), size=n * n_batches, replace=len(probe) < n * n_batches)
     patch = _patch_shape(dims, s)
@@ -1166,16 +1147,16 @@ def probe_weights(model: nn.Module, val: Sequence[Item], s: Mapping[str, Any], n
                 labelled[i] = Item(it.case_id, it.image, pseudo=pseudo, truth=it.label,
                                    volume=it.volume)
             parts.append(sample_patch(labelled[i], patch, rng, "pseudo",
-                                      float(s["pos_fraction"]), extra=("truth",)))
-        bv = _batch(expert, n, patch, rng, "label", float(s["pos_fraction"]), flip=True)
+                                      float(s.pos_fraction), extra=("truth",)))
+        bv = _batch(expert, n, patch, rng, "label", float(s.pos_fraction), flip=True)
         x_p = torch.from_numpy(np.stack([p["image"] for p in parts]))[:, None].to(device)
         y_p = torch.from_numpy(np.stack([p["label"] for p in parts])).to(device)
         quality += rw.example_dice(y_p.cpu().numpy(),
                                    np.stack([p["truth"] for p in parts])).tolist()
         batches.append((x_p, y_p, bv["image"].to(device), bv["label"].to(device)))
     model.to(device).train()
-    w = rw.weights_on_batches(model, batches, lam=float(s["lam"]), alpha=float(s["meta_lr"]),
-                              norm=s["gem_norm"], rgs_method=s["rgs_method"])
+    w = rw.weights_on_batches(model, batches, lam=float(s.lam), alpha=float(s.meta_lr),
+                              norm=s.gem_norm, rgs_method=s.rgs_method)
     return {"quality": quality, **{k: v.tolist() for k, v in w.items()},
             "n_probe_volumes": len({it.volume or it.case_id for it in probe})}
 
@@ -1192,23 +1173,23 @@ _TRAIN_KEYS = ("batch", "lr", "optimizer", "pos_fraction")
 _STUDENT_KEYS = ("lam", "meta_lr", "expert_term", "gem_norm", "rgs_method")
 
 
-def _teacher_config(ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, teacher: str
+def _teacher_config(ds: Dataset, s: P4Settings, fold: int, seed: int, teacher: str
                     ) -> dict[str, Any]:
     return {"version": VERSION, "kind": "teacher", "data": ds.fingerprint(),
             "split": DATASETS[ds.name]["split"], "fold": fold, "seed": seed,
             "teacher_data": DATASETS[ds.name].get("teacher_data"),
-            "pseudo_labels": teacher, "overlap": s["overlap"],
-            "figure_cases": s["figure_cases"], "teacher_steps": s["teacher_steps"],
-            "history_max": s["history_max"], **{k: s[k] for k in _DATA_KEYS + _TRAIN_KEYS}}
+            "pseudo_labels": teacher, "overlap": s.overlap,
+            "figure_cases": s.figure_cases, "teacher_steps": s.teacher_steps,
+            "history_max": s.history_max, **{k: getattr(s, k) for k in _DATA_KEYS + _TRAIN_KEYS}}
 
 
-def _run_config(tcfg: Mapping[str, Any], s: Mapping[str, Any], method: str,
+def _run_config(tcfg: Mapping[str, Any], s: P4Settings, method: str,
                 diag: Diagnostics | None = None) -> dict[str, Any]:
     cfg = {"version": VERSION, "kind": "run", "method": method, "teacher": dict(tcfg),
-           "init": s["init"], "student_steps": s["student_steps"],
-           **{k: s[k] for k in _TRAIN_KEYS}}
+           "init": s.init, "student_steps": s.student_steps,
+           **{k: getattr(s, k) for k in _TRAIN_KEYS}}
     if method != "fully":
-        cfg.update({k: s[k] for k in _STUDENT_KEYS})
+        cfg.update({k: getattr(s, k) for k in _STUDENT_KEYS})
     elif diag is not None and diag.curve_points and diag.curve_items:
         cfg["curve"] = [diag.curve_points, diag.curve_items]
     return cfg
@@ -1224,7 +1205,7 @@ def _once(cache: ResultCache, kind: str, config: Mapping[str, Any], compute: Any
 class _Context:
     """Lazily prepared data and teacher of one (fold, seed); ``data`` may be shared."""
 
-    def __init__(self, ds: Dataset, s: Mapping[str, Any], fold: int, seed: int, teacher: str,
+    def __init__(self, ds: Dataset, s: P4Settings, fold: int, seed: int, teacher: str,
                  cache: ResultCache, device: torch.device, progress: bool,
                  shared: dict[int, FoldData], diag: Diagnostics | None = None) -> None:
         self.ds, self.s, self.fold, self.seed, self.teacher = ds, s, fold, seed, teacher
@@ -1242,7 +1223,7 @@ class _Context:
 
     @cached_property
     def figure_ids(self) -> list[str]:
-        return figure_cases(self.data.test, int(self.s["figure_cases"]))
+        return figure_cases(self.data.test, int(self.s.figure_cases))
 
     def _artifact(self) -> Path:
         return self.cache.root / "p4_teacher" / f"{config_hash(self.tcfg)}.pt"
@@ -1256,7 +1237,7 @@ class _Context:
             set_determinism(self.seed)
             model = make_model(data.dims)
             hist = train_supervised(
-                model, data.train, self.s, int(self.s["teacher_steps"]), self.seed,
+                model, data.train, self.s, int(self.s.teacher_steps), self.seed,
                 data.dims, self.device, stream=0, desc="p4 teacher",
                 checkpoint=self._artifact().with_suffix(".ckpt"), progress=self.progress)
             if self.teacher == "provided":
@@ -1306,7 +1287,7 @@ class _Context:
             return None
         cfg = {"version": VERSION, "kind": "mechanism", "teacher": dict(self.tcfg),
                "batches": self.diag.probe_batches,
-               **{k: self.s[k] for k in _STUDENT_KEYS}}
+               **{k: getattr(self.s, k) for k in _STUDENT_KEYS}}
 
         def compute() -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -1329,14 +1310,14 @@ class _Context:
             art = self._teacher_artifact()
             set_determinism(self.seed)
             model = make_model(data.dims)
-            if self.s["init"] == "teacher":
+            if self.s.init == "teacher":
                 model.load_state_dict(art["model"])
             ck = self.cache.root / "p4_ckpt" / f"{config_hash(cfg)}.pt"
             desc = f"p4 {method} fold {self.fold + 1}"
             if method == "fully":
                 curve = cfg.get("curve", [0, 0])
                 hist = train_supervised(model, data.train + data.val, self.s,
-                                        int(self.s["student_steps"]), self.seed, data.dims,
+                                        int(self.s.student_steps), self.seed, data.dims,
                                         self.device, stream=1, checkpoint=ck, desc=desc,
                                         progress=self.progress,
                                         monitor=curve_items(data.test, curve[1]),
@@ -1385,7 +1366,7 @@ class P4Results:
     real: bool
     dims: int
     methods: tuple[str, ...]
-    settings: dict[str, Any]
+    settings: P4Settings
     seeds: tuple[int, ...]
     teacher: str
     frame: pd.DataFrame  # one row per (method, fold, seed, test case)
@@ -1423,7 +1404,7 @@ def _data_kind(ds: Dataset) -> str:
 
 def run(dataset: str | Dataset = "synthetic", methods: Sequence[str] = TABLE2_METHODS, *,
         profile: str = "cpu", seeds: Sequence[int] = (0,),
-        overrides: Mapping[str, Any] | None = None, data_root: str | Path | None = None,
+        overrides: P4Settings | None = None, data_root: str | Path | None = None,
         results_dir: str | Path = "../results", device: str = "auto", teacher: str = "ours",
         progress: bool = True, diagnostics: Diagnostics | None = None) -> P4Results:
     """Train (or load from the results cache) every ``method`` for every fold of the
@@ -1452,9 +1433,9 @@ def run(dataset: str | Dataset = "synthetic", methods: Sequence[str] = TABLE2_ME
     cache = ResultCache(results_dir)
     rows, runs, teachers, cases, mech = [], {}, {}, {}, {}
     shared: dict[int, FoldData] = {}
-    todo = [(f, sd, m) for f in s["folds"] for sd in seeds for m in methods]
+    todo = [(f, sd, m) for f in s.folds for sd in seeds for m in methods]
     bar = tqdm(total=len(todo), desc=f"P4 runs ({ds.name})", disable=not progress)
-    for fold in s["folds"]:
+    for fold in s.folds:
         for seed in seeds:
             ctx = _Context(ds, s, fold, seed, teacher, cache, dev, progress, shared, diag)
             teachers[(fold, seed)] = ctx.teacher_result()

@@ -342,7 +342,7 @@ def qualitative_figure(res: P4Results, methods: Sequence[str] | None = None, *,
     columns test cases (the slice with the most infection of each volume), radiological
     orientation, Dice of the whole case in each panel."""
     methods = list(methods or res.methods)
-    fold = res.settings["folds"][0] if fold is None else fold
+    fold = res.settings.folds[0] if fold is None else fold
     seed = res.seeds[0] if seed is None else seed
     first = res.runs[(methods[0], fold, seed)]
     ids = list(first["figure"])
@@ -417,7 +417,7 @@ def weights_figure(res: P4Results, methods: Sequence[str] | None = None) -> Figu
         means = [w[idx == k].mean() if (idx == k).any() else np.nan
                  for k in range(len(centres))]
         ax.plot(centres, means, "o-", color="tab:orange", lw=2, label="mean per bin")
-        ax.axhline(1.0 / res.settings["batch"], color="grey", lw=0.8, ls="--",
+        ax.axhline(1.0 / res.settings.batch, color="grey", lw=0.8, ls="--",
                    label="1/C_p")
         ax.set_title(METHOD_LABELS[m], fontsize=11)
         ax.set_xlabel("pseudo-label Dice of the patch")
@@ -461,7 +461,7 @@ def teacher_table(res: P4Results) -> pd.DataFrame:
 def figure_verdict(res: P4Results, methods: Sequence[str]) -> dict[str, Any]:
     """For the cases of the qualitative figure (first fold and seed): which method has the
     highest Dice on each, and how often it is P4's proposed RGS&M+AL."""
-    fold, seed = res.settings["folds"][0], res.seeds[0]
+    fold, seed = res.settings.folds[0], res.seeds[0]
     ids = list(res.runs[(methods[0], fold, seed)]["figure"])
     f = res.frame[(res.frame["fold"] == fold) & (res.frame["seed"] == seed)
                   & res.frame["case_id"].isin(ids) & res.frame["method"].isin(methods)]
@@ -527,27 +527,27 @@ def scorecard_entry(res: P4Results, artifact: str) -> dict[str, Any]:
 def run_summary(res: P4Results) -> pd.DataFrame:
     """The settings a reader needs to judge the numbers, one row each."""
     s = res.settings
-    size = (f"{s['patch'][0]}x{s['patch'][1]}x{s['patch'][2]} voxel patches at "
-            f"{s['spacing'][0]:g} x {s['spacing'][1]:g} x {s['spacing'][2]:g} mm (z, y, x)"
-            if res.dims == 3 else f"whole slices resized to {s['size_2d']} px")
+    size = (f"{s.patch[0]}x{s.patch[1]}x{s.patch[2]} voxel patches at "
+            f"{s.spacing[0]:g} x {s.spacing[1]:g} x {s.spacing[2]:g} mm (z, y, x)"
+            if res.dims == 3 else f"whole slices resized to {s.size_2d} px")
     rows = {
         "dataset": f"{res.dataset} ({'real' if res.real else 'synthetic'}, {res.dims}-D)",
-        "folds run": ", ".join(str(f + 1) for f in s["folds"]),
+        "folds run": ", ".join(str(f + 1) for f in s.folds),
         "seeds": ", ".join(map(str, res.seeds)),
         "input": size,
-        "batch C_p = C_v": s["batch"],
-        "teacher steps (on X_tr)": s["teacher_steps"],
-        "steps per method": s["student_steps"],
-        "initialisation of every method": "the teacher" if s["init"] == "teacher"
+        "batch C_p = C_v": s.batch,
+        "teacher steps (on X_tr)": s.teacher_steps,
+        "steps per method": s.student_steps,
+        "initialisation of every method": "the teacher" if s.init == "teacher"
         else "random (from scratch)",
-        "optimiser": f"{s['optimizer']} lr {s['lr']:g}",
-        "lambda (Eq. 8)": s["lam"],
-        "RGS computed by": "Alg. 1 step by step" if s["rgs_method"] == "meta"
+        "optimiser": f"{s.optimizer} lr {s.lr:g}",
+        "lambda (Eq. 8)": s.lam,
+        "RGS computed by": "Alg. 1 step by step" if s.rgs_method == "meta"
         else "the equivalent jvp form",
-        "expert batch in the update": s["expert_term"],
+        "expert batch in the update": s.expert_term,
         "pseudo-labels from": "our teacher" if res.teacher == "ours"
         else "the provided noisy teacher",
-        "pool size": s["pool_size"] if res.dims == 3 else s["pool_2d"],
+        "pool size": s.pool_size if res.dims == 3 else s.pool_2d,
         "time of this call (s)": res.seconds,
     }
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})

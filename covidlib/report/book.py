@@ -143,6 +143,7 @@ def _missing_data_notebook(entry: PlanEntry, reason: str) -> dict:
         f"This chapter was **not executed**: it needs the `{entry.requires}` dataset, "
         f"which was not found on this machine.\n\n```\n{reason}\n```\n\n"
         "Place the data as described above and run `make book` again.")]
+    nb.cells[0]["id"] = "missing-data"  # fixed: the same page is byte-identical next time
     return nb
 
 
@@ -210,7 +211,9 @@ def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
         try:
             locate(load_manifest(entry.requires))
         except DataError as exc:
-            atomic_write_text(out, nbformat.writes(_missing_data_notebook(entry, str(exc))))
+            page = nbformat.writes(_missing_data_notebook(entry, str(exc)))
+            if not out.exists() or out.read_text() != page:  # unchanged: the HTML stays fresh
+                atomic_write_text(out, page)
             log(f"[book] {entry.output}: skipped, dataset '{entry.requires}' not found")
             return RunOutcome(entry, "missing-data", time.perf_counter() - t0, str(exc))
     if not src.exists():
