@@ -156,7 +156,7 @@ def test_p4_reweighting_3d(profile, tmp_path):
                  "spacing": [8.0, 4.0, 4.0],  # P4's 1.6 x 1.6 x 3.2 mm -> the cpu profile's
                  "teacher_steps": 1, "student_steps": 1, "folds": [0], "pool_size": 2,
                  "pool_shape": [16, 48, 48], "checkpoint_every": 1, "figure_cases": 1}
-    if p4.settings(profile)["infer_roi"]:
+    if p4.settings(profile).infer_roi:
         overrides["infer_roi"] = [16, 16, 16]  # the paper's sliding windows, 16^3
     res = p4.run("synthetic", ("rgsm_al",), profile=profile, overrides=overrides,
                  results_dir=tmp_path, device="cpu", progress=False,

@@ -74,9 +74,9 @@ def _pick(z_with_lung: np.ndarray, n: int) -> list[int]:
 
 
 def _check_args(n_volumes: int, slices_per_volume: int, size: int, per_site: int) -> None:
-    for name, value, lo in (("n_volumes", n_volumes, 2), ("slices_per_volume", slices_per_volume,
-                                                           1), ("size", size, 48),
-                            ("volumes_per_site", per_site, 1)):
+    limits = {"n_volumes": (n_volumes, 2), "slices_per_volume": (slices_per_volume, 1),
+              "size": (size, 48), "volumes_per_site": (per_site, 1)}
+    for name, (value, lo) in limits.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ValueError(f"write_demo_folder: {name}={value!r}, expected an integer >= {lo}")
     if per_site >= n_volumes:
