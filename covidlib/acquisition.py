@@ -433,3 +433,54 @@ def infected_share(masks: np.ndarray, boxes: Sequence[Box],
         y0, y1, x0, x1 = boxes[int(k)]
         hits += bool(np.any(masks[int(i), y0:y1, x0:x1]))
     return hits / len(picks)
+
+
+# --------------------------------------------------------------------------------------------
+# P3 (Rahimi et al.): volume acquisition by MC-dropout variance (pure functions)
+# --------------------------------------------------------------------------------------------
+
+__all__ += ["mc_variance_score", "volume_variance_score"]
+
+
+def mc_variance_score(
+    samples: torch.Tensor | np.ndarray, *, class_axis: int = 2, ddof: int = 0
+) -> torch.Tensor:
+    """Per-voxel uncertainty of P3 Eq. 1, ``V_i = 1/C sum_c Var_t P_(i,t)(c)``.
+
+    ``samples``: T MC-dropout class probabilities with the pass axis first, e.g.
+    ``(T, B, C, *spatial)`` as :func:`covidlib.models.mc_predict` returns (``class_axis=2``),
+    or ``(T, C, *spatial)`` with ``class_axis=1``. ``ddof``: 0 for the population variance
+    (divide by T, the default), 1 for the unbiased one; P3 does not say which, the ranking
+    of volumes is the same. Returns float64 of ``samples``' shape without pass and class axes.
+    """
+    x = torch.as_tensor(samples)
+    if not x.is_floating_point():
+        raise TypeError(f"mc_variance_score: samples must be floating point, got {x.dtype}")
+    if x.ndim < 3:
+        raise ValueError(
+            f"mc_variance_score: samples of shape {tuple(x.shape)}; expected (T, ..., C, ...) "
+            "with at least a pass axis, a class axis and one voxel axis")
+    if not 1 <= class_axis < x.ndim:
+        raise ValueError(f"mc_variance_score: class_axis={class_axis} must lie in "
+                         f"1..{x.ndim - 1} (axis 0 holds the T passes)")
+    if ddof not in (0, 1):
+        raise ValueError(f"mc_variance_score: ddof={ddof!r} must be 0 or 1")
+    if x.shape[0] < 2:
+        raise ValueError(f"mc_variance_score: {x.shape[0]} MC pass(es); the variance over "
+                         "passes needs T >= 2 (P3 uses T = 5)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("mc_variance_score: samples hold nan or inf")
+    var = x.double().var(dim=0, correction=ddof)  # (..., C, ...) without the pass axis
+    return var.mean(dim=class_axis - 1)
+
+
+def volume_variance_score(samples: torch.Tensor | np.ndarray, *, class_axis: int = 2,
+                          ddof: int = 0) -> torch.Tensor:
+    """P3's image score (Sec. II, "total uncertainty" of a volume): :func:`mc_variance_score`
+    (Eq. 1) summed over the voxels of each volume.
+
+    ``samples`` ``(T, B, C, *spatial)`` (``class_axis=2``) gives B scores; ``(T, C, *spatial)``
+    (``class_axis=1``) gives one (a 0-d tensor).
+    """
+    v = mc_variance_score(samples, class_axis=class_axis, ddof=ddof)
+    return v.flatten(class_axis - 1).sum(dim=-1)

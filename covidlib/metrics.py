@@ -550,3 +550,12 @@ def summarize(values: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, f
         ok = arr[~np.isnan(arr)]
         out[name] = (float(ok.mean()), float(ok.std())) if ok.size else (math.nan, math.nan)
     return out
+
+
+def per_class_dice(pred: ArrayLike, label: ArrayLike, classes: Sequence[int]) -> dict[int, float]:
+    """Dice of each class ``c`` of two class maps, ``pred == c`` against ``label == c`` (P3
+    Sec. III reports the heart's; both empty -> 1.0 as in :func:`scores`)."""
+    if tuple(pred.shape) != tuple(label.shape):
+        raise ValueError(f"per_class_dice: prediction {tuple(pred.shape)} != label "
+                         f"{tuple(label.shape)}")
+    return {int(c): scores(confusion(pred == c, label == c))["dice"] for c in classes}

@@ -4,9 +4,9 @@ P3 trains a 3D U-Net on a few labelled CT volumes, scores every unlabelled volum
 summed per-voxel variance of T Monte-Carlo dropout predictions (P3 Eq. 1) and asks the expert
 to label the most uncertain volumes; random selection is the baseline (P3 Fig. 2).
 
-* :func:`mc_variance_score` is P3 Eq. 1: for each voxel, the variance over the T passes of each
-  class probability, averaged over the C classes. :func:`volume_score` sums it over a volume,
-  :func:`volume_scores` does both for a set of volumes with a trained model.
+* P3 Eq. 1 and the volume score are :func:`covidlib.acquisition.mc_variance_score` and
+  :func:`covidlib.acquisition.volume_variance_score`; :func:`volume_scores` runs a trained
+  model's T MC-dropout passes over a set of volumes and scores each.
 * :func:`select_top_k` / :func:`select_random`: the two acquisition rules.
 * :func:`score_error_correlation`: the mechanism P3's rule rests on, measured: Spearman's rank
   correlation between the volumes' scores and the current model's error (1 - Dice) on them.
@@ -38,23 +38,22 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from covidlib import checkpoint as _ckpt
+from covidlib.acquisition import volume_variance_score
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.types import Case
 from covidlib.engine import fit, resolve_device, supervised_loss
-from covidlib.metrics import confusion, scores
+from covidlib.losses.dice_ce import DiceCELoss
+from covidlib.metrics import per_class_dice
 from covidlib.models import mc_predict
 
 __all__ = [
     "LOSSES",
     "STRATEGIES",
-    "DiceCELoss",
     "Volume",
     "VolumeDataset",
     "cached_round",
-    "class_dice",
     "make_loss",
     "mc_samples",
-    "mc_variance_score",
     "predict_volume",
     "prepare_volume",
     "relabel",
@@ -66,7 +65,6 @@ __all__ = [
     "select_top_k",
     "training_curve",
     "volume_dice",
-    "volume_score",
     "volume_scores",
 ]
 
@@ -76,66 +74,6 @@ STRATEGIES = ("variance", "random")
 ROUND_KIND = "p3_round"
 SCORE_KIND = "p3_scores"
 WEIGHTS_NAME = "model.pt"
-
-
-# --------------------------------------------------------------------------------------------
-# P3 Eq. 1: the uncertainty score
-# --------------------------------------------------------------------------------------------
-
-
-def mc_variance_score(
-    samples: torch.Tensor | np.ndarray, *, class_axis: int = 2, ddof: int = 0
-) -> torch.Tensor:
-    """Per-voxel uncertainty of P3 Eq. 1, ``V_i = 1/C sum_c Var_t P_(i,t)(c)``.
-
-    Args:
-        samples: T MC-dropout class probabilities with the pass axis first, e.g.
-            ``(T, B, C, *spatial)`` as :func:`covidlib.models.mc_predict` returns, or
-            ``(T, C, *spatial)`` with ``class_axis=1``.
-        class_axis: the axis of the C classes (default 2: the ``mc_predict`` layout).
-        ddof: 0 for the population variance (divide by T, the default), 1 for the unbiased
-            one (divide by T - 1). P3 does not say which; the ranking of volumes is the same.
-
-    Returns:
-        float64 tensor of ``samples``' shape without the pass and class axes.
-    """
-    x = torch.as_tensor(samples)
-    if not x.is_floating_point():
-        raise TypeError(f"mc_variance_score: samples must be floating point, got {x.dtype}")
-    if x.ndim < 3:
-        raise ValueError(
-            f"mc_variance_score: samples of shape {tuple(x.shape)}; expected (T, ..., C, ...) "
-            "with at least a pass axis, a class axis and one voxel axis"
-        )
-    if not 1 <= class_axis < x.ndim:
-        raise ValueError(
-            f"mc_variance_score: class_axis={class_axis} must lie in 1..{x.ndim - 1} "
-            "(axis 0 holds the T passes)"
-        )
-    if ddof not in (0, 1):
-        raise ValueError(f"mc_variance_score: ddof={ddof!r} must be 0 or 1")
-    t = x.shape[0]
-    if t < 2:
-        raise ValueError(
-            f"mc_variance_score: {t} MC pass(es); the variance over passes needs T >= 2 "
-            "(P3 uses T = 5)"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("mc_variance_score: samples hold nan or inf")
-    var = x.double().var(dim=0, correction=ddof)  # (..., C, ...) without the pass axis
-    return var.mean(dim=class_axis - 1)
-
-
-def volume_score(samples: torch.Tensor | np.ndarray, *, class_axis: int = 2,
-                 ddof: int = 0) -> torch.Tensor:
-    """P3's image score: :func:`mc_variance_score` summed over the voxels of each volume.
-
-    ``samples`` ``(T, B, C, *spatial)`` (``class_axis=2``) gives B scores; ``(T, C, *spatial)``
-    (``class_axis=1``) gives one (a 0-d tensor).
-    """
-    v = mc_variance_score(samples, class_axis=class_axis, ddof=ddof)
-    batch_axes = class_axis - 1  # axes before the class axis, after the pass axis
-    return v.flatten(batch_axes).sum(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,21 +312,6 @@ def make_loss(name: str) -> nn.Module:
     raise ValueError(f"make_loss: unknown loss {name!r}; choose one of {LOSSES}")
 
 
-class DiceCELoss(nn.Module):
-    """Soft Dice over the foreground classes (pooled over the batch) + cross-entropy, from
-    MONAI; ``forward(logits (B, C, ...), target (B, ...))``. P3 does not name its loss."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from monai.losses import DiceCELoss as _MonaiDiceCE  # slow import: only when training
-
-        self.inner = _MonaiDiceCE(to_onehot_y=True, softmax=True, include_background=False,
-                                  batch=True)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.inner(logits.float(), target.unsqueeze(1))
-
-
 # --------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------
@@ -429,24 +352,15 @@ def volume_scores(
     out: dict[str, float] = {}
     for v in tqdm(volumes, desc="MC scores", leave=False, disable=not progress):
         samples = mc_samples(model, v, n_samples, seed=seed, device=device)
-        out[v.case_id] = float(volume_score(samples, class_axis=1))
+        out[v.case_id] = float(volume_variance_score(samples, class_axis=1))
     return out
-
-
-def class_dice(pred: torch.Tensor, label: torch.Tensor, classes: Sequence[int]
-               ) -> dict[int, float]:
-    """Dice of each class of two class maps (both empty -> 1.0, see :mod:`covidlib.metrics`)."""
-    if pred.shape != label.shape:
-        raise ValueError(f"class_dice: prediction {tuple(pred.shape)} != label "
-                         f"{tuple(label.shape)}")
-    return {int(c): scores(confusion(pred == c, label == c))["dice"] for c in classes}
 
 
 def volume_dice(model: nn.Module, volumes: Sequence[Volume], target: int,
                 device: str | torch.device = "cpu") -> dict[str, float]:
     """Dice of class ``target`` of the model's (eval-mode, argmax) prediction, per volume."""
-    return {v.case_id: class_dice(predict_volume(model, v, device).argmax(0), v.label,
-                                  [target])[target] for v in volumes}
+    return {v.case_id: per_class_dice(predict_volume(model, v, device).argmax(0), v.label,
+                                      [target])[target] for v in volumes}
 
 
 def _mean_dice(model: nn.Module, volumes: Sequence[Volume], target: int, device: Any) -> float:
@@ -509,7 +423,8 @@ def _train_round(
     test = {}
     for cid in split["test"]:
         pred = predict_volume(model, volumes[cid], device).argmax(0)
-        test[cid] = {str(k): d for k, d in class_dice(pred, volumes[cid].label, classes).items()}
+        dice = per_class_dice(pred, volumes[cid].label, classes)
+        test[cid] = {str(k): d for k, d in dice.items()}
     _ckpt.save({k: v.cpu() for k, v in model.state_dict().items()}, ck_dir / WEIGHTS_NAME)
     shutil.rmtree(ck_dir / "fit", ignore_errors=True)  # the round is finished: no resume needed
     tgt = [t[str(target)] for t in test.values()]

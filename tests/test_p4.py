@@ -13,7 +13,9 @@ from torch import nn
 
 from covidlib import reweight as rw
 from covidlib.cache import config_hash
+from covidlib.data.augment import crop_padded, flip_lr_ud
 from covidlib.data.manifest import load_manifest
+from covidlib.data.preprocess import hu_to_unit, resample_volume
 from covidlib.experiments import p4
 from covidlib.experiments import p4_report as report
 from covidlib.models import resunet3d_p4
@@ -116,15 +118,32 @@ def test_split_2d_quarters():
 
 def test_resample_volume():
     img = np.full((4, 6, 6), 0.25, dtype=np.float32)
-    out = p4.resample_volume(img, (2.0, 1.0, 1.0), (4.0, 2.0, 2.0))
+    out = resample_volume(img, (2.0, 1.0, 1.0), (4.0, 2.0, 2.0))
     assert out.shape == (2, 3, 3) and np.allclose(out, 0.25)
     mask = np.zeros((4, 8, 8), np.uint8)
     mask[:, :4, :4] = 1
-    m = p4.resample_volume(mask, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), kind="mask")
+    m = resample_volume(mask, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), kind="mask")
     assert m.shape == (2, 4, 4) and m.dtype == np.uint8
     assert m[:, :2, :2].all() and not m[:, 2:, :].any() and not m[:, :, 2:].any()
     with pytest.raises(ValueError, match="spacing"):
-        p4.resample_volume(img, (float("nan"), 1.0, 1.0), (2.0, 2.0, 2.0))
+        resample_volume(img, (float("nan"), 1.0, 1.0), (2.0, 2.0, 2.0))
+
+
+def test_window_flips_and_padded_crops_by_hand():
+    hu = np.array([[-1200.0, -1000.0], [-300.0, 500.0]])
+    assert np.allclose(hu_to_unit(hu), [[0.0, 0.0], [0.5, 1.0]])  # lung window -1000..400
+    assert hu_to_unit(hu).dtype == np.float32
+    with pytest.raises(ValueError, match="hi > lo"):
+        hu_to_unit(hu, (400.0, -1000.0))
+    a = np.arange(6).reshape(2, 3)
+    assert flip_lr_ud(a, 1).tolist() == [[2, 1, 0], [5, 4, 3]]
+    assert flip_lr_ud(a, 2).tolist() == [[3, 4, 5], [0, 1, 2]]
+    assert flip_lr_ud(a, 3).tolist() == [[5, 4, 3], [2, 1, 0]]
+    with pytest.raises(ValueError, match="code=4"):
+        flip_lr_ud(a, 4)
+    assert crop_padded(a, (1, 1), (2, 3)).tolist() == [[4, 5, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match="2-D array"):
+        crop_padded(a, (0,), (1,))
 
 
 def test_sample_patch_flips_pads_and_centres():

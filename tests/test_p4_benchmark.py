@@ -18,6 +18,7 @@ from covidlib.data.manifest import load_manifest
 from covidlib.data.types import Case
 from covidlib.experiments import p4
 from covidlib.experiments import p4_report as report
+from covidlib.models import resunet2d_p4
 
 VOLS = [f"coronacases_{k:03d}" for k in range(1, 7)]
 SPLIT = {"method": "k-fold", "k": 1, "train": VOLS[:2],
@@ -174,7 +175,7 @@ def test_curve_items_spread_over_test_slices():
 
 def test_predict_slices_equals_one_slice_at_a_time():
     torch.manual_seed(0)
-    model = p4.resunet2d_p4()
+    model = resunet2d_p4()
     model.eval()
     s = p4.settings("cpu", TINY)
     imgs = np.random.default_rng(0).random((5, 24, 40)).astype(np.float32)  # padded to 32 x 48

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from covidlib import acquisition as acq
 from covidlib import volume_al as val
 from covidlib.cache import ResultCache
 from covidlib.data.types import Case
+from covidlib.losses import DiceCELoss
+from covidlib.metrics import per_class_dice
 from covidlib.models import UNet3D, mc_predict
 
 # ------------------------------------------------------------------ P3 Eq. 1 by hand
@@ -19,18 +22,18 @@ from covidlib.models import UNet3D, mc_predict
 def test_eq1_two_passes_two_classes_one_voxel():
     # pass 1: (0.2, 0.8), pass 2: (0.6, 0.4); each class: mean 0.4/0.6, population var 0.04
     samples = torch.tensor([[0.2, 0.8], [0.6, 0.4]])[:, :, None]  # (T=2, C=2, 1 voxel)
-    v = val.mc_variance_score(samples, class_axis=1)
+    v = acq.mc_variance_score(samples, class_axis=1)
     assert v.shape == (1,)
     assert v.item() == pytest.approx(0.04)
     # unbiased variance divides by T - 1 = 1: 0.08
-    assert val.mc_variance_score(samples, class_axis=1, ddof=1).item() == pytest.approx(0.08)
+    assert acq.mc_variance_score(samples, class_axis=1, ddof=1).item() == pytest.approx(0.08)
 
 
 def test_eq1_three_classes_averages_over_classes():
     # class 0 constant (var 0); class 1: 0.5, 0.3, 0.1 (var 0.08/3); class 2: 0.3, 0.5, 0.7
     # (var 0.08/3) -> V = (0 + 0.08/3 + 0.08/3) / 3 = 0.16/9
     p = torch.tensor([[0.2, 0.5, 0.3], [0.2, 0.3, 0.5], [0.2, 0.1, 0.7]])  # (T=3, C=3)
-    v = val.mc_variance_score(p[:, :, None, None], class_axis=1)  # (T, C, 1, 1)
+    v = acq.mc_variance_score(p[:, :, None, None], class_axis=1)  # (T, C, 1, 1)
     assert v.shape == (1, 1)
     assert v.item() == pytest.approx(0.16 / 9)
 
@@ -43,17 +46,17 @@ def test_eq1_mc_predict_layout_and_volume_sum():
     s[:, 0, :, 1] = torch.tensor([0.9, 0.1])
     s[0, 1, 0, :], s[0, 1, 1, :] = 1.0, 0.0
     s[1, 1, 0, :], s[1, 1, 1, :] = 0.0, 1.0
-    per_voxel = val.mc_variance_score(s)  # class_axis=2 (mc_predict's layout)
+    per_voxel = acq.mc_variance_score(s)  # class_axis=2 (mc_predict's layout)
     assert per_voxel.shape == (2, 2)
     assert per_voxel.flatten().tolist() == pytest.approx([0.04, 0.0, 0.25, 0.25])
-    assert val.volume_score(s).tolist() == pytest.approx([0.04, 0.5])
+    assert acq.volume_variance_score(s).tolist() == pytest.approx([0.04, 0.5])
     # a single volume in (T, C, *spatial) layout gives a 0-d score
-    assert float(val.volume_score(s[:, 1], class_axis=1)) == pytest.approx(0.5)
+    assert float(acq.volume_variance_score(s[:, 1], class_axis=1)) == pytest.approx(0.5)
 
 
 def test_eq1_identical_passes_score_zero_and_numpy_input():
     x = np.full((5, 3, 2, 2, 2), 1 / 3, dtype=np.float32)
-    assert float(val.volume_score(x, class_axis=1)) == 0.0
+    assert float(acq.volume_variance_score(x, class_axis=1)) == 0.0
 
 
 @pytest.mark.parametrize(("samples", "kw", "msg"), [
@@ -66,7 +69,7 @@ def test_eq1_identical_passes_score_zero_and_numpy_input():
 ])
 def test_eq1_rejects_bad_samples(samples, kw, msg):
     with pytest.raises((ValueError, TypeError), match=msg):
-        val.mc_variance_score(samples, **kw)
+        acq.mc_variance_score(samples, **kw)
 
 
 # ------------------------------------------------------------------ acquisition
@@ -167,7 +170,7 @@ def test_class_dice_by_hand():
     pred = torch.tensor([[0, 1, 1, 2]])
     label = torch.tensor([[0, 1, 2, 2]])
     # class 1: tp 1, fp 1, fn 0 -> 2/3; class 2: tp 1, fp 0, fn 1 -> 2/3; class 3 empty -> 1
-    assert val.class_dice(pred, label, [1, 2, 3]) == pytest.approx({1: 2 / 3, 2: 2 / 3, 3: 1.0})
+    assert per_class_dice(pred, label, [1, 2, 3]) == pytest.approx({1: 2 / 3, 2: 2 / 3, 3: 1.0})
 
 
 def test_volume_scores_equal_eq1_of_mc_predict():
@@ -178,7 +181,7 @@ def test_volume_scores_equal_eq1_of_mc_predict():
     got = val.volume_scores(model, vols, n_samples=3, seed=5)
     for v in vols:
         s = mc_predict(model, v.image[None], 3, seed=5)  # (T, 1, C, D, H, W)
-        assert got[v.case_id] == pytest.approx(float(val.volume_score(s)[0]))
+        assert got[v.case_id] == pytest.approx(float(acq.volume_variance_score(s)[0]))
         assert got[v.case_id] > 0
     assert val.volume_scores(model, vols, n_samples=3, seed=5) == got  # deterministic
 
@@ -270,7 +273,7 @@ def test_loop_rejects_bad_arguments(tmp_path):
 
 
 def test_make_loss_names():
-    assert isinstance(val.make_loss("dice_ce"), val.DiceCELoss)
+    assert isinstance(val.make_loss("dice_ce"), DiceCELoss)
     logits = torch.zeros(1, 2, 2, 2, 2)
     target = torch.zeros(1, 2, 2, 2, dtype=torch.int64)
     loss = val.make_loss("combo")(logits, target)
@@ -324,4 +327,4 @@ def test_volume_dice_per_volume_matches_class_dice():
     got = val.volume_dice(model, vols, 1)
     for v in vols:
         pred = val.predict_volume(model, v).argmax(0)
-        assert got[v.case_id] == pytest.approx(val.class_dice(pred, v.label, [1])[1])
+        assert got[v.case_id] == pytest.approx(per_class_dice(pred, v.label, [1])[1])

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from covidlib.acquisition import score_images, select_regions
+from covidlib.acquisition import score_images, select_regions, volume_variance_score
 from covidlib.bench.measure import PeakMemory, synchronize
 from covidlib.data.oracle import IGNORE
 from covidlib.models import UNet3D, mc_predict
-from covidlib.volume_al import volume_score
 
 
 def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> dict[str, float]:
@@ -182,7 +181,7 @@ def bench_volume_scaling(settings: Mapping[str, Any], device: torch.device,
 
     def score(d: int) -> float:
         vol = torch.randn(1, 1, d, d, d, generator=torch.Generator().manual_seed(d)).to(device)
-        return float(volume_score(mc_predict(model, vol, t_samples, seed=0))[0])
+        return float(volume_variance_score(mc_predict(model, vol, t_samples, seed=0))[0])
 
     sizes = [int(d) for d in settings["volume_sizes"]]
     progress("scaling: 3D warm-up")

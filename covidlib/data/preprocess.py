@@ -18,6 +18,8 @@ so no new label values appear.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -181,3 +183,42 @@ def preprocess_slice(
     image = imagenet_normalize(resized)
     mask = None if mask2d is None else resize_mask(mask2d, size)
     return image, mask
+
+
+__all__ += ["hu_to_unit", "resample_volume"]
+
+
+def hu_to_unit(image: np.ndarray, window: Sequence[float] = LUNG_WINDOW) -> np.ndarray:
+    """Hounsfield units clipped to ``window`` = (lo, hi) and scaled to float32 [0, 1] (the
+    intensity normalisation of P3 and P4 before their 3D networks)."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"hu_to_unit: window {tuple(window)!r} must be (lo, hi) with hi > lo")
+    return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def resample_volume(array: np.ndarray, spacing: Sequence[float], target: Sequence[float],
+                    kind: str = "image") -> np.ndarray:
+    """Resample a ``(Z, Y, X)`` array from ``spacing`` to ``target`` mm (P4 Sec. 4 uses
+    trilinear interpolation): images are Gaussian pre-filtered where downsampled (sigma =
+    (factor - 1) / 2, as scikit-image's anti-aliasing), masks interpolated and cut at 0.5."""
+    from scipy import ndimage
+
+    sp = [float(v) for v in spacing]
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"resample_volume: spacing {spacing!r} is unknown or invalid; P4 "
+                         "resamples to a common spacing, which needs the voxel size")
+    if kind not in ("image", "mask"):
+        raise ValueError(f"resample_volume: kind={kind!r} must be 'image' or 'mask'")
+    factors = [t / s for s, t in zip(sp, target, strict=True)]
+    shape = [max(1, round(n / f)) for n, f in zip(array.shape, factors, strict=True)]
+    x = array.astype(np.float32)
+    if kind == "image":
+        sigma = [max(0.0, (f - 1) / 2) for f in factors]
+        if any(sigma):
+            x = ndimage.gaussian_filter(x, sigma)
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
+    out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    if kind == "image":
+        return out.astype(np.float32)
+    return (out > 0.5).astype(np.uint8)

@@ -97,25 +97,31 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
 from covidlib import reweight as rw
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset, open_dataset
+from covidlib.data.augment import crop_padded, flip_lr_ud
 from covidlib.data.errors import DataError
 from covidlib.data.ma20 import pool_cases_outside, semiseg_pool_volume
 from covidlib.data.manifest import natural_key
 from covidlib.data.phantom import PhantomConfig, SiteProfile, generate_case
-from covidlib.data.preprocess import LUNG_WINDOW, resize_image, resize_mask
+from covidlib.data.preprocess import (
+    LUNG_WINDOW,
+    hu_to_unit,
+    resample_volume,
+    resize_image,
+    resize_mask,
+)
 from covidlib.data.readers import iter_cases, read_slice_image
 from covidlib.data.splits import make_split
 from covidlib.data.types import Case
 from covidlib.engine import amp_settings, atomic_save, autocast, resolve_device, set_determinism
 from covidlib.experiments.typed_settings import SettingsError, check_fields, from_profile
 from covidlib.metrics import confusion, hausdorff, scores, surface_distances
-from covidlib.models import resunet3d_p4
+from covidlib.models import resunet2d_p4, resunet3d_p4
 
 __all__ = [
     "AUTO_BENCHMARK",
@@ -154,7 +160,6 @@ __all__ = [
     "probe_split",
     "probe_weights",
     "resolve_dataset",
-    "resunet2d_p4",
     "run",
     "sample_patch",
     "settings",
@@ -429,11 +434,6 @@ class FoldData:
     pool: list[Item]
 
 
-def _window(image: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    lo, hi = float(window[0]), float(window[1])
-    return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-
-
 def _infection(case: Case) -> np.ndarray:
     if case.mask is None:
         raise ValueError(f"case {case.case_id}: no infection mask (expert labels needed)")
@@ -443,31 +443,8 @@ def _infection(case: Case) -> np.ndarray:
     return case.mask > 0
 
 
-def resample_volume(array: np.ndarray, spacing: Sequence[float], target: Sequence[float],
-                    kind: str = "image") -> np.ndarray:
-    """Resample a ``(Z, Y, X)`` array from ``spacing`` to ``target`` mm (P4 Sec. 4 uses
-    trilinear interpolation): images are Gaussian pre-filtered where downsampled (sigma =
-    (factor - 1) / 2, as scikit-image's anti-aliasing), masks interpolated and cut at 0.5."""
-    sp = [float(v) for v in spacing]
-    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
-        raise ValueError(f"resample_volume: spacing {spacing!r} is unknown or invalid; P4 "
-                         "resamples to a common spacing, which needs the voxel size")
-    factors = [t / s for s, t in zip(sp, target, strict=True)]
-    shape = [max(1, round(n / f)) for n, f in zip(array.shape, factors, strict=True)]
-    x = array.astype(np.float32)
-    if kind == "image":
-        sigma = [max(0.0, (f - 1) / 2) for f in factors]
-        if any(sigma):
-            x = ndimage.gaussian_filter(x, sigma)
-    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
-    out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
-    if kind == "image":
-        return out.astype(np.float32)
-    return (out > 0.5).astype(np.uint8)
-
-
 def _prepare_3d(case: Case, s: P4Settings, with_label: bool = True) -> Item:
-    image = resample_volume(_window(case.image, s.window), case.spacing, s.spacing)
+    image = resample_volume(hu_to_unit(case.image, s.window), case.spacing, s.spacing)
     label = None
     if with_label:
         label = resample_volume(_infection(case).astype(np.uint8), case.spacing, s.spacing,
@@ -487,7 +464,7 @@ def _slice_item(case: Case, z: int, size: int, with_label: bool = True,
     """Slice ``z`` of ``case`` at ``size`` px in [0, 1] (HU through the lung window)."""
     img = case.image[z].astype(np.float32)
     if case.intensity == "hu":
-        img = _window(img, LUNG_WINDOW) * 255.0
+        img = hu_to_unit(img, LUNG_WINDOW) * 255.0
     image = resize_image(img, size) / np.float32(255.0)
     label = None
     if with_label:
@@ -712,15 +689,6 @@ def fold_data(ds: Dataset, fold: int, s: P4Settings, store: Path,
 # --------------------------------------------------------------------------------------------
 
 
-def _flip(arr: np.ndarray, code: int) -> np.ndarray:
-    """P4's augmentation: 0 none, 1 left-right (last axis), 2 up-down, 3 both."""
-    if code & 1:
-        arr = arr[..., ::-1]
-    if code & 2:
-        arr = arr[..., ::-1, :]
-    return arr
-
-
 def sample_patch(item: Item, patch: Sequence[int], rng: np.random.Generator,
                  label_key: str, pos_fraction: float = 0.5, flip: bool = False,
                  extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -749,12 +717,8 @@ def sample_patch(item: Item, patch: Sequence[int], rng: np.random.Generator,
     code = int(rng.integers(4)) if flip else 0
 
     def crop(arr: np.ndarray, dtype: Any) -> np.ndarray:
-        sl = tuple(slice(st, st + p) for st, p in zip(start, patch, strict=True))
-        part = np.asarray(arr[sl], dtype=dtype)
-        pad = [(0, p - n) for p, n in zip(patch, part.shape, strict=True)]
-        if any(b for _, b in pad):
-            part = np.pad(part, pad)
-        return np.ascontiguousarray(_flip(part, code))
+        part = np.asarray(crop_padded(arr, start, patch), dtype=dtype)
+        return np.ascontiguousarray(flip_lr_ud(part, code))
 
     out = {"image": crop(item.image, np.float32), "label": crop(label, np.int64)}
     for key in extra:
@@ -784,18 +748,6 @@ def _batch(items: Sequence[Item], n: int, patch: Sequence[int], rng: np.random.G
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
-
-
-def resunet2d_p4(in_channels: int = 1, out_channels: int = 2) -> nn.Module:
-    """The 2-D analogue of P4's network (Table 1 with 3 x 3 kernels): MONAI residual
-    ``UNet``, channels 16-256, four stride-2 levels, two residual units, PReLU, non-affine
-    batch norm."""
-    from monai.networks.nets import UNet
-
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
-                channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), kernel_size=3,
-                up_kernel_size=3, num_res_units=2, act="PRELU",
-                norm=("batch", {"affine": False}))
 
 
 def make_model(dims: int) -> nn.Module:

@@ -23,14 +23,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from covidlib.cache import atomic_write_text
-from covidlib.data.preprocess import LUNG_WINDOW
+from covidlib.data.preprocess import LUNG_WINDOW, hu_to_unit
 from covidlib.data.types import Case
 from covidlib.experiments.p4 import (
     METHOD_LABELS,
     PAPER_NAMES,
     P4Results,
     _infection,
-    _window,
     decode_mask,
 )
 from covidlib.models import resunet3d_p4, resunet3d_table
@@ -329,7 +328,7 @@ def _display(case: Case, arr2d: np.ndarray) -> np.ndarray:
 def _ct_slice(case: Case, z: int | None) -> np.ndarray:
     img = case.image[z] if z is not None else case.image[0]
     if case.intensity == "hu":
-        img = _window(img, LUNG_WINDOW)
+        img = hu_to_unit(img, LUNG_WINDOW)
     else:
         img = img / 255.0
     return _display(case, img)

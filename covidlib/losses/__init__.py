@@ -6,6 +6,7 @@
   ``ConsistencyLoss("flip", point_loss=LCFCNLoss())``.
 * :mod:`~covidlib.losses.structure`: weighted BCE + IoU (F3Net; P1 Sec 5.3, P2 Sec 4.2).
 * :mod:`~covidlib.losses.combo`: sample-weighted combo loss (P4 Eq. 1).
+* :mod:`~covidlib.losses.dice_ce`: soft Dice + cross-entropy on volumes (P3's training loss).
 
 Conventions: logits ``(B, C, H, W)`` with ``C >= 2`` (0 = background, 1 = infection); point
 labels ``(B, H, W)`` integers with :data:`IGNORE` (255) on unlabelled pixels.
@@ -20,6 +21,7 @@ from covidlib.losses.consistency import (
     sample_transforms,
     transform_batch,
 )
+from covidlib.losses.dice_ce import DiceCELoss
 from covidlib.losses.lcfcn import (
     LCFCNLoss,
     blob_labels,
@@ -35,6 +37,7 @@ __all__ = [
     "TRANSFORM_SETS",
     "ComboLoss",
     "ConsistencyLoss",
+    "DiceCELoss",
     "LCFCNLoss",
     "PointLoss",
     "StructureLoss",

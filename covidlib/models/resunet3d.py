@@ -77,6 +77,18 @@ def resunet3d_p4(
     )
 
 
+def resunet2d_p4(in_channels: int = 1, out_channels: int = 2) -> nn.Module:
+    """The 2-D analogue of P4's network (Table 1 with 3 x 3 kernels): MONAI residual
+    ``UNet``, channels 16-256, four stride-2 levels, two residual units, PReLU, non-affine
+    batch norm. P4's slices variants (COVID-SemiSeg, ma20-slices) train it on single slices."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+                channels=P4_CHANNELS, strides=P4_STRIDES, kernel_size=3,
+                up_kernel_size=3, num_res_units=2, act="PRELU",
+                norm=("batch", {"affine": False}))
+
+
 def _kernel(conv: nn.Module) -> str:
     if not hasattr(conv, "kernel_size"):
         return "I"
