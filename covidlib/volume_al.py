@@ -475,6 +475,27 @@ def _round_config(base: Mapping[str, Any], seed: int, history: list[list[str]],
     return {**base, "seed": seed, "history": [sorted(h) for h in hist]}
 
 
+def _check_loop_inputs(volumes: Mapping[str, Volume], split: Mapping[str, Sequence[str]],
+                       initial: Sequence[str], strategy: str, config: Mapping[str, Any],
+                       warm_without_epochs: bool) -> None:
+    """The argument checks of :func:`run_volume_al` (each error names the bad value)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"run_volume_al: strategy={strategy!r} is not one of {STRATEGIES}")
+    for key in ("pool", "val", "test"):
+        if key not in split or not split[key]:
+            raise ValueError(f"run_volume_al: split has no {key!r} volumes")
+    missing = sorted({c for k in ("pool", "val", "test") for c in split[k]} - set(volumes))
+    if missing:
+        raise ValueError(f"run_volume_al: split names volumes that were not prepared: {missing}")
+    if not initial or not set(initial) <= set(split["pool"]):
+        raise ValueError("run_volume_al: the initial labelled set must be a non-empty pool subset")
+    for name in ("target_class", "n_classes", "epochs", "lr", "batch_size", "patch"):
+        if name not in config:
+            raise ValueError(f"run_volume_al: config has no {name!r}")
+    if warm_without_epochs:
+        raise ValueError("run_volume_al: warm_start needs warm_epochs")
+
+
 def run_volume_al(
     volumes: Mapping[str, Volume],
     split: Mapping[str, Sequence[str]],
@@ -514,22 +535,9 @@ def run_volume_al(
     ``labelled``, test/val Dice (see :func:`_train_round`), ``selected`` (ids labelled next),
     ``scores`` (the pool's P3 scores, variance strategy only) and ``round`` (its cache hash).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"run_volume_al: strategy={strategy!r} is not one of {STRATEGIES}")
-    for key in ("pool", "val", "test"):
-        if key not in split or not split[key]:
-            raise ValueError(f"run_volume_al: split has no {key!r} volumes")
-    missing = sorted({c for k in ("pool", "val", "test") for c in split[k]} - set(volumes))
-    if missing:
-        raise ValueError(f"run_volume_al: split names volumes that were not prepared: {missing}")
+    _check_loop_inputs(volumes, split, initial, strategy, config,
+                       warm_start and warm_epochs is None)
     pool = list(split["pool"])
-    if not initial or not set(initial) <= set(pool):
-        raise ValueError("run_volume_al: the initial labelled set must be a non-empty pool subset")
-    for name in ("target_class", "n_classes", "epochs", "lr", "batch_size", "patch"):
-        if name not in config:
-            raise ValueError(f"run_volume_al: config has no {name!r}")
-    if warm_start and warm_epochs is None:
-        raise ValueError("run_volume_al: warm_start needs warm_epochs")
     dev = resolve_device(device)
     root = Path(checkpoint_root)
     base = {**config, "split": {k: list(split[k]) for k in ("pool", "val", "test")},

@@ -12,7 +12,7 @@ import pytest
 
 from covidlib.cache import config_hash
 from covidlib.data.api import open_dataset
-from covidlib.experiments import p3
+from covidlib.experiments import p3, p3_report
 from covidlib.report import paper_values
 from covidlib.verdict import Convergence
 
@@ -121,7 +121,7 @@ def _curves(gaps: dict[int, tuple[float, float]], test_offset: float = -0.2) -> 
 
 def test_paper_comparison_sets_validation_beside_validation():
     curves = _curves({0: (0.5, 0.5), 1: (0.7, 0.6), 2: (0.8, 0.5)})
-    table = p3.paper_comparison(curves, paper_values.artifact("P3-F2"), "heart")
+    table = p3_report.paper_comparison(curves, paper_values.artifact("P3-F2"), "heart")
     assert list(table.columns) == ["quantity", "P3 (LCTSC, validation Dice)",
                                    "ours: validation Dice", "ours: test Dice (P3: none)"]
     val = dict(zip(table["quantity"], table["ours: validation Dice"], strict=True))
@@ -142,28 +142,28 @@ def test_verdict_is_three_way_on_validation_dice():
     flat = Convergence(True, 0.8, 20, 0.0, "validation flat")
     climbing = Convergence(False, 0.6, 24, 0.1, "still improving")
     better = _curves({0: (0.5, 0.5), 1: (0.7, 0.6), 2: (0.8, 0.5)})
-    text = p3.verdict(better, "heart")
+    text = p3_report.verdict(better, "heart")
     assert text.startswith("heart: reproduced: MC-dropout variance selection beats random")
     assert "validation Dice gap over selection rounds and seeds +0.200" in text
     worse = _curves({0: (0.5, 0.5), 1: (0.5, 0.7), 2: (0.6, 0.8)})
     absent = {"mean_spearman": -0.1, "present": False}
-    found = p3.verdict(worse, "heart", baseline=flat, mechanism=absent)
+    found = p3_report.verdict(worse, "heart", baseline=flat, mechanism=absent)
     assert found.startswith("heart: not reproduced with a converged baseline, mechanism "
                             "(variance points at the model's errors) absent: random selection "
                             "beats")
     assert "mean Spearman rho of P3 score vs error -0.10" in found
-    late = p3.verdict(worse, "heart", baseline=climbing, mechanism=absent)
+    late = p3_report.verdict(worse, "heart", baseline=climbing, mechanism=absent)
     assert late.startswith("heart: inconclusive, the fully supervised baseline has not "
                            "converged (still improving)")
-    assert "no fully supervised baseline was trained" in p3.verdict(worse, "heart")
-    tied = p3.verdict(_curves({0: (0.5, 0.5), 1: (0.6, 0.6)}), "heart", baseline=flat,
+    assert "no fully supervised baseline was trained" in p3_report.verdict(worse, "heart")
+    tied = p3_report.verdict(_curves({0: (0.5, 0.5), 1: (0.6, 0.6)}), "heart", baseline=flat,
                       mechanism={"mean_spearman": 0.5, "present": True})
     assert "within 0.01" in tied and "errors) present" in tied and "tied in 2" in tied
     # validation and test disagree: the verdict follows validation (P3's metric) by default
     mixed = _curves({0: (0.5, 0.5), 1: (0.7, 0.6)})
     mixed.loc[mixed.strategy == "variance", "dice"] -= 0.3
-    assert p3.verdict(mixed, "heart").startswith("heart: reproduced")
-    assert p3.verdict(mixed, "heart", metric="dice").startswith("heart: inconclusive")
+    assert p3_report.verdict(mixed, "heart").startswith("heart: reproduced")
+    assert p3_report.verdict(mixed, "heart", metric="dice").startswith("heart: inconclusive")
 
 
 def test_baseline_converged_by_hand():
@@ -171,23 +171,24 @@ def test_baseline_converged_by_hand():
         return [{"epoch": i + 1, "train_loss": 1.0, "val_dice": v} for i, v in enumerate(vals)]
 
     # 8 epochs, last 3: max 0.705 vs earlier max 0.70 -> +0.005 < 0.01
-    assert p3.baseline_converged(curve([0.1, 0.4, 0.6, 0.7, 0.69, 0.7, 0.705, 0.7])).converged
+    assert p3_report.baseline_converged(
+        curve([0.1, 0.4, 0.6, 0.7, 0.69, 0.7, 0.705, 0.7])).converged
     # still climbing: last 3 reach 0.8 vs 0.65 before
-    out = p3.baseline_converged(curve([0.1, 0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8]))
+    out = p3_report.baseline_converged(curve([0.1, 0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8]))
     assert not out.converged and out.gain == pytest.approx(0.15)
-    assert not p3.baseline_converged(curve([0.5, 0.5, 0.5])).converged  # too short
+    assert not p3_report.baseline_converged(curve([0.5, 0.5, 0.5])).converged  # too short
     # unvalidated epochs (nan) are skipped
-    assert p3.baseline_converged(curve([0.2, float("nan"), 0.6, 0.6, 0.6, 0.6])).converged
+    assert p3_report.baseline_converged(curve([0.2, float("nan"), 0.6, 0.6, 0.6, 0.6])).converged
 
 
 def test_mechanism_summary_by_hand():
     frame = pd.DataFrame({"spearman": [0.8, 0.2, float("nan"), -0.1]})
-    out = p3.mechanism_summary(frame)
+    out = p3_report.mechanism_summary(frame)
     assert out["mean_spearman"] == pytest.approx(0.3) and out["n"] == 3
     assert out["positive_share"] == pytest.approx(2 / 3) and out["present"] is True
-    low = p3.mechanism_summary(pd.DataFrame({"spearman": [0.2, 0.1]}))
+    low = p3_report.mechanism_summary(pd.DataFrame({"spearman": [0.2, 0.1]}))
     assert low["present"] is False
-    assert p3.mechanism_summary(pd.DataFrame({"spearman": []}))["present"] is None
+    assert p3_report.mechanism_summary(pd.DataFrame({"spearman": []}))["present"] is None
 
 
 def test_paper_numbers_are_read_not_typed():
@@ -364,5 +365,5 @@ def test_chapter_runs_end_to_end_on_lctsc_layout(lctsc_root, tmp_path):
 
 
 def test_paper_numbers_for_prose_come_from_the_yaml():
-    assert p3.paper_numbers() == {"p3_paper_it2_active": 0.77, "p3_paper_it2_random": 0.52,
+    assert p3_report.paper_numbers() == {"p3_paper_it2_active": 0.77, "p3_paper_it2_random": 0.52,
                                   "p3_paper_last_active": 0.87, "p3_paper_share": "42%"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from covidlib import checkpoint
 from covidlib import reweight as rw
 from covidlib.cache import config_hash
 from covidlib.data.augment import crop_padded, flip_lr_ud
 from covidlib.data.manifest import load_manifest
 from covidlib.data.preprocess import hu_to_unit, resample_volume
-from covidlib.experiments import p4
+from covidlib.experiments import p4, p4_data
 from covidlib.experiments import p4_report as report
 from covidlib.models import resunet3d_p4
 
@@ -106,14 +108,14 @@ def test_p4_cv4_split_matches_p4_protocol():
 
 def test_split_2d_quarters():
     ids = [str(i) for i in range(50)]
-    parts = [p4._split_2d(ids, f) for f in range(4)]
+    parts = [p4_data._split_2d(ids, f) for f in range(4)]
     assert [len(tr) for tr, _ in parts] == [13, 13, 12, 12]
     for tr, va in parts:
         assert set(tr) | set(va) == set(ids) and not set(tr) & set(va)
     assert set().union(*[set(tr) for tr, _ in parts]) == set(ids)
-    assert p4._split_2d(ids, 1) == parts[1]  # deterministic
+    assert p4_data._split_2d(ids, 1) == parts[1]  # deterministic
     with pytest.raises(ValueError, match=r"folds 0\.\.3"):
-        p4._split_2d(ids, 4)
+        p4_data._split_2d(ids, 4)
 
 
 def test_resample_volume():
@@ -259,12 +261,29 @@ def test_train_student_is_deterministic_and_resumes_exactly(tmp_path, monkeypatc
     monkeypatch.setattr(rw, "weighted_update", dying)
     with pytest.raises(KeyboardInterrupt):
         _student(4, ckpt)
-    assert ckpt.exists()
+    assert ckpt.exists() and checkpoint.read_header(ckpt)["sha256"]  # a verified checkpoint
+    assert checkpoint.load(ckpt)["step"] == 2
     monkeypatch.setattr(rw, "weighted_update", real)
-    m3, h3 = _student(4, ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # resumed, not restarted
+        m3, h3 = _student(4, ckpt)
     for a, b in zip(m1.state_dict().values(), m3.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert h3 == h1 and not ckpt.exists()
+    # a damaged checkpoint is moved aside with a warning; training restarts: same result
+    calls["n"] = 0
+    monkeypatch.setattr(rw, "weighted_update", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _student(4, ckpt)
+    monkeypatch.setattr(rw, "weighted_update", real)
+    data = bytearray(ckpt.read_bytes())
+    data[-1] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="restarts from step 0"):
+        m4, h4 = _student(4, ckpt)
+    assert h4 == h1 and list(tmp_path.glob("run.pt.corrupt-*"))
+    for a, b in zip(m1.state_dict().values(), m4.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_semi_mode_uses_uniform_weights():

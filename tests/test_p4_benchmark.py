@@ -16,7 +16,7 @@ from PIL import Image
 from covidlib.data.api import Dataset
 from covidlib.data.manifest import load_manifest
 from covidlib.data.types import Case
-from covidlib.experiments import p4
+from covidlib.experiments import p4, p4_data
 from covidlib.experiments import p4_report as report
 from covidlib.models import resunet2d_p4
 
@@ -91,7 +91,7 @@ def _pool_dataset(root: Path) -> Dataset:
 @pytest.fixture
 def benchmark(tmp_path, monkeypatch):
     pool = _pool_dataset(tmp_path)
-    monkeypatch.setattr(p4, "open_pool_dataset", lambda ds: pool)
+    monkeypatch.setattr(p4_data, "open_pool_dataset", lambda ds: pool)
     return FakeSlices(tmp_path), pool
 
 

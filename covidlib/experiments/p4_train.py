@@ -1,0 +1,412 @@
+"""P4 networks, training (teacher and students, Alg. 1), inference, evaluation and the
+mechanism probe (see :mod:`covidlib.experiments.p4` for the protocol)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from covidlib import checkpoint as _ckpt
+from covidlib import reweight as rw
+from covidlib.data.manifest import natural_key
+from covidlib.engine import amp_settings, autocast
+from covidlib.experiments.p4_data import (
+    Item,
+    TestItem,
+    _batch,
+    sample_patch,
+)
+from covidlib.experiments.p4_settings import (
+    P4Settings,
+)
+from covidlib.metrics import confusion, hausdorff, scores, surface_distances
+from covidlib.models import resunet2d_p4, resunet3d_p4
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def make_model(dims: int) -> nn.Module:
+    """P4's residual U-Net: :func:`covidlib.models.resunet3d_p4` (3-D) or
+    :func:`resunet2d_p4` (the 2-D variant)."""
+    if dims == 3:
+        return resunet3d_p4()
+    if dims == 2:
+        return resunet2d_p4()
+    raise ValueError(f"make_model: dims={dims!r} must be 2 or 3")
+
+
+def _optimizer(model: nn.Module, s: P4Settings) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=float(s.lr))
+    return torch.optim.SGD(model.parameters(), lr=float(s.lr))  # Eq. 9 read literally
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *[int(v) for v in stream]])
+
+
+def _patch_shape(dims: int, s: P4Settings) -> list[int]:
+    return list(s.patch) if dims == 3 else [int(s.size_2d)] * 2
+
+
+def _keep_steps(steps: int, n: int) -> set[int]:
+    return set(np.linspace(0, steps - 1, min(steps, n)).round().astype(int).tolist())
+
+
+@contextlib.contextmanager
+def _checkpointing(path: Path | None, every: int, model: nn.Module,
+                   opt: torch.optim.Optimizer, history: dict[str, list]) -> Iterator[Any]:
+    """Resume from ``path`` if it exists; yields ``save(step)``; deletes it at the end.
+
+    Checkpoints go through :mod:`covidlib.checkpoint` (atomic, sha256-verified on load); a
+    damaged one is moved aside with a warning and training starts again from step 0."""
+    start = 0
+    if path is not None and every and path.exists():
+        try:
+            ck = _ckpt.load(path)
+        except _ckpt.CorruptCheckpointError as exc:
+            moved = _ckpt.move_aside(path)
+            warnings.warn(f"{exc}; moved aside to {moved.name}, training restarts from step 0",
+                          stacklevel=3)
+        else:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            history.update(ck["history"])
+            start = int(ck["step"])
+
+    def save(step: int) -> None:
+        if path is not None and every and step % every == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "history": history, "step": step}, path)
+
+    yield start, save
+    if path is not None and path.exists():
+        path.unlink()
+
+
+def monitor_dice(model: nn.Module, items: Sequence[Item], s: P4Settings,
+                 device: torch.device) -> float:
+    """Dice of the summed confusion over ``items`` (labels at the working resolution); the
+    model is left in training mode."""
+    if items and all(it.image.ndim == 2 and it.image.shape == items[0].image.shape
+                     for it in items):
+        preds = predict_slices(model, [it.image for it in items], s, device) > 0.5
+    else:
+        preds = [predict_foreground(model, it.image, s, device) > 0.5 for it in items]
+    conf = sum(confusion(p, it.label > 0) for p, it in zip(preds, items, strict=True))
+    model.train()
+    return float(scores(conf)["dice"])
+
+
+def curve_items(test: Sequence[TestItem], n: int) -> list[Item]:
+    """Up to ``n`` held-out items for the learning curve, evenly spread: slices of the test
+    stacks (2-D volumes stored as slices) or the test items themselves."""
+    pool: list[Item] = []
+    for t in test:
+        if t.slices:
+            pool += [Item(f"{t.item.case_id}:{z}", t.item.image[z], label=t.item.label[z])
+                     for z in range(t.item.image.shape[0])]
+        else:
+            pool.append(t.item)
+    if n <= 0 or not pool:
+        return []
+    idx = np.unique(np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int))
+    return [pool[i] for i in idx]
+
+
+def train_supervised(model: nn.Module, items: Sequence[Item], s: P4Settings, steps: int,
+                     seed: int, dims: int, device: torch.device, *, stream: int = 0,
+                     checkpoint: Path | None = None, desc: str = "train",
+                     progress: bool = True, monitor: Sequence[Item] = (),
+                     monitor_points: int = 0) -> dict[str, list]:
+    """Combo-loss training on expert items (the teacher ``Phi_sl`` and ``fully``): Adam,
+    ``steps`` mini-batches of ``batch`` flipped patches (P4 Sec. 2.3, 4). With ``monitor``
+    items, their Dice is measured after ``monitor_points`` evenly spaced steps (the learning
+    curve of ``curve_step`` / ``curve_dice``; never used to choose a model)."""
+    model.to(device).train()
+    opt = _optimizer(model, s)
+    dtype, _ = amp_settings(device, dims)
+    history: dict[str, list] = {"step": [], "loss": []}
+    at = set()
+    if monitor and monitor_points > 0:
+        history.update(curve_step=[], curve_dice=[])
+        at = set(np.linspace(0, steps, monitor_points + 1)[1:].round().astype(int).tolist())
+    keep = _keep_steps(steps, int(s.history_max))
+    patch = _patch_shape(dims, s)
+    with _checkpointing(checkpoint, int(s.checkpoint_every), model, opt, history) as (
+            start, save):
+        for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
+            b = _batch(items, int(s.batch), patch, _rng(seed, stream, step), "label",
+                       float(s.pos_fraction), flip=True)
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, dtype):
+                loss = rw.p4_loss(model(b["image"].to(device)), b["label"].to(device)).mean()
+            loss.backward()
+            opt.step()
+            if step in keep:
+                history["step"].append(step)
+                history["loss"].append(float(loss.detach()))
+            if step + 1 in at:
+                history["curve_step"].append(step + 1)
+                history["curve_dice"].append(monitor_dice(model, monitor, s, device))
+            save(step + 1)
+    return history
+
+
+def _patch_quality(pseudo: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Dice of each pseudo-label patch against the hidden truth (1 voxel smoothing)."""
+    out = []
+    for p, t in zip(pseudo, truth, strict=True):
+        p, t = p > 0, t > 0
+        out.append(float((2 * (p & t).sum() + 1) / (p.sum() + t.sum() + 1)))
+    return out
+
+
+def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequence[Item],
+                  s: P4Settings, seed: int, dims: int, device: torch.device, *,
+                  stream: int = 1, checkpoint: Path | None = None, desc: str = "student",
+                  progress: bool = True) -> dict[str, list]:
+    """``Phi_ssl`` by Alg. 1: per step a pseudo batch from ``pool`` (labels ``pseudo``) and
+    an expert batch from ``val`` (``X_v``); weights by ``mode`` (:data:`reweight.MODES`),
+    update by Eq. 9 (plus the expert batch's mean loss when ``expert_term``)."""
+    lam, rectify = rw.mode_settings(mode, float(s.lam))
+    model.to(device).train()
+    opt = _optimizer(model, s)
+    dtype, _ = amp_settings(device, dims)
+    history: dict[str, list] = {"step": [], "loss": [], "w_star": [], "w_com": [],
+                                "quality": []}
+    keep = _keep_steps(steps := int(s.student_steps), int(s.history_max))
+    patch = _patch_shape(dims, s)
+    n = int(s.batch)
+    has_truth = all(it.truth is not None for it in pool)
+    with _checkpointing(checkpoint, int(s.checkpoint_every), model, opt, history) as (
+            start, save):
+        for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
+            rng = _rng(seed, stream, step)
+            bp = _batch(pool, n, patch, rng, "pseudo", float(s.pos_fraction), flip=False,
+                        extra=("truth",) if has_truth else ())
+            bv = _batch(val, n, patch, rng, "label", float(s.pos_fraction), flip=True)
+            x_p, y_p = bp["image"].to(device), bp["label"].to(device)
+            x_v, y_v = bv["image"].to(device), bv["label"].to(device)
+            with autocast(device, dtype):
+                res = rw.compute_weights(model, x_p, y_p, x_v, y_v, lam=lam, rectify=rectify,
+                                         alpha=float(s.meta_lr), norm=s.gem_norm,
+                                         rgs_method=s.rgs_method)
+                parts = rw.weighted_update(
+                    model, opt, x_p, y_p, res.w_star,
+                    x_e=x_v if s.expert_term else None,
+                    y_e=y_v if s.expert_term else None)
+            if step in keep:
+                history["step"].append(step)
+                history["loss"].append(parts["loss"])
+                history["w_star"].append([float(v) for v in res.w_star.cpu()])
+                history["w_com"].append([float(v) for v in res.w_com.cpu()])
+                if has_truth:
+                    history["quality"].append(_patch_quality(bp["label"].numpy(), bp["truth"]))
+            save(step + 1)
+    return history
+
+
+# --------------------------------------------------------------------------------------------
+# Inference and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_foreground(model: nn.Module, image: np.ndarray, s: P4Settings,
+                       device: torch.device) -> np.ndarray:
+    """Foreground probability map of one item at the working resolution: sliding windows
+    of ``infer_roi`` with ``overlap`` (3-D), or the whole volume / slice in one pass when
+    ``infer_roi`` is None (the network is fully convolutional; batch norm uses its running
+    statistics)."""
+    from monai.inferers import sliding_window_inference
+
+    model.to(device).eval()
+    dims = image.ndim
+    dtype, _ = amp_settings(device, dims)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    with autocast(device, dtype):
+        if dims == 3 and s.infer_roi is not None:
+            logits = sliding_window_inference(x, tuple(s.infer_roi), int(s.batch),
+                                              model, overlap=float(s.overlap))
+        else:  # the whole volume / slice at once, zero-padded to a multiple of 16
+            pad = [(-n) % 16 for n in x.shape[2:]]
+            flat = [v for p in reversed(pad) for v in (0, p)]
+            logits = model(F.pad(x, flat))[(..., *[slice(0, n) for n in x.shape[2:]])]
+    return F.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+
+
+@torch.no_grad()
+def predict_slices(model: nn.Module, images: Sequence[np.ndarray] | np.ndarray,
+                   s: P4Settings, device: torch.device, chunk: int = 16) -> np.ndarray:
+    """Foreground probabilities of equally sized 2-D slices ``(N, H, W)``, ``chunk`` slices
+    per forward pass (batch norm in eval mode: each slice independent of the others)."""
+    stack = np.asarray(images, dtype=np.float32)
+    if stack.ndim != 3:
+        raise ValueError(f"predict_slices: expected (N, H, W) slices, got {stack.shape}")
+    model.to(device).eval()
+    dtype, _ = amp_settings(device, 2)
+    out = []
+    for i in range(0, stack.shape[0], chunk):
+        x = torch.from_numpy(np.ascontiguousarray(stack[i:i + chunk]))[:, None].to(device)
+        pad = [(-n) % 16 for n in x.shape[2:]]
+        with autocast(device, dtype):
+            logits = model(F.pad(x, [0, pad[1], 0, pad[0]]))[..., :x.shape[2], :x.shape[3]]
+        out.append(F.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *stack.shape[1:]), np.float32)
+
+
+def _to_original(prob: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(prob))[None, None]
+    mode = "trilinear" if prob.ndim == 3 else "bilinear"
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
+    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
+
+
+def decode_mask(text: str, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`encode_mask`."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
+    n = int(shape[0]) * int(shape[1])
+    if bits.size < n or bits.size - n >= 8:
+        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape "
+                         f"{tuple(shape)}")
+    return bits[:n].reshape(tuple(int(v) for v in shape)).astype(bool)
+
+
+def _figure_slice(mask: np.ndarray) -> int | None:
+    """Axial slice with the most infection (3-D), None for a 2-D mask."""
+    return int(mask.reshape(mask.shape[0], -1).sum(1).argmax()) if mask.ndim == 3 else None
+
+
+def figure_cases(test: Sequence[TestItem], n: int) -> list[str]:
+    """Up to ``n`` infected test cases for the qualitative figures: all of them when few,
+    else evenly spread over the infected-area quantiles (small to large lesions)."""
+    infected = [t for t in test if t.mask.any()]
+    order = sorted(infected, key=lambda t: (float(t.mask.mean()), t.item.case_id))
+    if len(order) <= n:
+        return [t.item.case_id for t in order]
+    idx = np.linspace(0, len(order) - 1, n).round().astype(int)
+    return [order[i].item.case_id for i in idx]
+
+
+def _nan_none(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+def _hausdorff(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None
+               ) -> tuple[float, float]:
+    """``(HD, HD95)`` in mm (pixels without spacing) from one distance computation, with the
+    conventions of :func:`covidlib.metrics.hausdorff` (both empty 0, one empty inf)."""
+    if not pred.any() or not truth.any():
+        v = hausdorff(pred, truth, spacing)
+        return v, v
+    d_pt, d_tp = surface_distances(pred, truth, spacing)
+    return (float(max(d_pt.max(), d_tp.max())),
+            float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))))
+
+
+def evaluate(model: nn.Module, test: Sequence[TestItem], s: P4Settings,
+             device: torch.device, figure_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """Dice and Hausdorff distance per test case at its original grid and spacing (P4
+    Tables 2-3), plus the predicted masks of the figure slices."""
+    rows, figure = [], {}
+    for t in test:
+        if t.slices:
+            prob = predict_slices(model, t.item.image, s, device)
+        else:
+            prob = predict_foreground(model, t.item.image, s, device)
+        prob = _to_original(prob, t.mask.shape)
+        pred = prob > 0.5
+        sc = scores(confusion(pred, t.mask))
+        hd, hd95 = _hausdorff(pred, t.mask, t.spacing)
+        rows.append({"case_id": t.item.case_id, "dice": float(sc["dice"]),
+                     "hd": _nan_none(hd), "hd95": _nan_none(hd95),
+                     "empty_truth": not bool(t.mask.any()), "empty_pred": not bool(pred.any()),
+                     "pred_voxels": int(pred.sum()), "true_voxels": int(t.mask.sum())})
+        if t.item.case_id in figure_ids:
+            z = _figure_slice(t.mask)
+            sl = pred[z] if z is not None else pred
+            figure[t.item.case_id] = {"z": z, "shape": list(sl.shape),
+                                      "mask": encode_mask(sl)}
+    return {"cases": rows, "figure": figure}
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanism probe (issue 14): do the weights track the true quality of the pseudo-labels?
+# --------------------------------------------------------------------------------------------
+
+
+def probe_split(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+    """``(probe, expert)``: the expert-labelled items of ``X_v`` split by volume (naturally
+    sorted volumes alternate: 1st, 3rd, ... probe; 2nd, 4th, ... expert), so that no probe
+    example shares a volume with the expert batches."""
+    vols = sorted({it.volume or it.case_id for it in items}, key=natural_key)
+    if len(vols) < 2:
+        raise ValueError(f"probe_split: {len(vols)} volume(s) in X_v; the probe needs two")
+    probe = set(vols[0::2])
+    return ([it for it in items if (it.volume or it.case_id) in probe],
+            [it for it in items if (it.volume or it.case_id) not in probe])
+
+
+def probe_weights(model: nn.Module, val: Sequence[Item], s: P4Settings, n_batches: int,
+                  seed: int, dims: int, device: torch.device) -> dict[str, Any]:
+    """The weights of Alg. 1 (RGS, RGM, RGS&M, and the rectified RGS+AL, RGS&M+AL) at the
+    model's parameters, without updates, for ``n_batches`` pseudo-labelled batches whose
+    true quality is known: expert-labelled items of the probe half of ``X_v``
+    (:func:`probe_split`), pseudo-labelled by ``model`` (the teacher), with expert batches
+    from the other half. Returns the weights and each example's true quality
+    (:func:`covidlib.reweight.example_dice`), one list entry per example."""
+    probe, expert = probe_split(val)
+    n = int(s.batch)
+    rng = _rng(seed, 7)
+    pick = rng.choice(len(probe), size=n * n_batches, replace=len(probe) < n * n_batches)
+    patch = _patch_shape(dims, s)
+    labelled: dict[int, Item] = {}
+    batches, quality = [], []
+    for b in range(n_batches):
+        parts = []
+        for i in pick[b * n:(b + 1) * n]:
+            i = int(i)
+            if i not in labelled:
+                it = probe[i]
+                pseudo = (predict_foreground(model, it.image, s, device) > 0.5).astype(np.uint8)
+                labelled[i] = Item(it.case_id, it.image, pseudo=pseudo, truth=it.label,
+                                   volume=it.volume)
+            parts.append(sample_patch(labelled[i], patch, rng, "pseudo",
+                                      float(s.pos_fraction), extra=("truth",)))
+        bv = _batch(expert, n, patch, rng, "label", float(s.pos_fraction), flip=True)
+        x_p = torch.from_numpy(np.stack([p["image"] for p in parts]))[:, None].to(device)
+        y_p = torch.from_numpy(np.stack([p["label"] for p in parts])).to(device)
+        quality += rw.example_dice(y_p.cpu().numpy(),
+                                   np.stack([p["truth"] for p in parts])).tolist()
+        batches.append((x_p, y_p, bv["image"].to(device), bv["label"].to(device)))
+    model.to(device).train()
+    w = rw.weights_on_batches(model, batches, lam=float(s.lam), alpha=float(s.meta_lr),
+                              norm=s.gem_norm, rgs_method=s.rgs_method)
+    return {"quality": quality, **{k: v.tolist() for k, v in w.items()},
+            "n_probe_volumes": len({it.volume or it.case_id for it in probe})}
+
+
