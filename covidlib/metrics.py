@@ -559,3 +559,17 @@ def per_class_dice(pred: ArrayLike, label: ArrayLike, classes: Sequence[int]) ->
         raise ValueError(f"per_class_dice: prediction {tuple(pred.shape)} != label "
                          f"{tuple(label.shape)}")
     return {int(c): scores(confusion(pred == c, label == c))["dice"] for c in classes}
+
+
+def example_dice(pseudo: np.ndarray, truth: np.ndarray, smooth: float = 1.0) -> np.ndarray:
+    """Smoothed Dice of each example (axis 0): ``(2 |P & T| + s) / (|P| + |T| + s)``, ``s =
+    smooth`` so that an empty prediction of an empty truth scores 1 instead of 0 / 0 (P4's
+    true quality of a pseudo-label, the mechanism probe of its re-weighting)."""
+    p = np.asarray(pseudo) > 0
+    t = np.asarray(truth) > 0
+    if p.shape != t.shape or p.ndim < 2:
+        raise ValueError(f"example_dice: pseudo {p.shape} and truth {t.shape} must be equal "
+                         "arrays of examples (N, ...)")
+    axes = tuple(range(1, p.ndim))
+    inter = (p & t).sum(axis=axes)
+    return (2.0 * inter + smooth) / (p.sum(axis=axes) + t.sum(axis=axes) + smooth)

@@ -62,7 +62,6 @@ __all__ = [
     "batch_statistics_only",
     "combine_weights",
     "compute_weights",
-    "example_dice",
     "gradient_embedding_norms",
     "meta_parameters",
     "mode_settings",
@@ -513,20 +512,6 @@ def weighted_update(model: nn.Module, optimizer: torch.optim.Optimizer, x_p: tor
 # --------------------------------------------------------------------------------------------
 # Mechanism check: do the weights find the bad pseudo-labels? (issue 14, P4)
 # --------------------------------------------------------------------------------------------
-
-
-def example_dice(pseudo: np.ndarray, truth: np.ndarray, smooth: float = 1.0) -> np.ndarray:
-    """True quality of each pseudo-labelled example: ``(2 |P & T| + s) / (|P| + |T| + s)``
-    per example (axis 0), ``s = smooth`` so that an empty pseudo-label of an empty truth
-    scores 1 instead of 0 / 0."""
-    p = np.asarray(pseudo) > 0
-    t = np.asarray(truth) > 0
-    if p.shape != t.shape or p.ndim < 2:
-        raise ValueError(f"example_dice: pseudo {p.shape} and truth {t.shape} must be equal "
-                         "arrays of examples (N, ...)")
-    axes = tuple(range(1, p.ndim))
-    inter = (p & t).sum(axis=axes)
-    return (2.0 * inter + smooth) / (p.sum(axis=axes) + t.sum(axis=axes) + smooth)
 
 
 def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:

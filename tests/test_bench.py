@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from covidlib.bench import determinism, endtoend, report, run
+from covidlib.bench import determinism, endtoend, report, responsive, run
 from covidlib.bench.mc import speedups
 from covidlib.bench.measure import PeakMemory, summarize, time_runs
 from covidlib.bench.scaling import fit_exponent
@@ -47,6 +47,26 @@ def test_results_file_schema(quick):
     assert res["checks"] == {"mc_identical_selections": True}
     assert res["total_seconds"] >= sum(res[s]["section_seconds"] for s in SECTIONS)
     assert report.missing_section(res, "determinism").startswith("The `determinism` benchmark")
+    r = res["responsiveness"]  # the widget's section: one measured run, tiny in --quick
+    assert r["settings"] == run.QUICK["responsiveness"] and r["clicks"] == 3
+    for key in ("click_saved_ms", "click_saved_p95_ms", "click_ms", "click_p95_ms",
+                "click_during_training_ms", "click_during_training_p95_ms", "cycle_s",
+                "cycle_cpu_s", "click_goal_ms", "cycle_goal_s", "clicks_during_training"):
+        assert key in r, key
+    assert r["click_saved_ms"] <= r["click_saved_p95_ms"] and r["cycle_s"] > 0
+    assert r["met"] == responsive.verdicts(r) and set(r["met"]) == {k for k, *_ in
+                                                                     responsive.FIGURES}
+    assert "widget click saved" in run.summary(res)
+
+
+def test_responsiveness_verdicts_hand_computed():
+    r = {"click_goal_ms": 50.0, "cycle_goal_s": 10.0, "click_saved_ms": 12.0,
+         "click_saved_p95_ms": 50.0, "click_ms": 49.9, "click_p95_ms": 80.0,
+         "click_during_training_ms": float("nan"), "cycle_s": 9.5}
+    assert responsive.verdicts(r) == {
+        "click_saved_ms": True, "click_saved_p95_ms": False, "click_ms": True,
+        "click_p95_ms": False, "click_during_training_ms": None,
+        "click_during_training_p95_ms": None, "cycle_s": True}
 
 
 def test_checks_read_the_sections():
@@ -335,4 +355,5 @@ def test_load_results_and_missing_file(tmp_path):
         None, None).replace("**", "")
     assert report.mc_table(None) is None and report.scaling_figure(None) is None
     goals = report.goals_table(None, None, None)
-    assert list(goals["measured"]) == [report.NOT_MEASURED, report.NOT_MEASURED]
+    assert list(goals["measured"]) == [report.NOT_MEASURED] * 4  # 2 books, 2 widget goals
+    assert list(goals["verdict"])[2:] == ["not measured yet: run make bench"] * 2

@@ -10,6 +10,7 @@ import pytest
 
 from covidlib.data.api import open_dataset
 from covidlib.experiments import label_demo
+from covidlib.report import book
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"pool": 6, "eval": 4, "cycles": 1, "initial_images": 1, "epochs": 2, "n_mc": 2,
@@ -66,6 +67,7 @@ def test_the_chapter_and_the_scorecard_run_under_papermill(tmp_path, synthetic_r
         parameters={"dataset": "synthetic", "data_root": str(synthetic_root), "device": "cpu",
                     "results_dir": str(results), "overrides": TINY, "seeds": [0]})
     nb = nbformat.read(out, as_version=4)
+    assert book.unresolved_glue(nb) == []  # the opening's data and verdict included
     mimes = [m for c in nb.cells if c.cell_type == "code" for o in c.outputs
              for m in o.get("data", {})]
     assert mimes.count("image/png") == 3  # the curves, the replay and the query figure

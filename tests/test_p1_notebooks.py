@@ -11,12 +11,14 @@ import math
 import os
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from covidlib.experiments import p1
+from covidlib.report import book
 from covidlib.verdict import Verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +111,9 @@ def _execute(name: str, out_dir: Path, params: dict) -> None:
                                str(out_dir / f"{name}.ipynb"), parameters=params,
                                kernel_name="python3", cwd=str(REPO / "notebooks"),
                                progress_bar=False)
+    # every glue key the prose cites (the "In two lines" opening included) was glued
+    nb = nbformat.read(out_dir / f"{name}.ipynb", as_version=4)
+    assert book.unresolved_glue(nb) == [], name
 
 
 def test_the_four_chapters_run_and_write_complete_tables(synthetic_root, tmp_path,

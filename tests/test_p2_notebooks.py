@@ -9,6 +9,8 @@ import nbformat
 import pandas as pd
 import papermill
 
+from covidlib.report import book
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"size": 32, "epochs": 1, "model_kwargs": {"base_width": 4, "depth": 2},
         "max_slices": {"train": 6, "val": 3, "test": 6},
@@ -23,7 +25,10 @@ def _run(tmp_path: Path, notebook: str, synthetic_root: Path, **params) -> nbfor
         parameters={"profile": "cpu", "dataset": "synthetic", "data_root": str(synthetic_root),
                     "device": "cpu", "seeds": [0, 1], "results_dir": str(tmp_path / "results"),
                     "overrides": TINY, **params})
-    return nbformat.read(out, as_version=4)
+    nb = nbformat.read(out, as_version=4)
+    # every glue key the prose cites (the "In two lines" opening included) was glued
+    assert book.unresolved_glue(nb) == [], notebook
+    return nb
 
 
 def _mimes(nb: nbformat.NotebookNode) -> list[str]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covidlib import reweight as rw
+from covidlib.metrics import example_dice
 
 
 def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -378,10 +379,10 @@ def test_example_dice_hand_computed():
     pseudo = np.zeros_like(truth)
     pseudo[0, 0, 0] = 1  # overlap 1: (2 + 1) / (1 + 2 + 1)
     pseudo[1, 1, 1] = 1  # no overlap: 1 / (1 + 1 + 1)
-    q = rw.example_dice(pseudo, truth)
+    q = example_dice(pseudo, truth)
     assert q.tolist() == pytest.approx([0.75, 1 / 3, 1.0])  # both empty: 1
     with pytest.raises(ValueError, match="equal"):
-        rw.example_dice(pseudo, truth[:2])
+        example_dice(pseudo, truth[:2])
 
 
 def test_spearman_hand_computed():
@@ -422,7 +423,7 @@ def test_weights_on_batches_find_the_flipped_label():
     assert set(w) == {"w_p", "w_u", "w_com", "rgs_al", "rgsm_al"}
     assert w["w_p"].shape == (4,) and w["w_p"][2] == 0 and w["rgs_al"][2] == 0
     truth = (x_p[:, 0] > 0).numpy()
-    q = rw.example_dice(y_p.numpy(), truth, smooth=0.0)
+    q = example_dice(y_p.numpy(), truth, smooth=0.0)
     assert q.tolist() == pytest.approx([1, 1, 0, 1])
     wq = rw.weight_quality(w["w_p"], q, w["rgs_al"])
     assert wq.dropped == 0.0 and wq.kept == 1.0 and wq.present

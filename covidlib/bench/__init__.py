@@ -8,6 +8,7 @@
 * :mod:`~covidlib.bench.train`: training images/s, fp32 eager vs bf16 + channels_last (CUDA).
 * :mod:`~covidlib.bench.scaling`: AL cycle time vs pool size and K, 3D scoring vs volume size.
 * :mod:`~covidlib.bench.determinism`: a seeded experiment run twice gives identical results.
+* :mod:`~covidlib.bench.responsive`: the labelling widget's click-to-disk latency and cycle time.
 * :mod:`~covidlib.bench.endtoend`: the book's per-chapter times recorded by ``covidlib book``.
 * :mod:`~covidlib.bench.measure`: timers, peak memory (RSS, CUDA) and the machine's name.
 """

@@ -2,7 +2,8 @@
 
 Runs the sections in one process, on one machine, and writes one JSON file (atomically):
 ``machine`` (name, CPU, cores, torch threads, GPU or none, date), ``settings``, one entry per
-section (``mc``, ``train``, ``al_scaling``, ``volume_scaling``, ``determinism``), ``checks``
+section (``mc``, ``train``, ``al_scaling``, ``volume_scaling``, ``determinism``,
+``responsiveness``: the labelling widget's click latency and cycle time), ``checks``
 (pass/fail of the correctness checks) and ``total_seconds``. Every ratio in the file is computed
 from times measured in this run. The suite does not resume: a partial rerun would mix two
 machines' states, so an interrupted run starts again.
@@ -25,13 +26,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from covidlib.bench import determinism, mc, scaling, train
+from covidlib.bench import determinism, mc, responsive, scaling, train
 from covidlib.bench.measure import load_average, machine_info
 from covidlib.cache import atomic_write_text
 from covidlib.engine import resolve_device
 
 SCHEMA = "covidlib.bench/1"
-SECTIONS = ("mc", "train", "al_scaling", "volume_scaling", "determinism")
+SECTIONS = ("mc", "train", "al_scaling", "volume_scaling", "determinism", "responsiveness")
 
 FULL: dict[str, dict[str, Any]] = {
     # P1's network at P1's resolution; one slice per batch on CPU (about a minute per sampler)
@@ -47,6 +48,8 @@ FULL: dict[str, dict[str, Any]] = {
     "volume_scaling": {"volume_sizes": [16, 24, 32, 48, 64], "volume_width": 32,
                        "volume_samples": 5, "seed": 0},
     "determinism": {"seed": 0},
+    # the label chapter's cpu settings, trained on 2 threads (the goal is for 2 cores)
+    "responsiveness": {"clicks": 20, "threads": 2, "seed": 0},
 }
 CUDA: dict[str, dict[str, Any]] = {
     # what changes on a GPU: batches that fill it, more timed steps, larger volumes
@@ -69,6 +72,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "volume_scaling": {"volume_sizes": [8, 16], "volume_width": 4, "volume_samples": 2,
                        "seed": 0},
     "determinism": {"seed": 0, "slices": 8, "size": 32, "epochs": 1, "steps": 2},
+    "responsiveness": {"clicks": 3, "threads": 1, "seed": 0,
+                       "overrides": {"pool": 8, "size": 32, "n_mc": 2, "epochs": 1}},
 }
 
 _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -76,6 +81,7 @@ _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "train": train.bench_train,
     "al_scaling": scaling.bench_al_scaling,
     "volume_scaling": scaling.bench_volume_scaling,
+    "responsiveness": responsive.bench_responsiveness,
 }
 
 
@@ -221,4 +227,11 @@ def summary(results: dict[str, Any]) -> str:
                 lines.append(f"{key} vs {what}: exponent {fit['exponent']:.2f}")
     if "determinism" in results:
         lines.append(f"determinism identical: {results['determinism']['identical']}")
+    if "responsiveness" in results:
+        r = results["responsiveness"]
+        lines.append(f"widget click saved: {r['click_saved_ms']} ms median, "
+                     f"{r['click_saved_p95_ms']} ms p95; during training "
+                     f"{r['click_during_training_ms']} ms; cycle {r['cycle_s']} s wall, "
+                     f"{r['cycle_cpu_s']} s CPU (goals < {r['click_goal_ms']:g} ms, "
+                     f"< {r['cycle_goal_s']:g} s)")
     return "\n".join(lines)

@@ -388,6 +388,12 @@ class TableReport:
     def artifact(self) -> str:
         return self.runs.artifact
 
+    def headline(self) -> str:
+        """The one-line verdict of the table (its scorecard entry's): the first claim's label,
+        then :func:`verdict_summary`."""
+        head = f"{self.claims[0].label}: " if self.claims else ""
+        return head + verdict_summary(self.frame, self.artifact)
+
     def timing(self) -> str:
         """Wall time of this call and the summed compute time of its runs."""
         n = len(self.runs.runs)
@@ -466,14 +472,14 @@ def reproduce_table(artifact: str, *, dataset: str = "auto", profile: str = "cpu
     path = None
     if results_dir is not None:
         path = write_results(frame, results_path(results_dir, artifact, tr.dataset))
-        if record:
-            paper, ours = scorecard_values(frame, artifact)
-            head = f"{claims[0].label}: " if claims else ""
-            scorecard.record(results_dir, artifact, paper=paper, ours=ours,
-                             verdict=head + verdict_summary(frame, artifact), provenance=prov,
-                             note=f"{int(frame['n_seeds'].max())} seed(s); mean over seeds")
-    return TableReport(tr, frame, verdicts, prov, time.perf_counter() - t0, path, claims, conv,
-                       lungs)
+    report = TableReport(tr, frame, verdicts, prov, time.perf_counter() - t0, path, claims,
+                         conv, lungs)
+    if results_dir is not None and record:
+        paper, ours = scorecard_values(frame, artifact)
+        scorecard.record(results_dir, artifact, paper=paper, ours=ours,
+                         verdict=report.headline(), provenance=prov,
+                         note=f"{int(frame['n_seeds'].max())} seed(s); mean over seeds")
+    return report
 
 
 def record_settings(results_dir: str | Path, s: Mapping[str, Any], provenance: Mapping[str, str]

@@ -30,7 +30,7 @@ from covidlib.experiments.p4_data import (
 from covidlib.experiments.p4_settings import (
     P4Settings,
 )
-from covidlib.metrics import confusion, hausdorff, scores, surface_distances
+from covidlib.metrics import confusion, example_dice, hausdorff, scores, surface_distances
 from covidlib.models import resunet2d_p4, resunet3d_p4
 
 # --------------------------------------------------------------------------------------------
@@ -172,15 +172,6 @@ def train_supervised(model: nn.Module, items: Sequence[Item], s: P4Settings, ste
     return history
 
 
-def _patch_quality(pseudo: np.ndarray, truth: np.ndarray) -> list[float]:
-    """Dice of each pseudo-label patch against the hidden truth (1 voxel smoothing)."""
-    out = []
-    for p, t in zip(pseudo, truth, strict=True):
-        p, t = p > 0, t > 0
-        out.append(float((2 * (p & t).sum() + 1) / (p.sum() + t.sum() + 1)))
-    return out
-
-
 def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequence[Item],
                   s: P4Settings, seed: int, dims: int, device: torch.device, *,
                   stream: int = 1, checkpoint: Path | None = None, desc: str = "student",
@@ -221,7 +212,8 @@ def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequen
                 history["w_star"].append([float(v) for v in res.w_star.cpu()])
                 history["w_com"].append([float(v) for v in res.w_com.cpu()])
                 if has_truth:
-                    history["quality"].append(_patch_quality(bp["label"].numpy(), bp["truth"]))
+                    history["quality"].append(
+                        [float(q) for q in example_dice(bp["label"].numpy(), bp["truth"])])
             save(step + 1)
     return history
 
@@ -378,7 +370,7 @@ def probe_weights(model: nn.Module, val: Sequence[Item], s: P4Settings, n_batche
     true quality is known: expert-labelled items of the probe half of ``X_v``
     (:func:`probe_split`), pseudo-labelled by ``model`` (the teacher), with expert batches
     from the other half. Returns the weights and each example's true quality
-    (:func:`covidlib.reweight.example_dice`), one list entry per example."""
+    (:func:`covidlib.metrics.example_dice`), one list entry per example."""
     probe, expert = probe_split(val)
     n = int(s.batch)
     rng = _rng(seed, 7)
@@ -400,7 +392,7 @@ def probe_weights(model: nn.Module, val: Sequence[Item], s: P4Settings, n_batche
         bv = _batch(expert, n, patch, rng, "label", float(s.pos_fraction), flip=True)
         x_p = torch.from_numpy(np.stack([p["image"] for p in parts]))[:, None].to(device)
         y_p = torch.from_numpy(np.stack([p["label"] for p in parts])).to(device)
-        quality += rw.example_dice(y_p.cpu().numpy(),
+        quality += example_dice(y_p.cpu().numpy(),
                                    np.stack([p["truth"] for p in parts])).tolist()
         batches.append((x_p, y_p, bv["image"].to(device), bv["label"].to(device)))
     model.to(device).train()

@@ -179,6 +179,25 @@ def plumbing_kind(cell: Mapping[str, Any]) -> str | None:
     return "remove-cell" if not rest else "remove-input"
 
 
+_GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)|^[`:]{3,}\{glue(?::\w+)?\}\s+(\S+)",
+                        re.MULTILINE)
+
+
+def unresolved_glue(nb: Any) -> list[str]:
+    """The glue keys that markdown cells of executed notebook ``nb`` cite (``{glue:text}`key```,
+    ``{glue}`` roles and directives) but no code cell's output glued (``myst_nb.glue``): the
+    references Jupyter Book would leave empty on the page. Sorted, empty when all resolve."""
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name")
+             for c in nb.cells if c.get("cell_type") == "code" for o in c.get("outputs", [])}
+    cited = set()
+    for cell in nb.cells:
+        if cell.get("cell_type") == "markdown":
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) else str(source)
+            cited |= {a or b for a, b in _GLUE_ROLE.findall(source)}
+    return sorted(cited - glued)
+
+
 def hide_plumbing(nb: Any) -> int:
     """Tag the plumbing cells of notebook ``nb`` (in place) so that Jupyter Book leaves their
     code (and, for pure plumbing, their output) off the page; returns how many were tagged."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,17 @@ def _answer(target: Any, session: Any, oracle: Any) -> float:
 
 
 def measure_responsiveness(clicks: int = 20, threads: int = 2, seed: int = 0,
-                           workdir: str | Path | None = None) -> dict[str, Any]:
+                           workdir: str | Path | None = None,
+                           overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Median and 95th-percentile click-to-disk latency (ms), idle and while a cycle trains,
     and the time of one training cycle (s) with the label chapter's cpu settings; see the
-    module docstring. ``threads``: torch CPU threads for training (the bench's 2 cores)."""
+    module docstring. ``threads``: torch CPU threads for training (the bench's 2 cores);
+    ``overrides``: changes to those settings (the bench's ``--quick`` run makes them tiny)."""
     from covidlib.data.phantom import PhantomConfig, generate_case
     from covidlib.experiments.label_demo import settings
     from covidlib.widgets.session import LabelSession, MaskOracle, choose_pool
 
-    s = settings("cpu")
+    s = settings("cpu", overrides)
     cases = [generate_case(PhantomConfig(), i) for i in range(2)]
     pool = choose_pool(cases, n=s["pool"], seed=seed)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

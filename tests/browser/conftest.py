@@ -7,7 +7,8 @@ the tests skip with a message when Chromium is absent; in CI (``CI=true``) they 
 The book under test is ``$COVIDLIB_BOOK_HTML`` (e.g. ``book/_build/html`` after ``make book``;
 its chapters are those of ``book/_toc.yml``, or of ``$COVIDLIB_BOOK_TOC``) or, by default, a
 small book built here from the real configuration and intro with the "Label your own slices"
-chapter (tiny settings) and the scorecard page.
+chapter (tiny settings), the API reference page (``covidlib.report.book.write_api_page``,
+written by the build) and the scorecard page.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def serve(folder: Path) -> Iterator[str]:
 
 
 def _small_book(root: Path, data_root: Path) -> tuple[Path, Path]:
-    """Build a book with the intro, the widget chapter (tiny) and the scorecard."""
+    """Build a book with the intro, the widget chapter (tiny), the API page and the
+    scorecard."""
     from covidlib.report import book
 
     (root / "book").mkdir(parents=True)
@@ -124,6 +126,8 @@ def _small_book(root: Path, data_root: Path) -> tuple[Path, Path]:
         "format: jb-book\nroot: intro\nparts:\n"
         "  - caption: Label your own slices\n    chapters:\n"
         "      - file: _generated/label_your_own_synthetic\n"
+        "  - caption: Reference\n    chapters:\n"
+        "      - file: api\n"
         "  - caption: Reproduction scorecard\n    chapters:\n"
         "      - file: _generated/scorecard\n")
     outcomes = book.execute_plan(root, "cpu", root / "results", device="cpu", workers=1,
