@@ -76,6 +76,7 @@ from covidlib.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from covidlib.data.splits import make_split
 from covidlib.data.torch_datasets import SliceDataset
 from covidlib.engine import (
+    FitResult,
     _restore_rng,
     _rng_state,
     binarize,
@@ -715,6 +716,197 @@ def _select(cfg: ALConfig, pools: RegionPools, model: nn.Module, data: ALData, c
             [float(scores[i, k]) for i, k in local])
 
 
+@dataclass
+class _ALRun:
+    """The state :func:`run_active_learning` carries from cycle to cycle (what its state
+    file holds, plus the fixed inputs)."""
+
+    cfg: ALConfig
+    conf: dict[str, Any]
+    chash: str
+    data: ALData
+    device: torch.device
+    ck_dir: Path | None
+    emit: Callback
+    pools: RegionPools
+    records: list[dict[str, Any]]
+    timing: list[dict[str, float]]
+    model_state: dict[str, torch.Tensor] | None
+    start: int
+    initial: list[int]
+    figure: dict[str, Any] = field(default_factory=dict)
+    fig_idx: list[int] = field(default_factory=list)
+    loss_fn: nn.Module | None = None
+
+
+def _open_state(ck_dir: Path | None, chash: str) -> dict[str, Any] | None:
+    """Prepare ``ck_dir`` and read its state (None: none yet, or no ``ck_dir``); a state of
+    another configuration raises ``ValueError``."""
+    if ck_dir is None:
+        return None
+    if ck_dir.exists() and not ck_dir.is_dir():
+        raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ck_dir.glob(f".{STATE_NAME}.*.tmp"):  # a process killed while saving
+        stale.unlink(missing_ok=True)
+    state = load_state(ck_dir)
+    if state is not None and state.get("config_hash") != chash:
+        raise ValueError(f"{ck_dir / STATE_NAME}: written by another configuration "
+                         f"({state.get('config')}); use another checkpoint_dir or delete it")
+    return state
+
+
+def _start_run(cfg: ALConfig, data: ALData, device: torch.device, ck_dir: Path | None,
+               emit: Callback, state: dict[str, Any] | None) -> _ALRun:
+    """Cycle 0's pools (the initial images, every region labelled: P1 Implementation
+    Details), or the pools, records, weights and RNGs of a resumed ``state``."""
+    conf = cfg.to_dict()
+    n_train = len(data.train)
+    if state is None:
+        pools = RegionPools(n_train, (cfg.size, cfg.size), cfg.n_regions)
+        rng0 = _rng(cfg.seed, 0, "initial")
+        k0 = min(cfg.initial_images, n_train)
+        initial = sorted(int(i) for i in rng0.choice(n_train, size=k0, replace=False))
+        for i in initial:
+            pools.label_image(i, data.masks[i], cfg.supervision, rng0)
+        run = _ALRun(cfg, conf, config_hash(conf), data, device, ck_dir, emit, pools,
+                     [], [], None, 0, initial)
+    else:
+        pools = RegionPools.from_state_dict(state["pools"])
+        run = _ALRun(cfg, conf, config_hash(conf), data, device, ck_dir, emit, pools,
+                     list(state["records"]), list(state["timing"]), state["model"],
+                     int(state["cycle"]) + 1, list(state["initial"]))
+        _restore_rng(state["rng"])
+        if pools.labelled.shape[0] != n_train:
+            raise ValueError(f"{ck_dir}: state holds {pools.labelled.shape[0]} pool images, "
+                             f"the data {n_train}")
+    run.loss_fn = make_loss(cfg.loss_balance, cfg.n_regions)
+    run.fig_idx = fig_idx = figure_indices(data.test_masks, cfg.figure_slices)
+    run.figure = {"size": cfg.size, "indices": fig_idx,
+                  "refs": [list(data.test.refs[i]) for i in fig_idx], "pred": []}
+    if state is not None and state.get("figure") is not None:
+        run.figure = state["figure"]
+    return run
+
+
+def _fit_dir(run: _ALRun, cycle: int) -> Path | None:
+    """The engine's checkpoint folder of ``cycle`` (other cycles' folders are removed)."""
+    if run.ck_dir is None:
+        return None
+    fit_dir = run.ck_dir / f"{_FIT_PREFIX}{cycle:04d}"
+    for old in run.ck_dir.glob(f"{_FIT_PREFIX}*"):
+        if old != fit_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    return fit_dir
+
+
+def _train_cycle(run: _ALRun, cycle: int, train_idx: np.ndarray, fit_dir: Path | None
+                 ) -> tuple[nn.Module, FitResult]:
+    """Train a model on the labelled regions (warm-started when configured)."""
+    cfg, pools, data = run.cfg, run.pools, run.data
+    torch.manual_seed(_seed(cfg.seed, cycle, "init"))
+    model = make_model(cfg)
+    if cfg.warm_start and run.model_state is not None:
+        model.load_state_dict(run.model_state)
+    emit = run.emit
+    res = fit(
+        model, run.loss_fn, RegionLabelDataset(data.train, pools.label_maps, train_idx,
+                                               cfg.epoch_items),
+        data.val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=run.device,
+        seed=_seed(cfg.seed, cycle, "fit"), checkpoint_dir=fit_dir,
+        early_stopping_patience=cfg.patience, progress=False,
+        on_epoch_end=lambda e, _r, c=cycle: emit("epoch", {"cycle": c, "epoch": e}),
+        config={"p1_run": run.chash, "cycle": cycle, "labels": pools.labels_digest()},
+    )
+    return model, res
+
+
+def _score_cycle(run: _ALRun, cycle: int, model: nn.Module, res: FitResult,
+                 train_idx: np.ndarray) -> dict[str, Any]:
+    """The cycle's record: pools, labelling cost so far and the test scores."""
+    pools = run.pools
+    test = _test_scores(evaluate(model, run.data.test, run.device, max(run.cfg.batch_size, 8)))
+    return {
+        "cycle": cycle,
+        "n_labelled_regions": pools.n_labelled_regions,
+        "n_training_images": int(train_idx.size),
+        "seconds": pools.ledger.total,
+        "pools": pools.counts(),
+        "test": test,
+        "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
+        "best_epoch": res.best_epoch,
+        "epochs": res.epochs_completed,
+        "selected": [], "selected_kinds": [], "selected_scores": [],
+    }
+
+
+def _is_last(run: _ALRun, cycle: int) -> bool:
+    """The last cycle: ``cycles`` reached, labelling budget spent or no candidate left."""
+    cfg, pools = run.cfg, run.pools
+    budget_hit = cfg.budget_seconds is not None and pools.ledger.total >= cfg.budget_seconds
+    return cycle == cfg.cycles or budget_hit or pools.candidates.size == 0
+
+
+def _label_selected(run: _ALRun, cycle: int, model: nn.Module, record: dict[str, Any]) -> None:
+    """Select the next regions with the heuristic, ask the oracle, note them in ``record``."""
+    cfg, pools, data = run.cfg, run.pools, run.data
+    picks, scores = _select(cfg, pools, model, data, cycle, run.device)
+    rng = _rng(cfg.seed, cycle, "oracle")
+    for (i, k), s in zip(picks, scores, strict=True):
+        answer, _cost = pools.label_region(i, k, data.masks[i], cfg.supervision, rng)
+        record["selected"].append([i, k])
+        record["selected_kinds"].append(answer.kind)
+        record["selected_scores"].append(s)
+
+
+def _record_cycle(run: _ALRun, cycle: int, model: nn.Module, last: bool,
+                  fit_dir: Path | None) -> dict[str, Any] | None:
+    """Keep the cycle's weights and write the state file (atomically); the run's result
+    when ``last``."""
+    run.model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    result = None
+    if last:
+        result = _result(run.cfg, run.data, run.pools, run.records, run.figure, run.timing,
+                         run.initial)
+    if run.ck_dir is not None:
+        _save_state(run.ck_dir, {
+            "format": STATE_FORMAT, "config": run.conf, "config_hash": run.chash,
+            "cycle": cycle, "done": last, "initial": run.initial,
+            "pools": run.pools.state_dict(), "records": run.records, "timing": run.timing,
+            "figure": run.figure, "model": run.model_state, "rng": _rng_state(),
+            "result": result, "torch_version": str(torch.__version__),
+        })
+        if fit_dir is not None:
+            shutil.rmtree(fit_dir, ignore_errors=True)
+    return result
+
+
+def _run_cycle(run: _ALRun, cycle: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One cycle: train, score, then label the next regions (or draw the figure's
+    predictions after the last); its record and, after the last cycle, the result."""
+    t0 = time.perf_counter()
+    train_idx = run.pools.training_images
+    if train_idx.size == 0:
+        raise ValueError("run_active_learning: no labelled image to train on; use "
+                         "initial_images >= 1")
+    fit_dir = _fit_dir(run, cycle)
+    model, res = _train_cycle(run, cycle, train_idx, fit_dir)
+    t_train = time.perf_counter() - t0
+    record = _score_cycle(run, cycle, model, res, train_idx)
+    t1 = time.perf_counter()
+    last = _is_last(run, cycle)
+    if not last:
+        _label_selected(run, cycle, model, record)
+    else:
+        run.figure["pred"] = _predictions(model, run.data.test, run.fig_idx,
+                                          run.device, max(run.cfg.batch_size, 8))
+    run.records.append(record)
+    run.timing.append({"cycle": cycle, "train_s": round(t_train, 3),
+                       "select_s": round(time.perf_counter() - t1, 3),
+                       "total_s": round(time.perf_counter() - t0, 3)})
+    return record, _record_cycle(run, cycle, model, last, fit_dir)
+
+
 def run_active_learning(
     cfg: ALConfig | Mapping[str, Any],
     data_root: str | Path | None = None,
@@ -751,140 +943,27 @@ def run_active_learning(
         times (the only part that differs between identical runs).
     """
     cfg = ALConfig.from_mapping(cfg)
-    conf = cfg.to_dict()
-    chash = config_hash(conf)
     dev = resolve_device(device)
     if data is None:
         data = load_al_data(cfg.dataset, cfg.split, cfg.size, cfg.max_slices, data_root)
     _check_data(cfg, data)
-    n_train = len(data.train)
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = _open_state(ck_dir, config_hash(cfg.to_dict()))
+    if state is not None and state.get("done"):
+        return copy.deepcopy(state["result"])
     emit = callback if callback is not None else (lambda _e, _i: None)
-
-    state = None
-    if ck_dir is not None:
-        if ck_dir.exists() and not ck_dir.is_dir():
-            raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
-        ck_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ck_dir.glob(f".{STATE_NAME}.*.tmp"):  # a process killed while saving
-            stale.unlink(missing_ok=True)
-        state = load_state(ck_dir)
-        if state is not None and state.get("config_hash") != chash:
-            raise ValueError(f"{ck_dir / STATE_NAME}: written by another configuration "
-                             f"({state.get('config')}); use another checkpoint_dir or delete it")
-        if state is not None and state.get("done"):
-            return copy.deepcopy(state["result"])
-
-    if state is None:
-        pools = RegionPools(n_train, (cfg.size, cfg.size), cfg.n_regions)
-        # cycle 0's labels: the initial set, every region labelled (P1 Implementation Details)
-        rng0 = _rng(cfg.seed, 0, "initial")
-        k0 = min(cfg.initial_images, n_train)
-        initial = sorted(int(i) for i in rng0.choice(n_train, size=k0, replace=False))
-        for i in initial:
-            pools.label_image(i, data.masks[i], cfg.supervision, rng0)
-        records: list[dict[str, Any]] = []
-        timing: list[dict[str, float]] = []
-        model_state: dict[str, torch.Tensor] | None = None
-        start, initial_images = 0, initial
-    else:
-        pools = RegionPools.from_state_dict(state["pools"])
-        records, timing = list(state["records"]), list(state["timing"])
-        model_state = state["model"]
-        start, initial_images = int(state["cycle"]) + 1, list(state["initial"])
-        _restore_rng(state["rng"])
-        if pools.labelled.shape[0] != n_train:
-            raise ValueError(f"{ck_dir}: state holds {pools.labelled.shape[0]} pool images, "
-                             f"the data {n_train}")
-
-    loss_fn = make_loss(cfg.loss_balance, cfg.n_regions)
-    fig_idx = figure_indices(data.test_masks, cfg.figure_slices)
-    figure = {"size": cfg.size, "indices": fig_idx,
-              "refs": [list(data.test.refs[i]) for i in fig_idx], "pred": []}
-    if state is not None and state.get("figure") is not None:
-        figure = state["figure"]
-    bar = tqdm(total=cfg.cycles + 1, initial=start, desc=f"AL {cfg.heuristic} K={cfg.n_regions}",
-               unit="cycle", disable=not progress)
+    run = _start_run(cfg, data, dev, ck_dir, emit, state)
+    bar = tqdm(total=cfg.cycles + 1, initial=run.start, unit="cycle",
+               desc=f"AL {cfg.heuristic} K={cfg.n_regions}", disable=not progress)
     try:
-        for cycle in range(start, cfg.cycles + 1):
-            t0 = time.perf_counter()
-            train_idx = pools.training_images
-            if train_idx.size == 0:
-                raise ValueError("run_active_learning: no labelled image to train on; use "
-                                 "initial_images >= 1")
-            torch.manual_seed(_seed(cfg.seed, cycle, "init"))
-            model = make_model(cfg)
-            if cfg.warm_start and model_state is not None:
-                model.load_state_dict(model_state)
-            fit_dir = None
-            if ck_dir is not None:
-                fit_dir = ck_dir / f"{_FIT_PREFIX}{cycle:04d}"
-                for old in ck_dir.glob(f"{_FIT_PREFIX}*"):
-                    if old != fit_dir:
-                        shutil.rmtree(old, ignore_errors=True)
-            res = fit(
-                model, loss_fn, RegionLabelDataset(data.train, pools.label_maps, train_idx,
-                                         cfg.epoch_items),
-                data.val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=dev,
-                seed=_seed(cfg.seed, cycle, "fit"), checkpoint_dir=fit_dir,
-                early_stopping_patience=cfg.patience, progress=False,
-                on_epoch_end=lambda e, _r, c=cycle: emit("epoch", {"cycle": c, "epoch": e}),
-                config={"p1_run": chash, "cycle": cycle, "labels": pools.labels_digest()},
-            )
-            t_train = time.perf_counter() - t0
-            test = _test_scores(evaluate(model, data.test, dev, max(cfg.batch_size, 8)))
-            record: dict[str, Any] = {
-                "cycle": cycle,
-                "n_labelled_regions": pools.n_labelled_regions,
-                "n_training_images": int(train_idx.size),
-                "seconds": pools.ledger.total,
-                "pools": pools.counts(),
-                "test": test,
-                "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
-                "best_epoch": res.best_epoch,
-                "epochs": res.epochs_completed,
-                "selected": [], "selected_kinds": [], "selected_scores": [],
-            }
-            t1 = time.perf_counter()
-            budget_hit = (cfg.budget_seconds is not None
-                          and pools.ledger.total >= cfg.budget_seconds)
-            last = cycle == cfg.cycles or budget_hit or pools.candidates.size == 0
-            if not last:
-                picks, scores = _select(cfg, pools, model, data, cycle, dev)
-                rng = _rng(cfg.seed, cycle, "oracle")
-                for (i, k), s in zip(picks, scores, strict=True):
-                    answer, _cost = pools.label_region(i, k, data.masks[i], cfg.supervision, rng)
-                    record["selected"].append([i, k])
-                    record["selected_kinds"].append(answer.kind)
-                    record["selected_scores"].append(s)
-            else:
-                figure["pred"] = _predictions(model, data.test, fig_idx, dev,
-                                              max(cfg.batch_size, 8))
-            records.append(record)
-            timing.append({"cycle": cycle, "train_s": round(t_train, 3),
-                           "select_s": round(time.perf_counter() - t1, 3),
-                           "total_s": round(time.perf_counter() - t0, 3)})
-            model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            result = None
-            if last:
-                result = _result(cfg, data, pools, records, figure, timing, initial_images)
-            if ck_dir is not None:
-                _save_state(ck_dir, {
-                    "format": STATE_FORMAT, "config": conf, "config_hash": chash,
-                    "cycle": cycle, "done": last, "initial": initial_images,
-                    "pools": pools.state_dict(), "records": records, "timing": timing,
-                    "figure": figure, "model": model_state, "rng": _rng_state(),
-                    "result": result, "torch_version": str(torch.__version__),
-                })
-                if fit_dir is not None:
-                    shutil.rmtree(fit_dir, ignore_errors=True)
+        for cycle in range(run.start, cfg.cycles + 1):
+            record, result = _run_cycle(run, cycle)
             bar.update(1)
-            dice = test["dice"]
+            dice = record["test"]["dice"]
             bar.set_postfix({"dice": "nan" if dice is None else f"{dice:.3f}",
-                             "s": f"{pools.ledger.total:.0f}"})
+                             "s": f"{run.pools.ledger.total:.0f}"})
             emit("cycle", {"cycle": cycle, "record": record})
-            if last:
-                assert result is not None
+            if result is not None:
                 return result
     finally:
         bar.close()

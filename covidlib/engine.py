@@ -47,7 +47,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -536,7 +536,7 @@ def _load_best(ck_dir: Path, ck: Mapping[str, Any], path: Path, cfg_hash: str
     return best["model"]
 
 
-def _resume_state(ck_dir: Path, cfg: Mapping[str, Any], cfg_hash: str
+def _resume_state(ck_dir: Path, cfg: Mapping[str, Any], cfg_hash: str, stacklevel: int = 3
                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
     """The newest good checkpoint in ``ck_dir`` (``checkpoint.pt``, else the one before it)
     with its best weights. A corrupt file is moved aside (kept) and the run restarts from the
@@ -555,11 +555,11 @@ def _resume_state(ck_dir: Path, cfg: Mapping[str, Any], cfg_hash: str
             continue
         if notes:
             warnings.warn("; ".join(notes) + f"; resuming from {path} after epoch "
-                          f"{ck['epoch']}", stacklevel=3)
+                          f"{ck['epoch']}", stacklevel=stacklevel)
         return ck, best
     if notes:
         warnings.warn("; ".join(notes) + "; no good checkpoint is left: training starts "
-                      "again from epoch 0", stacklevel=3)
+                      "again from epoch 0", stacklevel=stacklevel)
     return None
 
 
@@ -663,6 +663,327 @@ def _check_positive_int(name: str, value: Any, allow_none: bool = False, minimum
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class _FitSpec:
+    """The per-call settings of :func:`fit` that its steps read (see its docstring)."""
+
+    train_data: Dataset
+    val_data: Dataset | None
+    epochs: int
+    batch_size: int
+    seed: int
+    val_every: int
+    metric: str
+    patience: int | None
+    num_workers: int
+    progress: bool
+    max_steps_per_epoch: int | None
+    val_fn: Callable[[nn.Module], Mapping[str, float]] | None
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None
+    collate_fn: Callable | None
+
+    @property
+    def validates(self) -> bool:
+        return self.val_fn is not None or self.val_data is not None
+
+
+@dataclass
+class _FitRun:
+    """The state one :func:`fit` call carries from epoch to epoch (what a checkpoint holds)."""
+
+    spec: _FitSpec
+    model: nn.Module
+    forward: nn.Module  # the training forward (``torch.compile``'d when switched on)
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    fmt: torch.memory_format
+    cfg: dict[str, Any]
+    cfg_hash: str
+    ck_dir: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_epoch: int | None = None
+    best_score: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_file: str | None = None
+    saved_best: str | None = None  # the best file the last written checkpoint names
+
+    @property
+    def ck_path(self) -> Path | None:
+        return self.ck_dir / CHECKPOINT_NAME if self.ck_dir is not None else None
+
+
+def _check_fit_args(spec: _FitSpec, lr: Any, betas: tuple[float, float]) -> None:
+    """Clear errors for bad :func:`fit` arguments, before any work."""
+    _check_positive_int("epochs", spec.epochs)
+    _check_positive_int("batch_size", spec.batch_size)
+    _check_positive_int("val_every", spec.val_every)
+    _check_positive_int("num_workers", spec.num_workers, minimum=0)
+    _check_positive_int("early_stopping_patience", spec.patience, allow_none=True)
+    _check_positive_int("max_steps_per_epoch", spec.max_steps_per_epoch, allow_none=True)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if len(spec.train_data) == 0:  # type: ignore[arg-type]
+        raise ValueError("train_data is empty")
+    if spec.val_fn is None and spec.val_data is not None:
+        if len(spec.val_data) == 0:  # type: ignore[arg-type]
+            raise ValueError("val_data is empty")
+        first = spec.val_data[0]
+        if not isinstance(first, Mapping) or not {"image", "mask"} <= set(first):
+            keys = sorted(first) if isinstance(first, Mapping) else type(first).__name__
+            raise KeyError(f"val_data: items must be dicts with 'image' and 'mask', got {keys}")
+
+
+def _setup_run(model: nn.Module, loss_fn: Any, spec: _FitSpec, *, lr: float,
+               betas: tuple[float, float], device: str | torch.device,
+               checkpoint_dir: str | Path | None, config: Mapping[str, Any] | None) -> _FitRun:
+    """Device, determinism, acceleration (amp, channels_last, compile), optimizer and the
+    run's configuration hash: the fresh state of epoch 0."""
+    dev = resolve_device(device)
+    set_determinism(spec.seed)
+    spatial = (_spatial_dims(spec.train_data, "train_data")
+               if dev.type == "cuda" or _ACCEL.channels_last else 2)
+    amp_dtype, fmt = amp_settings(dev, spatial)
+    model.to(dev)
+    if fmt is not torch.contiguous_format:
+        model.to(memory_format=fmt)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
+    # the training forward; torch.compile shares the parameters, checkpoints hold `model`'s
+    forward: nn.Module = torch.compile(model) if _ACCEL.compile else model  # type: ignore[assignment]
+    cfg = run_config(
+        model, loss_fn, spec.train_data, spec.val_data, lr=lr, betas=betas,
+        batch_size=spec.batch_size, seed=spec.seed, val_every=spec.val_every,
+        metric=spec.metric, max_steps_per_epoch=spec.max_steps_per_epoch,
+        num_workers=spec.num_workers, extra=config,
+    )
+    return _FitRun(spec=spec, model=model, forward=forward, loss_fn=loss_fn,
+                   optimizer=optimizer, device=dev, amp_dtype=amp_dtype, fmt=fmt, cfg=cfg,
+                   cfg_hash=_config_hash(cfg),
+                   ck_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
+
+
+def _open_checkpoints(run: _FitRun, overwrite: bool) -> None:
+    """Prepare ``checkpoint_dir`` (remove dead processes' temporary files) and resume from
+    its newest good checkpoint, or delete it all when ``overwrite``."""
+    ck_dir = run.ck_dir
+    if ck_dir is None:
+        return
+    if ck_dir.exists() and not ck_dir.is_dir():
+        raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    _ckpt.remove_dead_temps(ck_dir)  # left by killed processes; live writers' stay
+    if overwrite:
+        (ck_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        (ck_dir / PREVIOUS_NAME).unlink(missing_ok=True)
+        _remove_stale_best(ck_dir, keep=None)
+        return
+    resumed = _resume_state(ck_dir, run.cfg, run.cfg_hash, stacklevel=4)  # fit's caller
+    if resumed is not None:
+        _apply_resume(run, *resumed)
+
+
+def _apply_resume(run: _FitRun, ck: Mapping[str, Any],
+                  best_state: dict[str, torch.Tensor] | None) -> None:
+    """Load checkpoint ``ck`` into the model, optimizer, loss state, RNGs and ``run``."""
+    run.model.load_state_dict(ck["model"])
+    run.optimizer.load_state_dict(ck["optimizer"])
+    run.history = list(ck["history"])
+    run.start_epoch = int(ck["epoch"])
+    run.best_epoch = ck["best_epoch"]
+    run.best_score = float(ck["best_score"])
+    run.best_state = best_state
+    run.best_file = run.saved_best = ck["best_file"]
+    if ck.get("loss_fn") is not None:
+        if not hasattr(run.loss_fn, "load_state_dict"):
+            raise RuntimeError(f"{run.ck_path}: holds loss state but loss_fn cannot load it")
+        run.loss_fn.load_state_dict(ck["loss_fn"])
+    _restore_rng(ck["rng"])
+    log.info("resuming from %s after epoch %d", run.ck_path, run.start_epoch)
+
+
+def _train_loader(run: _FitRun, epoch: int) -> DataLoader:
+    """The epoch's shuffled loader; its order depends on ``seed`` and ``epoch`` only."""
+    spec = run.spec
+    gen = torch.Generator()
+    gen.manual_seed(_epoch_seed(spec.seed, epoch))
+    return DataLoader(
+        spec.train_data,
+        batch_size=spec.batch_size,
+        shuffle=True,
+        generator=gen,
+        num_workers=spec.num_workers,
+        collate_fn=spec.collate_fn,
+        worker_init_fn=_seed_worker if spec.num_workers else None,
+        pin_memory=run.device.type == "cuda",
+    )
+
+
+def _train_step(run: _FitRun, raw: Any, where: str) -> tuple[float, dict[str, float]]:
+    """One optimizer step on batch ``raw``; its loss value and parts."""
+    batch = _prepare(raw, run.device, run.fmt, where)
+    run.optimizer.zero_grad(set_to_none=True)
+    with autocast(run.device, run.amp_dtype):
+        out = run.loss_fn(run.forward, batch)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"{where}: loss_fn must return (loss, dict of floats)")
+    loss, parts = out
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"{where}: loss must be a scalar tensor, got {loss!r}")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{where}: loss is {value}; lower lr or check the inputs/labels")
+    loss.backward()
+    run.optimizer.step()
+    return value, _floats(parts, where)
+
+
+def _train_epoch(run: _FitRun, epoch: int) -> dict[str, float]:
+    """Train one epoch; the epoch's record (``epoch``, ``steps``, ``train_*`` means)."""
+    spec = run.spec
+    run.model.train()
+    loader = _train_loader(run, epoch)
+    n_steps = len(loader)
+    if spec.max_steps_per_epoch is not None:
+        n_steps = min(n_steps, spec.max_steps_per_epoch)
+    sums: dict[str, float] = {}
+    loss_sum = 0.0
+    steps = 0
+    bar = tqdm(loader, total=n_steps, desc=f"epoch {epoch}/{spec.epochs}", leave=False,
+               disable=not spec.progress)
+    for raw in bar:
+        if steps >= n_steps:
+            break
+        value, parts = _train_step(run, raw, f"epoch {epoch} step {steps + 1}")
+        loss_sum += value
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+    bar.close()
+    record: dict[str, float] = {"epoch": epoch, "steps": steps}
+    record.update({f"train_{k}": v / steps for k, v in sums.items()})
+    record["train_loss"] = loss_sum / steps
+    return record
+
+
+def _validate(run: _FitRun, epoch: int, record: dict[str, float]) -> bool:
+    """Score the model (``val_fn`` or :func:`evaluate`), add ``val_*`` to ``record``; True
+    when ``metric`` improved (the best state is then kept)."""
+    spec = run.spec
+    if spec.val_fn is not None:
+        run.model.eval()
+        with torch.no_grad():
+            val_scores = dict(spec.val_fn(run.model))
+    else:
+        val_scores = evaluate(run.model, spec.val_data, run.device,  # type: ignore[arg-type]
+                              spec.batch_size, num_workers=spec.num_workers,
+                              collate_fn=spec.collate_fn, progress=spec.progress)
+    if spec.metric not in val_scores:
+        raise KeyError(f"metric={spec.metric!r} is not among the validation scores "
+                       f"{sorted(val_scores)}")
+    record.update({f"val_{k}": float(v) for k, v in val_scores.items()})
+    score = float(val_scores[spec.metric])
+    if not math.isnan(score) and score > run.best_score:
+        run.best_score, run.best_epoch = score, epoch
+        run.best_state = _cpu_state(run.model)
+        return True
+    return False
+
+
+def _save_checkpoint(run: _FitRun, epoch: int, improved: bool) -> None:
+    """Write the best weights (when ``improved``) and the epoch's checkpoint through
+    :mod:`covidlib.checkpoint` (atomic, previous kept), then drop stale best files."""
+    ck_dir, ck_path = run.ck_dir, run.ck_path
+    if ck_dir is None or ck_path is None:
+        return
+    if improved:
+        run.best_file = _best_name(epoch)
+        _ckpt.save({"epoch": epoch, "score": run.best_score, "model": run.best_state},
+                   ck_dir / run.best_file, config_digest=run.cfg_hash)
+    loss_fn = run.loss_fn
+    _ckpt.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": run.cfg,
+            "config_hash": run.cfg_hash,
+            "epoch": epoch,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "history": run.history,
+            "best_epoch": run.best_epoch,
+            "best_score": run.best_score,
+            "best_file": run.best_file,
+            "rng": _rng_state(),
+            "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
+            "torch_version": str(torch.__version__),
+        },
+        ck_path, config_digest=run.cfg_hash, keep_previous=ck_dir / PREVIOUS_NAME,
+    )
+    _remove_stale_best(ck_dir, run.best_file, run.saved_best)  # saved_best: the previous's
+    run.saved_best = run.best_file
+
+
+def _run_epoch(run: _FitRun, epoch: int, epoch_bar: Any) -> bool:
+    """Train, validate, checkpoint, report epoch ``epoch``; True when training should stop
+    early (``early_stopping_patience`` epochs without improvement)."""
+    spec = run.spec
+    t0 = time.perf_counter()
+    record = _train_epoch(run, epoch)
+    validated = spec.validates and epoch % spec.val_every == 0
+    improved = _validate(run, epoch, record) if validated else False
+    record["seconds"] = time.perf_counter() - t0
+    run.history.append(record)
+    _save_checkpoint(run, epoch, improved)
+    epoch_bar.update(1)
+    postfix = {"loss": f"{record['train_loss']:.4g}"}
+    if validated:
+        postfix[f"val_{spec.metric}"] = f"{record[f'val_{spec.metric}']:.4g}"
+    epoch_bar.set_postfix(postfix)
+    if spec.on_epoch_end is not None:
+        spec.on_epoch_end(epoch, record)
+    if validated and _should_stop(epoch, run.best_epoch, spec.patience):
+        log.info("early stopping after epoch %d (best epoch %s)", epoch, run.best_epoch)
+        return True
+    return False
+
+
+def _stopped_before(run: _FitRun) -> bool:
+    """True when the resumed checkpoint's last epoch already triggered early stopping."""
+    return bool(run.history and any(k.startswith("val_") for k in run.history[-1])
+                and _should_stop(run.start_epoch, run.best_epoch, run.spec.patience))
+
+
+def _finish(run: _FitRun, stopped: bool, restore_best: bool) -> FitResult:
+    """The :class:`FitResult`; loads the best weights into the model when ``restore_best``."""
+    final_state = _cpu_state(run.model)
+    best_state = run.best_state
+    if best_state is None:
+        best_state = final_state
+    elif restore_best:
+        run.model.load_state_dict(best_state)
+    ck_dir = run.ck_dir
+    return FitResult(
+        best_epoch=run.best_epoch,
+        best_score=run.best_score if run.best_epoch is not None else math.nan,
+        history=run.history,
+        final_state=final_state,
+        best_state=best_state,
+        epochs_completed=len(run.history),
+        stopped_early=stopped,
+        device=run.device,
+        checkpoint_path=run.ck_path,
+        best_path=ck_dir / run.best_file if ck_dir is not None and run.best_file else None,
+    )
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -720,267 +1041,30 @@ def fit(
         :class:`FitResult`. The model stays on the chosen device (in eval mode when the
         last epoch was validated).
     """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("val_every", val_every)
-    _check_positive_int("num_workers", num_workers, minimum=0)
-    _check_positive_int("early_stopping_patience", early_stopping_patience, allow_none=True)
-    _check_positive_int("max_steps_per_epoch", max_steps_per_epoch, allow_none=True)
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    if len(train_data) == 0:  # type: ignore[arg-type]
-        raise ValueError("train_data is empty")
-    if val_fn is None and val_data is not None:
-        if len(val_data) == 0:  # type: ignore[arg-type]
-            raise ValueError("val_data is empty")
-        first = val_data[0]
-        if not isinstance(first, Mapping) or not {"image", "mask"} <= set(first):
-            keys = sorted(first) if isinstance(first, Mapping) else type(first).__name__
-            raise KeyError(f"val_data: items must be dicts with 'image' and 'mask', got {keys}")
-
-    dev = resolve_device(device)
-    set_determinism(seed)
-    spatial = (_spatial_dims(train_data, "train_data")
-               if dev.type == "cuda" or _ACCEL.channels_last else 2)
-    amp_dtype, fmt = amp_settings(dev, spatial)
-    model.to(dev)
-    if fmt is not torch.contiguous_format:
-        model.to(memory_format=fmt)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
-    # the training forward; torch.compile shares the parameters, checkpoints hold `model`'s
-    forward: nn.Module = torch.compile(model) if _ACCEL.compile else model  # type: ignore[assignment]
-    validate = val_fn is not None or val_data is not None
-
-    cfg = run_config(
-        model,
-        loss_fn,
-        train_data,
-        val_data,
-        lr=lr,
-        betas=betas,
-        batch_size=batch_size,
-        seed=seed,
-        val_every=val_every,
-        metric=metric,
-        max_steps_per_epoch=max_steps_per_epoch,
-        num_workers=num_workers,
-        extra=config,
+    spec = _FitSpec(
+        train_data=train_data, val_data=val_data, epochs=epochs, batch_size=batch_size,
+        seed=seed, val_every=val_every, metric=metric, patience=early_stopping_patience,
+        num_workers=num_workers, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
+        val_fn=val_fn, on_epoch_end=on_epoch_end, collate_fn=collate_fn,
     )
-    cfg_hash = _config_hash(cfg)
-
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    best_epoch: int | None = None
-    best_score = -math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    best_file: str | None = None
-    saved_best: str | None = None  # the best file the last written checkpoint names
-    ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    ck_path = ck_dir / CHECKPOINT_NAME if ck_dir is not None else None
-
-    if ck_dir is not None and ck_path is not None:
-        if ck_dir.exists() and not ck_dir.is_dir():
-            raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
-        ck_dir.mkdir(parents=True, exist_ok=True)
-        _ckpt.remove_dead_temps(ck_dir)  # left by killed processes; live writers' stay
-        resumed = None
-        if overwrite:
-            ck_path.unlink(missing_ok=True)
-            (ck_dir / PREVIOUS_NAME).unlink(missing_ok=True)
-            _remove_stale_best(ck_dir, keep=None)
-        else:
-            resumed = _resume_state(ck_dir, cfg, cfg_hash)
-        if resumed is not None:
-            ck, best_state = resumed
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            history = list(ck["history"])
-            start_epoch = int(ck["epoch"])
-            best_epoch = ck["best_epoch"]
-            best_score = float(ck["best_score"])
-            best_file = saved_best = ck["best_file"]
-            if ck.get("loss_fn") is not None:
-                if not hasattr(loss_fn, "load_state_dict"):
-                    raise RuntimeError(f"{ck_path}: holds loss state but loss_fn cannot load it")
-                loss_fn.load_state_dict(ck["loss_fn"])  # type: ignore[attr-defined]
-            _restore_rng(ck["rng"])
-            log.info("resuming from %s after epoch %d", ck_path, start_epoch)
-
-    stopped = bool(
-        history
-        and any(k.startswith("val_") for k in history[-1])
-        and _should_stop(start_epoch, best_epoch, early_stopping_patience)
-    )
-    if start_epoch > epochs:
+    _check_fit_args(spec, lr, betas)
+    run = _setup_run(model, loss_fn, spec, lr=lr, betas=betas, device=device,
+                     checkpoint_dir=checkpoint_dir, config=config)
+    _open_checkpoints(run, overwrite)
+    stopped = _stopped_before(run)
+    if run.start_epoch > epochs:
         warnings.warn(
-            f"{ck_path}: already holds {start_epoch} epochs, more than epochs={epochs}; "
-            "returning the checkpointed model without training",
+            f"{run.ck_path}: already holds {run.start_epoch} epochs, more than "
+            f"epochs={epochs}; returning the checkpointed model without training",
             stacklevel=2,
         )
-
-    epoch_bar = tqdm(
-        total=epochs,
-        initial=min(start_epoch, epochs),
-        desc="fit",
-        unit="epoch",
-        disable=not progress,
-    )
+    epoch_bar = tqdm(total=epochs, initial=min(run.start_epoch, epochs), desc="fit",
+                     unit="epoch", disable=not progress)
     try:
-        epoch = start_epoch
+        epoch = run.start_epoch
         while not stopped and epoch < epochs:
             epoch += 1
-            t0 = time.perf_counter()
-            model.train()
-            gen = torch.Generator()
-            gen.manual_seed(_epoch_seed(seed, epoch))
-            loader = DataLoader(
-                train_data,
-                batch_size=batch_size,
-                shuffle=True,
-                generator=gen,
-                num_workers=num_workers,
-                collate_fn=collate_fn,
-                worker_init_fn=_seed_worker if num_workers else None,
-                pin_memory=dev.type == "cuda",
-            )
-            n_steps = len(loader)
-            if max_steps_per_epoch is not None:
-                n_steps = min(n_steps, max_steps_per_epoch)
-            sums: dict[str, float] = {}
-            loss_sum = 0.0
-            steps = 0
-            bar = tqdm(
-                loader,
-                total=n_steps,
-                desc=f"epoch {epoch}/{epochs}",
-                leave=False,
-                disable=not progress,
-            )
-            for raw in bar:
-                if steps >= n_steps:
-                    break
-                where = f"epoch {epoch} step {steps + 1}"
-                batch = _prepare(raw, dev, fmt, where)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(dev, amp_dtype):
-                    out = loss_fn(forward, batch)
-                if not (isinstance(out, tuple) and len(out) == 2):
-                    raise TypeError(f"{where}: loss_fn must return (loss, dict of floats)")
-                loss, parts = out
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise TypeError(f"{where}: loss must be a scalar tensor, got {loss!r}")
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"{where}: loss is {value}; lower lr or check the inputs/labels"
-                    )
-                loss.backward()
-                optimizer.step()
-                loss_sum += value
-                for k, v in _floats(parts, where).items():
-                    sums[k] = sums.get(k, 0.0) + v
-                steps += 1
-            bar.close()
-
-            record: dict[str, float] = {"epoch": epoch, "steps": steps}
-            record.update({f"train_{k}": v / steps for k, v in sums.items()})
-            record["train_loss"] = loss_sum / steps
-            improved = False
-            validated = validate and epoch % val_every == 0
-            if validated:
-                if val_fn is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        val_scores = dict(val_fn(model))
-                else:
-                    val_scores = evaluate(
-                        model,
-                        val_data,  # type: ignore[arg-type]
-                        dev,
-                        batch_size,
-                        num_workers=num_workers,
-                        collate_fn=collate_fn,
-                        progress=progress,
-                    )
-                if metric not in val_scores:
-                    raise KeyError(
-                        f"metric={metric!r} is not among the validation scores "
-                        f"{sorted(val_scores)}"
-                    )
-                record.update({f"val_{k}": float(v) for k, v in val_scores.items()})
-                score = float(val_scores[metric])
-                if not math.isnan(score) and score > best_score:
-                    best_score, best_epoch = score, epoch
-                    best_state = _cpu_state(model)
-                    improved = True
-            record["seconds"] = time.perf_counter() - t0
-            history.append(record)
-
-            if ck_dir is not None and ck_path is not None:
-                if improved:
-                    best_file = _best_name(epoch)
-                    _ckpt.save(
-                        {"epoch": epoch, "score": best_score, "model": best_state},
-                        ck_dir / best_file, config_digest=cfg_hash,
-                    )
-                _ckpt.save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "config": cfg,
-                        "config_hash": cfg_hash,
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "history": history,
-                        "best_epoch": best_epoch,
-                        "best_score": best_score,
-                        "best_file": best_file,
-                        "rng": _rng_state(),
-                        "loss_fn": loss_fn.state_dict()  # type: ignore[attr-defined]
-                        if hasattr(loss_fn, "state_dict")
-                        else None,
-                        "torch_version": str(torch.__version__),
-                    },
-                    ck_path, config_digest=cfg_hash, keep_previous=ck_dir / PREVIOUS_NAME,
-                )
-                _remove_stale_best(ck_dir, best_file, saved_best)  # saved_best: the previous's
-                saved_best = best_file
-
-            epoch_bar.update(1)
-            postfix = {"loss": f"{record['train_loss']:.4g}"}
-            if validated:
-                postfix[f"val_{metric}"] = f"{record[f'val_{metric}']:.4g}"
-            epoch_bar.set_postfix(postfix)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
-            if validated and _should_stop(epoch, best_epoch, early_stopping_patience):
-                stopped = True
-                log.info("early stopping after epoch %d (best epoch %s)", epoch, best_epoch)
+            stopped = _run_epoch(run, epoch, epoch_bar)
     finally:
         epoch_bar.close()
-
-    final_state = _cpu_state(model)
-    if best_state is None:
-        best_state = final_state
-    elif restore_best:
-        model.load_state_dict(best_state)
-    return FitResult(
-        best_epoch=best_epoch,
-        best_score=best_score if best_epoch is not None else math.nan,
-        history=history,
-        final_state=final_state,
-        best_state=best_state,
-        epochs_completed=len(history),
-        stopped_early=stopped,
-        device=dev,
-        checkpoint_path=ck_path,
-        best_path=ck_dir / best_file if ck_dir is not None and best_file else None,
-    )
-
+    return _finish(run, stopped, restore_best)

@@ -440,6 +440,17 @@ def test_the_api_page_documents_every_public_module():
     assert "file: api" in toc and "file: references" in toc
 
 
+def test_the_api_page_indexes_what_a_package_defines_itself():
+    # covidlib.report.paper_values defines its functions in its __init__: indexed once there
+    assert book_mod.package_own_members("covidlib.report.paper_values") == [
+        ("PaperValuesError", "class"), ("artifact", "function"), ("available", "function")]
+    assert book_mod.package_own_members("covidlib.data") == []  # re-exports only
+    text = book_mod.api_page_text(["covidlib.report.paper_values"])
+    assert "   :no-index:\n   :exclude-members: PaperValuesError, artifact, available\n" in text
+    assert "\n.. autofunction:: covidlib.report.paper_values.artifact\n" in text
+    assert "\n.. autoclass:: covidlib.report.paper_values.PaperValuesError\n   :members:" in text
+
+
 def test_references_and_citation_are_shipped():
     import yaml
 

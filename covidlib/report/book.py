@@ -764,12 +764,37 @@ def api_page_text(modules: list[str] | None = None) -> str:
 
     for name in modules if modules is not None else public_modules():
         spec = importlib.util.find_spec(name)
-        # a package re-exports its modules' names: documented there, not indexed twice
+        # a package re-exports its modules' names: documented there, not indexed twice; what
+        # the package defines itself is indexed here (autofunction / autoclass)
         package = spec is not None and spec.submodule_search_locations is not None
+        own = package_own_members(name) if package else []
         parts.append(f"## `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n"
                      "   :members:\n   :undoc-members:\n   :show-inheritance:\n"
-                     + ("   :no-index:\n" if package else "") + "```\n")
+                     + ("   :no-index:\n" if package else "")
+                     + (f"   :exclude-members: {', '.join(n for n, _ in own)}\n" if own else "")
+                     + "".join(f"\n.. auto{kind}:: {name}.{n}\n" + (
+                         "   :members:\n   :undoc-members:\n   :show-inheritance:\n"
+                         if kind == "class" else "") for n, kind in own)
+                     + "```\n")
     return "\n".join(parts)
+
+
+def package_own_members(name: str) -> list[tuple[str, str]]:
+    """``(name, "function" | "class")`` of the public functions and classes package ``name``
+    defines itself (in its ``__init__``; in ``__all__`` when it has one), not re-exported."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(name)
+    listed = getattr(module, "__all__", None)
+    out = []
+    for attr in listed if listed is not None else sorted(vars(module)):
+        obj = getattr(module, attr, None)
+        if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+            continue
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            out.append((attr, "function" if inspect.isfunction(obj) else "class"))
+    return out
 
 
 def write_api_page(repo: Path) -> Path:
