@@ -747,8 +747,7 @@ def _open_state(ck_dir: Path | None, chash: str) -> dict[str, Any] | None:
     if ck_dir.exists() and not ck_dir.is_dir():
         raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
     ck_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ck_dir.glob(f".{STATE_NAME}.*.tmp"):  # a process killed while saving
-        stale.unlink(missing_ok=True)
+    _ckpt.remove_dead_temps(ck_dir)  # left by killed writers; a live run's stay
     state = load_state(ck_dir)
     if state is not None and state.get("config_hash") != chash:
         raise ValueError(f"{ck_dir / STATE_NAME}: written by another configuration "

@@ -363,3 +363,23 @@ def test_training_curve_keeps_epoch_loss_and_validation_dice():
         {"epoch": 1, "train_loss": 0.9, "val_dice": 0.25},
         {"epoch": 2, "train_loss": 0.5, "val_dice": None},
         {"epoch": 3, "train_loss": 0.25, "val_dice": None}]
+
+
+def test_opening_the_state_keeps_a_live_writers_temp_file(tmp_path):
+    """Two live runs on one checkpoint folder must not delete each other's temporary files;
+    a dead process's temporary file is removed (issue 16, item 3)."""
+    import socket
+    import sys
+
+    from covidlib.active import STATE_NAME, _open_state
+
+    host = socket.gethostname()
+    live = tmp_path / f".{STATE_NAME}.{host}.{os.getpid()}.tmp"
+    live.write_bytes(b"being written")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = tmp_path / f".{STATE_NAME}.{host}.{proc.pid}.tmp"
+    dead.write_bytes(b"left by a killed writer")
+    assert _open_state(tmp_path, "any-hash") is None
+    assert live.exists()
+    assert not dead.exists()
