@@ -26,41 +26,74 @@ with the best validation score (the papers report test scores at the best valida
   ``torch.compile`` of the training forward on any device, so the GPU's code path also runs
   on a CPU (the profile dry-run tests) and ``make bench`` can measure what each one buys.
 
-Checkpoint format (``torch.save`` of a dict, loaded with ``weights_only=True``): ``format``,
-``config`` and ``config_hash`` (see :func:`run_config`), ``epoch`` (epochs completed),
-``model``, ``optimizer``, ``history``, ``best_epoch``, ``best_score``, ``best_file`` (name of
-``best-epochNNNN.pt`` in the same folder, holding ``{"epoch", "score", "model"}``), ``rng``
-(torch, CUDA, NumPy and Python states), ``loss_fn`` (its ``state_dict()`` when it has one, e.g.
-the transform generator of the consistency loss) and ``torch_version``.
+The pieces live in their concept modules, re-exported here: devices, precision and
+determinism in :mod:`covidlib.runtime`; the batch protocol, :func:`predict` and
+:func:`evaluate` in :mod:`covidlib.evaluate`; checkpoints and the run configuration in
+:mod:`covidlib.engine_checkpoint`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import logging
 import math
-import os
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from covidlib import checkpoint as _ckpt
-from covidlib.cache import atomic_write_bytes
-from covidlib.metrics import SegmentationMeter
+from covidlib import runtime as _runtime
+from covidlib.engine_checkpoint import (
+    _BEST_PREFIX,  # noqa: F401  (re-exported)
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    PREVIOUS_NAME,
+    CheckpointMismatchError,
+    _best_name,
+    _config_diff,  # noqa: F401  (re-exported)
+    _config_hash,
+    _cpu_state,
+    _load_best,  # noqa: F401  (re-exported)
+    _remove_stale_best,
+    _resume_state,
+    atomic_save,
+    load_checkpoint,
+    run_config,
+)
+from covidlib.evaluate import (
+    SupervisedLoss,
+    _describe,  # noqa: F401  (re-exported)
+    _floats,
+    _prepare,
+    _probabilities,  # noqa: F401  (re-exported)
+    _spatial_dims,
+    _to_device,  # noqa: F401  (re-exported)
+    binarize,
+    evaluate,
+    predict,
+    supervised_loss,
+)
+from covidlib.runtime import (
+    Acceleration,
+    _env_acceleration,  # noqa: F401  (re-exported)
+    _epoch_seed,
+    _restore_rng,
+    _rng_state,
+    _seed_worker,
+    acceleration,
+    amp_settings,
+    autocast,
+    resolve_device,
+    set_acceleration,
+    set_determinism,
+)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -86,542 +119,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "covidlib.engine.checkpoint/1"
-_BEST_PREFIX = "best-epoch"
 
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, Mapping[str, Any]]]
-
-
-CheckpointMismatchError = _ckpt.CheckpointMismatchError
-PREVIOUS_NAME = "checkpoint.prev.pt"  # the checkpoint before the newest (the fallback)
-
-
-# --------------------------------------------------------------------------------------------
-# Devices, precision, determinism
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; otherwise the named device."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={device!r}: CUDA was requested but torch.cuda.is_available() is False; "
-            "use device='auto' or 'cpu'"
-        )
-    return dev
-
-
-@dataclass(frozen=True)
-class Acceleration:
-    """The engine's speed switch. ``amp``: autocast dtype ("bf16", "fp32" = none, or
-    "default": bf16 on CUDA only); ``channels_last``: True/False, or None = on CUDA only;
-    ``compile``: ``torch.compile`` the training forward of :func:`fit`."""
-
-    amp: str = "default"
-    channels_last: bool | None = None
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.amp not in ("default", "bf16", "fp32"):
-            raise ValueError(f"Acceleration.amp={self.amp!r}: expected 'default', 'bf16' or "
-                             "'fp32'")
-
-
-def _env_acceleration() -> Acceleration:
-    """``$COVIDLIB_ACCELERATION``: comma-separated ``bf16``, ``fp32``, ``channels_last``,
-    ``contiguous``, ``compile`` (empty or unset: the device defaults)."""
-    words = [w.strip() for w in os.environ.get("COVIDLIB_ACCELERATION", "").split(",")
-             if w.strip()]
-    known = {"bf16", "fp32", "channels_last", "contiguous", "compile"}
-    bad = sorted(set(words) - known)
-    if bad:
-        raise ValueError(f"$COVIDLIB_ACCELERATION: unknown word(s) {bad}; known: {sorted(known)}")
-    amp = "bf16" if "bf16" in words else "fp32" if "fp32" in words else "default"
-    cl = True if "channels_last" in words else False if "contiguous" in words else None
-    return Acceleration(amp, cl, "compile" in words)
-
-
-_ACCEL = _env_acceleration()
-
-
-def set_acceleration(acc: Acceleration | None = None, **fields: Any) -> Acceleration:
-    """Set the process-wide :class:`Acceleration` (``acc``, or the current one with
-    ``fields`` replaced); returns the previous one."""
-    global _ACCEL
-    previous = _ACCEL
-    _ACCEL = replace(acc or _ACCEL, **fields)
-    return previous
-
-
-@contextlib.contextmanager
-def acceleration(**fields: Any) -> Iterator[Acceleration]:
-    """Within the block, :func:`fit`, :func:`predict` and :func:`amp_settings` use the
-    :class:`Acceleration` ``fields`` (e.g. ``amp="bf16", channels_last=True`` on a CPU: the
-    code path a GPU takes)."""
-    previous = set_acceleration(**fields)
-    try:
-        yield _ACCEL
-    finally:
-        set_acceleration(previous)
-
-
-def amp_settings(
-    device: str | torch.device, spatial_dims: int = 2
-) -> tuple[torch.dtype | None, torch.memory_format]:
-    """Autocast dtype and memory format for ``device``: pure, needs no GPU to call.
-
-    CUDA: ``(torch.bfloat16, channels_last)`` for 2-D, ``channels_last_3d`` for 3-D data.
-    Anything else: ``(None, contiguous_format)``, i.e. plain float32. The
-    :class:`Acceleration` switch (:func:`acceleration`) overrides either on any device.
-    """
-    if spatial_dims not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-    cuda = torch.device(device).type == "cuda"
-    acc = _ACCEL
-    dtype = {"bf16": torch.bfloat16, "fp32": None}.get(acc.amp, torch.bfloat16 if cuda else None)
-    last = cuda if acc.channels_last is None else acc.channels_last
-    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(spatial_dims) if last else None
-    return dtype, fmt or torch.contiguous_format
-
-
-def autocast(
-    device: str | torch.device, dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def set_determinism(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) and request deterministic kernels.
-
-    Calls ``torch.use_deterministic_algorithms(True, warn_only=True)`` (a warning, not an
-    error, for ops without a deterministic kernel) and disables the cuDNN autotuner. For
-    deterministic cuBLAS on CUDA, ``CUBLAS_WORKSPACE_CONFIG`` must be set before CUDA is first
-    used; this sets it to ``:4096:8`` when unset (set it in the environment to be safe).
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    # the legacy global NumPy generator is what third-party augmentation code draws from
-    np.random.seed(seed)  # noqa: NPY002
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Well-mixed 32-bit seed of the data order of ``epoch`` (independent of other epochs)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: derive NumPy/Python seeds from the worker's torch seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)  # noqa: NPY002
-    random.seed(s)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)  # noqa: NPY002
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "python": random.getstate(),
-    }
-
-
-def _restore_rng(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-# --------------------------------------------------------------------------------------------
-# Losses and batches
-# --------------------------------------------------------------------------------------------
-
-
-class SupervisedLoss(nn.Module):
-    """``loss_fn`` for a plain criterion: ``criterion(model(batch[image]), batch[target])``."""
-
-    def __init__(
-        self,
-        criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        image_key: str = "image",
-        target_key: str = "mask",
-    ) -> None:
-        super().__init__()
-        if not callable(criterion):
-            raise TypeError(f"criterion must be callable, got {type(criterion).__name__}")
-        self.criterion = criterion
-        self.image_key = image_key
-        self.target_key = target_key
-
-    def forward(
-        self, model: nn.Module, batch: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        for key in (self.image_key, self.target_key):
-            if key not in batch:
-                raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)})")
-        logits = model(batch[self.image_key])
-        loss = self.criterion(logits, batch[self.target_key])
-        return loss, {"loss": float(loss.detach())}
-
-
-def supervised_loss(
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    *,
-    image_key: str = "image",
-    target_key: str = "mask",
-) -> SupervisedLoss:
-    """Adapt ``criterion(logits, target)`` to the ``loss_fn(model, batch)`` protocol."""
-    return SupervisedLoss(criterion, image_key=image_key, target_key=target_key)
-
-
-def _to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, device, non_blocking) for v in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_to_device(v, device, non_blocking) for v in obj)
-    return obj
-
-
-def _prepare(
-    batch: Any, device: torch.device, fmt: torch.memory_format, where: str
-) -> dict[str, Any]:
-    if not isinstance(batch, Mapping):
-        raise TypeError(f"{where}: datasets must yield dicts, got a {type(batch).__name__}")
-    if "image" not in batch:
-        raise KeyError(f"{where}: batch has no 'image' (keys: {sorted(batch)})")
-    out = _to_device(batch, device, non_blocking=device.type == "cuda")
-    img = out["image"]
-    if fmt is not torch.contiguous_format and isinstance(img, torch.Tensor):
-        if img.ndim == (4 if fmt is torch.channels_last else 5):
-            out["image"] = img.contiguous(memory_format=fmt)
-    return out
-
-
-def _spatial_dims(dataset: Dataset, where: str) -> int:
-    item = dataset[0]
-    if not isinstance(item, Mapping) or "image" not in item:
-        raise KeyError(f"{where}: items must be dicts with an 'image' entry")
-    return int(torch.as_tensor(item["image"]).ndim) - 1  # (C, H, W) or (C, D, H, W)
-
-
-def _floats(parts: Mapping[str, Any], where: str) -> dict[str, float]:
-    if not isinstance(parts, Mapping):
-        raise TypeError(f"{where}: loss_fn must return (loss, dict), got {type(parts).__name__}")
-    out = {}
-    for k, v in parts.items():
-        if isinstance(v, torch.Tensor):
-            if v.numel() != 1:
-                raise ValueError(f"{where}: loss part {k!r} has {v.numel()} elements, expected 1")
-            v = v.detach().item()
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError):
-            raise TypeError(f"{where}: loss part {k!r} is not a number: {v!r}") from None
-    return out
-
-
-def _describe(obj: Any) -> str:
-    """Stable description of a model/loss for the run configuration (no memory addresses)."""
-    if isinstance(obj, SupervisedLoss):
-        return f"SupervisedLoss({_describe(obj.criterion)}, {obj.image_key}, {obj.target_key})"
-    name = getattr(obj, "__qualname__", None)
-    if isinstance(name, str):
-        return f"{getattr(obj, '__module__', '?')}.{name}"
-    t = type(obj)
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-# --------------------------------------------------------------------------------------------
-# Inference and evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    if logits.ndim < 3:
-        raise ValueError(f"model output: expected (B, C, ...) logits, got {tuple(logits.shape)}")
-    logits = logits.float()
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else F.softmax(logits, dim=1)
-
-
-def binarize(probs: torch.Tensor) -> torch.Tensor:
-    """Foreground of probabilities ``(B, C, ...)``: ``argmax > 0`` (C >= 2) or ``p > 0.5``."""
-    return probs[:, 0] > 0.5 if probs.shape[1] == 1 else probs.argmax(1) > 0
-
-
-def predict(
-    model: nn.Module,
-    dataset: Dataset,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    *,
-    num_workers: int = 0,
-    collate_fn: Callable | None = None,
-    progress: bool = False,
-) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
-    """Yield ``(probabilities, batch)`` per batch, in dataset order.
-
-    ``probabilities`` is float32 on the CPU: softmax over channels, or sigmoid for a
-    single-channel model. The model is moved to ``device`` and left in eval mode.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = resolve_device(device)
-    model.to(dev)
-    model.eval()
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=dev.type == "cuda",
-    )
-    fmt: torch.memory_format | None = None
-    dtype: torch.dtype | None = None
-    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
-        if fmt is None:
-            if not isinstance(batch, Mapping) or "image" not in batch:
-                raise KeyError("predict: dataset items must be dicts with an 'image' entry")
-            dtype, fmt = amp_settings(dev, batch["image"].ndim - 2)
-            if fmt is not torch.contiguous_format:
-                model.to(memory_format=fmt)
-        image = _prepare({"image": batch["image"]}, dev, fmt, "predict")["image"]
-        with torch.no_grad(), autocast(dev, dtype):
-            logits = model(image)
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"predict: model returned {type(logits).__name__}, expected a tensor")
-        # the contexts end before yielding so that grad mode does not leak into the caller
-        yield _probabilities(logits).cpu(), batch
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    *,
-    num_workers: int = 0,
-    collate_fn: Callable | None = None,
-    progress: bool = False,
-    mask_key: str = "mask",
-) -> dict[str, float]:
-    """Overlap scores of ``model`` on ``dataset`` (P2 Sec. 4.1.2), via :mod:`covidlib.metrics`.
-
-    Prediction = ``argmax > 0`` of the logits (``p > 0.5`` for one channel); truth =
-    ``batch[mask_key] > 0`` (any infection label). Returns
-    :meth:`~covidlib.metrics.SegmentationMeter.compute`: ``dice``, ``iou``, ``ppv``,
-    ``sens``, ``spec`` from counts summed over the split, plus per-volume ``<name>_mean``,
-    ``<name>_std``, ``<name>_n`` grouped by ``batch["case_id"]`` (each item its own unit when
-    the dataset has no case ids) and ``n_volumes``.
-    """
-    meter = SegmentationMeter()
-    for probs, batch in predict(
-        model,
-        dataset,
-        device,
-        batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        progress=progress,
-    ):
-        if mask_key not in batch:
-            raise KeyError(f"evaluate: batch has no {mask_key!r} (keys: {sorted(batch)})")
-        pred = binarize(probs)
-        mask = torch.as_tensor(batch[mask_key])
-        if mask.ndim == pred.ndim + 1 and mask.shape[1] == 1:
-            mask = mask[:, 0]
-        if mask.shape != pred.shape:
-            raise ValueError(
-                f"evaluate: batch[{mask_key!r}] has shape {tuple(mask.shape)}, the prediction "
-                f"{tuple(pred.shape)}"
-            )
-        if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
-            raise ValueError(f"evaluate: batch[{mask_key!r}] holds nan/inf values")
-        if bool((mask < 0).any()):
-            raise ValueError(f"evaluate: batch[{mask_key!r}] holds negative labels")
-        ids = batch.get("case_id")
-        if ids is not None:
-            ids = [str(i.item() if isinstance(i, torch.Tensor) else i) for i in ids]
-        meter.update(pred, mask > 0, ids)
-    if meter.counts.total == 0:
-        raise ValueError("evaluate: the dataset is empty")
-    return meter.compute()
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, fsync, then ``os.replace``.
-
-    A crash or error leaves either the old file or the new one, never a partial file.
-    """
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path, config_hash: str | None = None,
-                    config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read and verify a checkpoint written by :func:`fit` (:func:`covidlib.checkpoint.load`:
-    length, sha256 and, when ``config_hash`` is given, the configuration that wrote it)."""
-    path = Path(path)
-    try:
-        ck = _ckpt.load(path, config_digest=config_hash, config=config)
-    except CheckpointMismatchError as exc:
-        raise CheckpointMismatchError(path, f"{exc.reason}; use another checkpoint_dir or "
-                                      "pass overwrite=True to discard it") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise _ckpt.CorruptCheckpointError(
-            path, f"not a covidlib.engine checkpoint ({CHECKPOINT_FORMAT})")
-    if config_hash is not None and ck.get("config_hash") != config_hash:
-        what = _config_diff(ck.get("config", {}), config or {})
-        raise CheckpointMismatchError(path, f"written by a different configuration ({what}); "
-                                      "use another checkpoint_dir or pass overwrite=True to "
-                                      "discard it")
-    return ck
-
-
-def _load_best(ck_dir: Path, ck: Mapping[str, Any], path: Path, cfg_hash: str
-               ) -> dict[str, torch.Tensor] | None:
-    """The verified best weights named by checkpoint ``ck`` (read from ``path``)."""
-    if ck["best_file"] is None:
-        return None
-    bpath = ck_dir / ck["best_file"]
-    if not bpath.exists():
-        raise _ckpt.CorruptCheckpointError(path, f"the best weights it names ({bpath.name}) "
-                                           "are missing")
-    best = _ckpt.load(bpath, config_digest=cfg_hash)
-    if not isinstance(best, dict) or best.get("epoch") != ck["best_epoch"]:
-        got = best.get("epoch") if isinstance(best, dict) else None
-        raise _ckpt.CorruptCheckpointError(bpath, f"holds epoch {got}, {path.name} expects "
-                                           f"{ck['best_epoch']}")
-    return best["model"]
-
-
-def _resume_state(ck_dir: Path, cfg: Mapping[str, Any], cfg_hash: str, stacklevel: int = 3
-                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
-    """The newest good checkpoint in ``ck_dir`` (``checkpoint.pt``, else the one before it)
-    with its best weights. A corrupt file is moved aside (kept) and the run restarts from the
-    last good checkpoint, saying so (a warning)."""
-    notes: list[str] = []
-    for path in (ck_dir / CHECKPOINT_NAME, ck_dir / PREVIOUS_NAME):
-        if not path.exists():
-            continue
-        try:
-            ck = load_checkpoint(path, cfg_hash, cfg)
-            best = _load_best(ck_dir, ck, path, cfg_hash)
-        except _ckpt.CorruptCheckpointError as exc:
-            moved = [_ckpt.move_aside(p).name for p in dict.fromkeys((exc.path, path))
-                     if p.exists()]  # a checkpoint naming bad best weights is unusable too
-            notes.append(f"{exc}" + (f" (moved to {', '.join(moved)})" if moved else ""))
-            continue
-        if notes:
-            warnings.warn("; ".join(notes) + f"; resuming from {path} after epoch "
-                          f"{ck['epoch']}", stacklevel=stacklevel)
-        return ck, best
-    if notes:
-        warnings.warn("; ".join(notes) + "; no good checkpoint is left: training starts "
-                      "again from epoch 0", stacklevel=stacklevel)
-    return None
-
-
-def run_config(
-    model: nn.Module,
-    loss_fn: Any,
-    train_data: Dataset,
-    val_data: Dataset | None,
-    *,
-    lr: float,
-    betas: tuple[float, float],
-    batch_size: int,
-    seed: int,
-    val_every: int,
-    metric: str,
-    max_steps_per_epoch: int | None,
-    num_workers: int,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything that changes the training trajectory (not ``epochs``: a run may be extended)."""
-    cfg = {
-        "model": _describe(model),
-        "parameters": [[k, list(v.shape)] for k, v in model.state_dict().items()],
-        "loss": _describe(loss_fn),
-        "n_train": len(train_data),  # type: ignore[arg-type]
-        "n_val": None if val_data is None else len(val_data),  # type: ignore[arg-type]
-        "lr": float(lr),
-        "betas": [float(b) for b in betas],
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "val_every": int(val_every),
-        "metric": metric,
-        "max_steps_per_epoch": max_steps_per_epoch,
-        "num_workers": int(num_workers),
-        "extra": dict(extra or {}),
-    }
-    try:
-        json.dumps(cfg, sort_keys=True, allow_nan=True)
-    except TypeError as exc:
-        raise TypeError(f"config: values must be JSON-serialisable ({exc})") from None
-    return cfg
-
-
-def _config_hash(cfg: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-_config_diff = _ckpt.config_diff
-
-
-def _best_name(epoch: int) -> str:
-    return f"{_BEST_PREFIX}{epoch:04d}.pt"
-
-
-def _remove_stale_best(directory: Path, keep: str | None, *also: str | None) -> None:
-    for f in directory.glob(f"{_BEST_PREFIX}*.pt"):
-        if f.name not in (keep, *also):
-            f.unlink(missing_ok=True)
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,7 +245,7 @@ def _setup_run(model: nn.Module, loss_fn: Any, spec: _FitSpec, *, lr: float,
     dev = resolve_device(device)
     set_determinism(spec.seed)
     spatial = (_spatial_dims(spec.train_data, "train_data")
-               if dev.type == "cuda" or _ACCEL.channels_last else 2)
+               if dev.type == "cuda" or _runtime._ACCEL.channels_last else 2)
     amp_dtype, fmt = amp_settings(dev, spatial)
     model.to(dev)
     if fmt is not torch.contiguous_format:
@@ -758,7 +257,7 @@ def _setup_run(model: nn.Module, loss_fn: Any, spec: _FitSpec, *, lr: float,
         raise ValueError("model has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
     # the training forward; torch.compile shares the parameters, checkpoints hold `model`'s
-    forward: nn.Module = torch.compile(model) if _ACCEL.compile else model  # type: ignore[assignment]
+    forward: nn.Module = torch.compile(model) if _runtime._ACCEL.compile else model  # type: ignore[assignment]
     cfg = run_config(
         model, loss_fn, spec.train_data, spec.val_data, lr=lr, betas=betas,
         batch_size=spec.batch_size, seed=spec.seed, val_every=spec.val_every,

@@ -357,3 +357,18 @@ def test_load_results_and_missing_file(tmp_path):
     goals = report.goals_table(None, None, None)
     assert list(goals["measured"]) == [report.NOT_MEASURED] * 4  # 2 books, 2 widget goals
     assert list(goals["verdict"])[2:] == ["not measured yet: run make bench"] * 2
+
+
+def test_mc_selections_agree_up_to_ties_only():
+    """Head-only and naive MC sampling sum in another order: two regions whose scores tie to
+    within float error may swap; a real difference in the chosen region must still count."""
+    import numpy as np
+
+    from covidlib.bench.mc import selections_agree
+
+    scores = np.array([[0.5, 0.9, 0.9 + 2.5e-9, 0.1],
+                       [0.2, 0.3, 0.8, 0.7]])
+    assert selections_agree([(0, 1), (1, 2)], [(0, 1), (1, 2)], scores)
+    assert selections_agree([(0, 1), (1, 2)], [(0, 2), (1, 2)], scores)      # a tie swapped
+    assert not selections_agree([(0, 1), (1, 2)], [(0, 1), (1, 3)], scores)  # 0.8 vs 0.7
+    assert not selections_agree([(0, 1)], [(0, 1), (1, 2)], scores)

@@ -150,7 +150,9 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
             "I": int(n),
             "selection_head_only": [list(p) for p in head.selected],
             "selection_naive": [list(p) for p in naive.selected],
-            "identical_selection": head.selected == naive.selected,
+            "identical_selection": selections_agree(head.selected, naive.selected,
+                                                    naive.scores),
+            "exactly_the_same_regions": head.selected == naive.selected,
             "identical_region_scores": bool(np.array_equal(head.scores, naive.scores)),
             "max_abs_score_diff": float(np.abs(head.scores - naive.scores).max()),
         })
@@ -177,6 +179,23 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
         "identical_selections": all(c["identical_selection"] for c in checks),
         "breakdown": split,
     }
+
+
+def selections_agree(a: list[tuple[int, int]], b: list[tuple[int, int]], scores: np.ndarray,
+                     rtol: float = 1e-6) -> bool:
+    """Whether two region selections are the same up to ties: equal lists, or lists whose
+    regions have the same scores (``scores[image, region]``) in order, within ``rtol`` of the
+    largest score. Float sums in another order can swap two regions that tie (seen: a 2.5e-9
+    difference between head-only and naive scores at I = 10 picked region 11 vs 37)."""
+    if list(a) == list(b):
+        return True
+    if len(a) != len(b):
+        return False
+    s = np.asarray(scores, dtype=np.float64)
+    tol = rtol * max(float(np.abs(s).max()), 1e-12)
+    sa = np.array([s[i, r] for i, r in a])
+    sb = np.array([s[i, r] for i, r in b])
+    return bool(np.all(np.abs(sa - sb) <= tol))
 
 
 def breakdown(model: FCN8VGG16, x: torch.Tensor, n: int, seed: int, total: float,

@@ -35,14 +35,13 @@ code through :func:`run_p2` (cached by config) and :func:`run_table`.
 
 from __future__ import annotations
 
-import base64
 import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,21 +52,39 @@ from covidlib.cache import ResultCache, config_hash, process_dir, remove_process
 from covidlib.data.api import Dataset, open_dataset
 from covidlib.data.errors import DataError
 from covidlib.data.manifest import load_manifest, locate
-from covidlib.data.oracle import infection_points
 from covidlib.data.torch_datasets import SliceDataset
 from covidlib.data.types import Case
-from covidlib.engine import binarize, fit, predict, set_determinism, supervised_loss
+from covidlib.engine import fit, set_determinism, supervised_loss
 from covidlib.experiments.p2_data import (
     lung_views,
     open_cached,
     oracle_points,
     prepared_cases,
     split_refs,
-    thin,
+)
+from covidlib.experiments.p2_scoring import (
+    _nan_to_none,
+    _predict_masks,
+    _true_points,
+    decode_mask,
+    encode_mask,
+    figure_refs,
+    score_slices,
+)
+from covidlib.experiments.p2_settings import (
+    COUNTING_LOSSES,
+    LOSSES,
+    PROFILES,
+    SEGMENTATION_LOSSES,
+    TABLES,
+    TableSpec,
+    Task,
+    settings,
+    table_settings,
 )
 from covidlib.losses import ConsistencyLoss, LCFCNLoss, PointLoss, structure_loss
 from covidlib.losses.batch import ConsistencyBatchLoss, PointBatchLoss
-from covidlib.metrics import SegmentationMeter, counting_scores, lung_containment
+from covidlib.metrics import counting_scores
 from covidlib.models import build_model
 
 __all__ = [
@@ -100,149 +117,8 @@ __all__ = [
 
 VERSION = "p2/2"
 """Part of every cached config: bump it when a change alters results."""
-
 KIND = "p2_run"
 """Result kind in the :class:`~covidlib.cache.ResultCache`."""
-
-SEGMENTATION_LOSSES: tuple[str, ...] = ("fully", "pl", "cb_flip", "cb_flip_rot")
-"""Rows of P2 Tables 2-6, in the paper's order."""
-COUNTING_LOSSES: tuple[str, ...] = ("pl", "lcfcn", "cb_lcfcn")
-"""Rows of P2 Tables 7-8, in the paper's order."""
-LOSSES: tuple[str, ...] = (*SEGMENTATION_LOSSES, "lcfcn", "cb_lcfcn")
-
-Task = Literal["segmentation", "counting"]
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """What one P2 table needs: its task, the real data (in order of preference: the paper's
-    dataset, then a real derivative of it), the synthetic stand-in and whether P2's centre
-    crop applies (the authors crop COVID-19-C only)."""
-
-    task: Task
-    real: tuple[tuple[str, str], ...]  # (manifest name, split name), best first
-    synthetic: str  # split of the synthetic phantom (manifest split or a STAND_INS name)
-    paper_name: str  # what P2 calls the data
-    crop: bool = False  # apply the profile's centre crop (COVID-19-C tables only)
-
-    @property
-    def losses(self) -> tuple[str, ...]:
-        return SEGMENTATION_LOSSES if self.task == "segmentation" else COUNTING_LOSSES
-
-
-_C_MIXED = (("ma-20", "mixed"), ("ma20-slices", "mixed"))
-_C_SEP = (("ma-20", "sep"), ("ma20-slices", "sep"))
-
-TABLES: dict[str, TableSpec] = {
-    "P2-T2": TableSpec("segmentation", (("covid-semiseg", "p2"),), "a-like", "COVID-19-A"),
-    "P2-T3": TableSpec("segmentation", (("medseg-9", "mixed"),), "b-mixed", "COVID-19-B-Mixed"),
-    "P2-T4": TableSpec("segmentation", (("medseg-9", "sep"),), "b-sep", "COVID-19-B-Sep"),
-    "P2-T5": TableSpec("segmentation", _C_MIXED, "mixed", "COVID-19-C-Mixed", crop=True),
-    "P2-T6": TableSpec("segmentation", _C_SEP, "sep", "COVID-19-C-Sep", crop=True),
-    "P2-T7": TableSpec("counting", (("medseg-9", "mixed"),), "b-mixed", "COVID-19-B-Mixed"),
-    "P2-T8": TableSpec("counting", _C_MIXED, "mixed", "COVID-19-C-Mixed", crop=True),
-}
-"""P2 Tables 2-8: task, the real datasets (manifest, split; best first), the synthetic
-stand-in and whether the centre crop applies."""
-
-_COMMON: dict[str, Any] = {
-    "lam": 1.0,  # P2 Eq. 1 weight of the consistency term (the authors' code adds it with 1)
-    "n_background": "match",  # P2 Sec. 4.2: as many background points as infection points
-    "placement": "distance",  # P2 Sec. 4.1.1: the pixel with the largest distance transform
-    "figure_slices": 3,  # test slices whose predictions are kept for Figure 3
-}
-
-PROFILES: dict[str, dict[str, Any]] = {
-    # Minutes on 2 CPU cores for all P2 chapters: 64 x 64 slices (COVID-19-C cut to its
-    # central 75 % first, as the authors' code does; table_settings), a U-Net with 8 channels
-    # at the first of 3 levels trained from scratch, 10 epochs of batch 4 at lr 2e-3 (from
-    # scratch, 1e-4 needs far more steps), at most 45 / 24 / 96 train / val / test slices
-    # per split (45 = P2's COVID-19-A training set, so Table 2 on the real data uses all of
-    # it).
-    "cpu": {
-        **_COMMON,
-        "model": "unet2d",
-        "model_kwargs": {"base_width": 8, "depth": 3},
-        "size": 64,
-        "crop": 0.75,
-        "epochs": 10,
-        "batch_size": 4,
-        "lr": 2e-3,
-        "patience": None,
-        "max_slices": {"train": 45, "val": 24, "test": 96},
-        "checkpoints": False,
-        # the tables that only have a synthetic stand-in here (no real data found) run the
-        # first seed only: the book's time goes to the real-data tables
-        "stand_in_seeds": 1,
-    },
-    # One H100: P2's network (ImageNet FCN8-VGG16) at P2's 352 px and batch 8, lr 1e-4; 30
-    # epochs and at most 256 training slices per split keep all P2 runs of the book within
-    # about ten minutes of the GPU.
-    "gpu": {
-        **_COMMON,
-        "model": "fcn8_vgg16",
-        "model_kwargs": {"weights": "imagenet", "layout": "same"},
-        "size": 352,
-        "crop": 0.75,
-        "epochs": 30,
-        "batch_size": 8,
-        "lr": 1e-4,
-        "patience": 10,
-        "max_slices": {"train": 256, "val": 64, "test": None},
-        "checkpoints": True,
-        "stand_in_seeds": None,
-    },
-    # P2 Sec. 4.2 "Implementation Details": ImageNet-pretrained VGG16 FCN8, batch size 8, 100
-    # epochs, Adam with learning rate 1e-4, scores of the best validation epoch; 352 x 352
-    # images (Sec. 4.1.1); every slice of every split.
-    "paper": {
-        **_COMMON,
-        "model": "fcn8_vgg16",
-        "model_kwargs": {"weights": "imagenet", "layout": "classic"},
-        "size": 352,
-        "crop": 0.75,
-        "epochs": 100,
-        "batch_size": 8,
-        "lr": 1e-4,
-        "patience": None,
-        "max_slices": {"train": None, "val": None, "test": None},
-        "checkpoints": True,
-        "stand_in_seeds": None,
-    },
-}
-
-
-def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A deep copy of profile ``profile`` with ``overrides`` merged over it (top-level keys).
-
-    Unknown profile or override key -> ``ValueError`` naming it.
-    """
-    if profile not in PROFILES:
-        raise ValueError(f"p2: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    out = copy.deepcopy(PROFILES[profile])
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(out))
-    if unknown:
-        raise ValueError(f"p2: unknown override key(s) {unknown}; known: {sorted(out)}")
-    out.update(copy.deepcopy(overrides))
-    return out
-
-
-def table_settings(artifact: str, profile: str, overrides: Mapping[str, Any] | None = None
-                   ) -> dict[str, Any]:
-    """:func:`settings` for P2 table ``artifact``: the centre crop only where the authors
-    crop (the COVID-19-C tables); elsewhere ``crop`` is 1 (no crop)."""
-    if artifact not in TABLES:
-        raise ValueError(f"p2: unknown table {artifact!r}; choose one of {sorted(TABLES)}")
-    s = settings(profile, overrides)
-    if not TABLES[artifact].crop:
-        s["crop"] = 1.0
-    return s
-
-
-# --------------------------------------------------------------------------------------------
-# Run configuration
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -319,11 +195,6 @@ def make_run(dataset: str, split: str, loss: str, seed: int, s: Mapping[str, Any
                  **copy.deepcopy({k: s[k] for k in _RUN_KEYS}))
 
 
-# --------------------------------------------------------------------------------------------
-# Data: which dataset, which slices, which points
-# --------------------------------------------------------------------------------------------
-
-
 def resolve_data(artifact: str, dataset: str = "auto", data_root: str | Path | None = None
                  ) -> tuple[str, str, bool]:
     """``(manifest name, split, is_real)`` for one P2 table.
@@ -387,11 +258,6 @@ def _build_data(run: P2Run, ds: Dataset, split: str | Mapping[str, Any] | None =
                  {"infection": int(n_fg), "background": int(n_bg)})
 
 
-# --------------------------------------------------------------------------------------------
-# Model and loss
-# --------------------------------------------------------------------------------------------
-
-
 def make_model(run: P2Run) -> nn.Module:
     """The run's two-class network (background, infection)."""
     kw = dict(run.model_kwargs)
@@ -423,82 +289,6 @@ def make_loss(loss: str, lam: float = 1.0, seed: int = 0) -> nn.Module:
         return ConsistencyBatchLoss(ConsistencyLoss("flip", lam=lam, point_loss=LCFCNLoss()),
                                     seed=seed)
     raise ValueError(f"p2: unknown loss {loss!r}; choose one of {LOSSES}")
-
-
-# --------------------------------------------------------------------------------------------
-# Prediction, scores and the slices kept for Figure 3
-# --------------------------------------------------------------------------------------------
-
-
-def encode_mask(mask: np.ndarray) -> str:
-    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
-    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
-
-
-def decode_mask(text: str, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`encode_mask`."""
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
-    n = int(shape[0]) * int(shape[1])
-    if bits.size < n or bits.size - n >= 8:
-        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape {shape}")
-    return bits[:n].reshape(shape).astype(bool)
-
-
-def _predict_masks(model: nn.Module, ds: SliceDataset, device: Any, batch_size: int
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    preds, masks = [], []
-    for probs, batch in predict(model, ds, device, batch_size):
-        preds.extend(binarize(probs).numpy())
-        masks.extend((batch["mask"] > 0).numpy())
-    return preds, masks
-
-
-def _true_points(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
-    return [np.array([(p.y, p.x) for p in infection_points(m.astype(np.uint8), [1])],
-                     dtype=np.int64).reshape(-1, 2) for m in masks]
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-def score_slices(preds: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                 refs: Sequence[tuple[str, int]],
-                 lungs: Sequence[np.ndarray] | None = None) -> dict[str, float | None]:
-    """Overlap scores summed over the split (P2 Sec. 4.1.2), MAE and GAME(L=4) (Sec. 4.4)
-    and, given the slices' ``lungs``, the share of predicted (``lung_containment``) and of
-    true (``lung_containment_truth``) infection pixels inside the lungs (Sec. 4.3.1)."""
-    meter = SegmentationMeter()
-    for pred, mask, (cid, _z) in zip(preds, masks, refs, strict=True):
-        meter.update(pred, mask, cid)
-    seg = meter.compute()
-    truth = _true_points(masks)
-    count = counting_scores(preds, truth, levels=(4,))
-    out = {k: _nan_to_none(seg[k]) for k in ("dice", "iou", "ppv", "sens", "spec")}
-    out.update({"mae": count["mae"], "game": count["game4"], "n_slices": len(preds),
-                "n_volumes": seg["n_volumes"],
-                # predicting no region at all scores MAE = GAME = the mean number of regions
-                "regions_per_slice": float(np.mean([len(t) for t in truth]))})
-    out["lung_containment"] = out["lung_containment_truth"] = None
-    if lungs is not None:
-        out["lung_containment"] = _nan_to_none(lung_containment(preds, lungs))
-        out["lung_containment_truth"] = _nan_to_none(lung_containment(masks, lungs))
-    return out
-
-
-def figure_refs(masks: Sequence[np.ndarray], refs: Sequence[tuple[str, int]], n: int
-                ) -> list[tuple[str, int]]:
-    """``n`` test slices for Figure 3: infected slices at evenly spaced ranks of infected
-    area (largest first), so that large and small lesions are both shown."""
-    area = [(int(m.sum()), i) for i, m in enumerate(masks) if m.any()]
-    area.sort(key=lambda t: (-t[0], t[1]))
-    picks = thin(area, n) if n > 0 else []
-    return [tuple(refs[i]) for _a, i in picks]  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------------------------
-# The public entry point: train once, score any number of test sets
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -645,11 +435,6 @@ def train_p2(dataset: str | Path | Dataset, split: str | Mapping[str, Any], loss
                      data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
 
 
-# --------------------------------------------------------------------------------------------
-# One cached run (what the chapters call)
-# --------------------------------------------------------------------------------------------
-
-
 def _train_and_score(run: P2Run, ds: Dataset, device: Any, checkpoint_dir: Path | None,
                      progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -707,11 +492,6 @@ def run_p2(run: P2Run, data_root: str | Path | None = None,
 def cache_config(run: P2Run, ds: Dataset) -> dict[str, Any]:
     """The key of ``run`` in the result cache: its config plus the data's fingerprint."""
     return {**run.config(), "data": ds.fingerprint()}
-
-
-# --------------------------------------------------------------------------------------------
-# A table's runs
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -46,92 +46,87 @@ other cell that makes such a call shows its output without its code (``remove-in
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from covidlib.cache import atomic_write_text
+from covidlib.report.book_cache import (
+    CACHE_FORMAT,
+    _entry_params,
+    _sha,
+    chapter_key,
+    load_cache,
+    longest_first,
+    previous_seconds,
+    record_timings,
+    results_digest,
+    save_cache,
+    scorecard_digest,
+    source_digest,
+    stale_reason,
+)
+from covidlib.report.book_pages import (  # noqa: F401  (_html_fresh: tests)
+    API_PAGE,
+    PLUMBING_TAG,
+    _html_fresh,
+    api_page_text,
+    build_html,
+    ensure_offline_assets,
+    hide_plumbing,
+    package_own_members,
+    plumbing_kind,
+    public_modules,
+    unresolved_glue,
+    write_api_page,
+)
+from covidlib.report.book_plan import PROFILES, BookError, PlanEntry, RunOutcome, load_plan
 
-PROFILES = ("cpu", "gpu", "paper")
-_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires", "stage", "inputs"}
-CACHE_FORMAT = "covidlib.book-cache/1"
+__all__ = [
+    "API_PAGE",
+    "CACHE_FORMAT",
+    "KERNEL_START_TIMEOUT",
+    "PLUMBING_TAG",
+    "PROFILES",
+    "SCHEDULER_ENV",
+    "BookError",
+    "PlanEntry",
+    "RunOutcome",
+    "api_page_text",
+    "build_html",
+    "chapter_key",
+    "dask_spawn_keys",
+    "default_workers",
+    "ensure_offline_assets",
+    "execute_plan",
+    "hide_plumbing",
+    "load_cache",
+    "load_plan",
+    "longest_first",
+    "package_own_members",
+    "plumbing_kind",
+    "previous_seconds",
+    "public_modules",
+    "record_timings",
+    "report",
+    "restore_environ",
+    "results_digest",
+    "run_entry",
+    "save_cache",
+    "scorecard_digest",
+    "source_digest",
+    "stale_reason",
+    "unresolved_glue",
+    "worker_env",
+    "write_api_page",
+]
+
 _SCHEDULER = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
 SCHEDULER_ENV = "COVIDLIB_SCHEDULER"
 KERNEL_START_TIMEOUT = 300  # seconds; kernels start slowly on a busy 2-core machine
-
-
-class BookError(Exception):
-    """The book plan or a notebook run is wrong; the message names the file and reason."""
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    notebook: str
-    output: str
-    title: str
-    parameters: dict[str, Any] = field(default_factory=dict)
-    requires: str | None = None
-    stage: int = 0
-    inputs: tuple[str, ...] = ()
-
-
-@dataclass
-class RunOutcome:
-    entry: PlanEntry
-    status: str  # "ok" | "failed" | "missing-data" | "reused" (unchanged: not re-executed)
-    seconds: float
-    error: str = ""
-    worker: str = "local"  # the Dask worker address, or "local" when run in this process
-
-
-def load_plan(path: Path) -> list[PlanEntry]:
-    """Read and validate ``book/plan.yml``."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise BookError(f"{path}: book plan not found") from exc
-    except yaml.YAMLError as exc:
-        raise BookError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, list) or not raw:
-        raise BookError(f"{path}: expected a non-empty list of chapters")
-    entries, outputs = [], set()
-    for i, item in enumerate(raw):
-        where = f"{path}: entry {i}"
-        if not isinstance(item, dict):
-            raise BookError(f"{where}: expected a mapping, got {type(item).__name__}")
-        unknown = set(item) - _ENTRY_KEYS
-        if unknown:
-            raise BookError(f"{where}: unknown keys {sorted(unknown)}")
-        for key in ("notebook", "output", "title"):
-            if not isinstance(item.get(key), str) or not item[key]:
-                raise BookError(f"{where}: '{key}' must be a non-empty string")
-        if item["output"] in outputs:
-            raise BookError(f"{where}: output '{item['output']}' is used twice")
-        outputs.add(item["output"])
-        params = item.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise BookError(f"{where}: 'parameters' must be a mapping")
-        stage = item.get("stage", 0)
-        if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-            raise BookError(f"{where}: 'stage' must be an integer >= 0, got {stage!r}")
-        inputs = item.get("inputs") or []
-        if not isinstance(inputs, list) or not all(isinstance(i, str) and i for i in inputs):
-            raise BookError(f"{where}: 'inputs' must be a list of paths, got {inputs!r}")
-        entries.append(PlanEntry(item["notebook"], item["output"], item["title"], params,
-                                 item.get("requires"), stage, tuple(inputs)))
-    return entries
 
 
 def _missing_data_notebook(entry: PlanEntry, reason: str) -> dict:
@@ -145,72 +140,6 @@ def _missing_data_notebook(entry: PlanEntry, reason: str) -> dict:
         "Place the data as described above and run `make book` again.")]
     nb.cells[0]["id"] = "missing-data"  # fixed: the same page is byte-identical next time
     return nb
-
-
-PLUMBING_TAG = "plumbing"
-_PLUMBING_CALL = re.compile(
-    r"\bglue\(|\bscorecard\.record\w*\(|\brecord_scorecard\w*\(|\bprovenance\.provenance\("
-    r"|\bperf_counter\(|\brecord_timings\(|\bnotebook_timer\(|\bwrite_csv\(")
-_IMPORT = re.compile(r"^(from\s+\S+\s+import\s|import\s)")
-
-
-def plumbing_kind(cell: Mapping[str, Any]) -> str | None:
-    """``"remove-cell"``, ``"remove-input"`` or ``None`` for one notebook cell (see the module
-    docstring)."""
-    if cell.get("cell_type") != "code":
-        return None
-    tags = set(cell.get("metadata", {}).get("tags", []))
-    source = cell.get("source", "")
-    source = "".join(source) if isinstance(source, list) else str(source)
-    lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
-    if (PLUMBING_TAG in tags or tags & {"parameters", "injected-parameters"}
-            or (lines and lines[0].lower().startswith("# plumbing"))):
-        return "remove-cell"
-    found, rest, depth, inside = False, 0, 0, False
-    for ln in (ln for ln in lines if not ln.startswith("#")):
-        if depth <= 0:  # a new statement
-            inside = bool(_PLUMBING_CALL.search(ln))
-            found = found or inside
-            rest += not (inside or _IMPORT.match(ln))
-        # the arguments of a call spread over several lines belong to its statement
-        depth += sum(ln.count(c) for c in "([{") - sum(ln.count(c) for c in ")]}")
-    if not found:
-        return None
-    return "remove-cell" if not rest else "remove-input"
-
-
-_GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)|^[`:]{3,}\{glue(?::\w+)?\}\s+(\S+)",
-                        re.MULTILINE)
-
-
-def unresolved_glue(nb: Any) -> list[str]:
-    """The glue keys that markdown cells of executed notebook ``nb`` cite (``{glue:text}`key```,
-    ``{glue}`` roles and directives) but no code cell's output glued (``myst_nb.glue``): the
-    references Jupyter Book would leave empty on the page. Sorted, empty when all resolve."""
-    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name")
-             for c in nb.cells if c.get("cell_type") == "code" for o in c.get("outputs", [])}
-    cited = set()
-    for cell in nb.cells:
-        if cell.get("cell_type") == "markdown":
-            source = cell.get("source", "")
-            source = "".join(source) if isinstance(source, list) else str(source)
-            cited |= {a or b for a, b in _GLUE_ROLE.findall(source)}
-    return sorted(cited - glued)
-
-
-def hide_plumbing(nb: Any) -> int:
-    """Tag the plumbing cells of notebook ``nb`` (in place) so that Jupyter Book leaves their
-    code (and, for pure plumbing, their output) off the page; returns how many were tagged."""
-    n = 0
-    for cell in nb.cells:
-        kind = plumbing_kind(cell)
-        if kind is None:
-            continue
-        tags = list(cell.metadata.get("tags", []))
-        if kind not in tags:
-            cell.metadata["tags"] = [*tags, kind]
-            n += 1
-    return n
 
 
 def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
@@ -262,133 +191,6 @@ def _strip_ansi(text: str) -> str:
     import re
 
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
-
-
-def _sha(path: Path) -> str | None:
-    """sha256 of a file's bytes, ``None`` when it cannot be read."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def source_digest(package: Path | None = None) -> str:
-    """sha256 over the path and content of every file of the ``covidlib`` package and of the
-    ``data_manifests/`` folder beside it (``__pycache__`` left out)."""
-    if package is None:
-        import covidlib
-
-        package = Path(covidlib.__file__).resolve().parent
-    h = hashlib.sha256()
-    for root in (package, package.parent / "data_manifests"):
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*")):
-            if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
-                continue
-            h.update(f"{root.name}/{path.relative_to(root)}\0".encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
-
-
-def _volatile(rel: str) -> bool:
-    """Files of ``results_dir`` that are not cached results: the scorecard entries, the
-    book's own timing and cache files, claims, locks and temporary files."""
-    name = rel.rsplit("/", 1)[-1]
-    return (rel.startswith("scorecard/") or name.startswith(("book_timings_", "book_cache_", "."))
-            or name.endswith((".lock", ".claim", ".tmp", ".part")))
-
-
-def results_digest(results_dir: Path) -> str:
-    """The state of the results cache: sha256 over the name, size and modification time of
-    every file under ``results_dir`` that is not :func:`_volatile` (absent = empty)."""
-    rows = []
-    for folder, dirs, files in os.walk(results_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel_dir = os.path.relpath(folder, results_dir).replace(os.sep, "/")
-        for name in files:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if _volatile(rel):
-                continue
-            try:
-                st = os.stat(os.path.join(folder, name))
-            except OSError:  # removed while we looked (a claim released)
-                continue
-            rows.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
-
-
-def scorecard_digest(results_dir: Path) -> str:
-    """sha256 of the contents of the scorecard entries (what a later-stage chapter reads)."""
-    h = hashlib.sha256()
-    for path in sorted((Path(results_dir) / "scorecard").glob("*.json")):
-        h.update(path.name.encode() + b"\0" + (_sha(path) or "").encode())
-    return h.hexdigest()
-
-
-def _entry_params(entry: PlanEntry, profile: str, device: str, results_dir: Path) -> dict:
-    return {"profile": profile, "device": device, "results_dir": str(results_dir),
-            **entry.parameters}
-
-
-def chapter_key(entry: PlanEntry, repo: Path, profile: str, device: str, results_dir: Path,
-                sources: str, results: str, scorecard: str) -> dict[str, Any]:
-    """What a chapter's executed copy depends on (see the module docstring)."""
-    params = _entry_params(entry, profile, device, results_dir)
-    return {
-        "notebook": _sha(repo / "notebooks" / f"{entry.notebook}.ipynb"),
-        "parameters": json.loads(json.dumps(params, sort_keys=True, default=str)),
-        "sources": sources,
-        "inputs": {p: _sha(repo / p) for p in entry.inputs},
-        "results": results,
-        "scorecard": scorecard if entry.stage > 0 else "",
-    }
-
-
-_REASONS = {"notebook": "the notebook changed", "parameters": "its parameters changed",
-            "sources": "the covidlib sources changed", "inputs": "an input file changed",
-            "results": "the results cache changed",
-            "scorecard": "the scorecard entries changed"}
-
-
-def stale_reason(key: Mapping[str, Any], record: Mapping[str, Any] | None,
-                 executed: Path) -> str | None:
-    """Why a chapter must be re-executed, or ``None`` when its executed copy ``executed``
-    is up to date with ``key`` (the record of its last successful run: ``record``)."""
-    if not record or record.get("format") != CACHE_FORMAT:
-        return "never executed with this profile"
-    sha = _sha(executed)
-    if sha is None:
-        return f"no executed copy ({executed.name})"
-    if sha != record.get("output"):
-        return "the executed copy is another run's"
-    for field_name, reason in _REASONS.items():
-        if key.get(field_name) != record.get(field_name):
-            return reason
-    return None
-
-
-def _cache_path(results_dir: Path, profile: str) -> Path:
-    return Path(results_dir) / f"book_cache_{profile}.json"
-
-
-def load_cache(results_dir: Path, profile: str) -> dict[str, dict]:
-    """The chapters' records (``book_cache_<profile>.json``); empty when absent or unreadable
-    (every chapter then runs)."""
-    try:
-        data = json.loads(_cache_path(results_dir, profile).read_text())
-    except (OSError, ValueError):
-        return {}
-    chapters = data.get("chapters") if isinstance(data, dict) else None
-    return chapters if isinstance(chapters, dict) else {}
-
-
-def save_cache(results_dir: Path, profile: str, chapters: Mapping[str, dict]) -> Path:
-    path = _cache_path(results_dir, profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "chapters": dict(chapters)},
-                                       indent=1, sort_keys=True))
-    return path
 
 
 def _missing_data(entry: PlanEntry) -> bool:
@@ -640,41 +442,6 @@ def _update_cache(entries: list[PlanEntry], done: Mapping[str, RunOutcome],
     save_cache(results_dir, profile, cache)
 
 
-def record_timings(results_dir: Path, profile: str, chapters: Mapping[str, Any] | None = None,
-                   **fields: Any) -> Path:
-    """Merge ``chapters`` (name -> status, seconds, worker) and top-level ``fields`` (e.g.
-    ``wall_seconds``: the whole run, ``html_seconds``: the jupyter-book build) into
-    ``<results_dir>/book_timings_<profile>.json``, written atomically."""
-    path = Path(results_dir) / f"book_timings_{profile}.json"
-    try:
-        timings = json.loads(path.read_text())
-        timings = timings if isinstance(timings, dict) else {}
-    except (OSError, ValueError):
-        timings = {}
-    timings.update(chapters or {})
-    timings.update(fields)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(timings, indent=1))
-    return path
-
-
-def previous_seconds(results_dir: Path, profile: str) -> dict[str, float]:
-    """Each chapter's time in the last run (``book_timings_<profile>.json``), if any."""
-    path = Path(results_dir) / f"book_timings_{profile}.json"
-    try:
-        data = json.loads(path.read_text())
-        return {k: float(v["seconds"]) for k, v in data.items()
-                if isinstance(v, dict) and "seconds" in v}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
-def longest_first(entries: list[PlanEntry], seconds: dict[str, float]) -> list[PlanEntry]:
-    """Submission order: chapters never timed first, then by their last time, longest first
-    (so the longest notebooks do not start last); ties keep the plan order."""
-    return sorted(entries, key=lambda e: -seconds.get(e.output, float("inf")))
-
-
 def _execute_dask(entries: list[PlanEntry], repo: Path, profile: str, results_dir: Path,
                   device: str, scheduler: str | None, n_workers: int, n_gpus: int,
                   log: Callable[[str], None]) -> list[RunOutcome]:
@@ -717,148 +484,6 @@ def _execute_dask(entries: list[PlanEntry], repo: Path, profile: str, results_di
         if cluster is not None:
             cluster.close()
     return [done[e.output] for e in entries]
-
-
-def ensure_offline_assets(repo: Path, log: Callable[[str], None] = print) -> Path:
-    """``book/_assets/vendor`` (the JavaScript pages load), copied from ``node_modules``."""
-    from covidlib.report import offline
-
-    dest = repo / "book" / "_assets" / "vendor"
-    if offline.assets_ready(dest):
-        return dest
-    node_modules = repo / "node_modules"
-    if not node_modules.is_dir():
-        raise BookError(f"{dest}: the book's JavaScript is not installed; run `npm ci` in "
-                        f"{repo} (make book does) so the pages need no network")
-    try:
-        offline.install_assets(node_modules, dest)
-    except offline.AssetError as exc:
-        raise BookError(str(exc)) from exc
-    log(f"[book] offline assets copied to {dest}")
-    return dest
-
-
-API_PAGE = "api.md"
-
-
-def public_modules() -> list[str]:
-    """Every public module of the ``covidlib`` package (no ``_private`` part, no
-    ``__main__``), sorted."""
-    import pkgutil
-
-    import covidlib
-
-    names = ["covidlib"] + [m.name for m in pkgutil.walk_packages(covidlib.__path__,
-                                                                    "covidlib.")]
-    return sorted(n for n in names if not any(p.startswith("_") for p in n.split(".")))
-
-
-def api_page_text(modules: list[str] | None = None) -> str:
-    """``book/api.md``: one section per public module, its functions and classes with their
-    docstrings (Sphinx autodoc, offline: it imports the installed package)."""
-    parts = ["# API reference\n",
-             "Every public module of `covidlib` with its classes and functions, as their "
-             "docstrings describe them. This page is generated by `covidlib book` "
-             "(`covidlib.report.book.api_page_text`) from the installed sources.\n"]
-    import importlib.util
-
-    for name in modules if modules is not None else public_modules():
-        spec = importlib.util.find_spec(name)
-        # a package re-exports its modules' names: documented there, not indexed twice; what
-        # the package defines itself is indexed here (autofunction / autoclass)
-        package = spec is not None and spec.submodule_search_locations is not None
-        own = package_own_members(name) if package else []
-        parts.append(f"## `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n"
-                     "   :members:\n   :undoc-members:\n   :show-inheritance:\n"
-                     + ("   :no-index:\n" if package else "")
-                     + (f"   :exclude-members: {', '.join(n for n, _ in own)}\n" if own else "")
-                     + "".join(f"\n.. auto{kind}:: {name}.{n}\n" + (
-                         "   :members:\n   :undoc-members:\n   :show-inheritance:\n"
-                         if kind == "class" else "") for n, kind in own)
-                     + "```\n")
-    return "\n".join(parts)
-
-
-def package_own_members(name: str) -> list[tuple[str, str]]:
-    """``(name, "function" | "class")`` of the public functions and classes package ``name``
-    defines itself (in its ``__init__``; in ``__all__`` when it has one), not re-exported."""
-    import importlib
-    import inspect
-
-    module = importlib.import_module(name)
-    listed = getattr(module, "__all__", None)
-    out = []
-    for attr in listed if listed is not None else sorted(vars(module)):
-        obj = getattr(module, attr, None)
-        if attr.startswith("_") or getattr(obj, "__module__", None) != name:
-            continue
-        if inspect.isfunction(obj) or inspect.isclass(obj):
-            out.append((attr, "function" if inspect.isfunction(obj) else "class"))
-    return out
-
-
-def write_api_page(repo: Path) -> Path:
-    """Write ``book/api.md`` when its text changed (an unchanged page keeps Sphinx's
-    incremental build incremental)."""
-    path = Path(repo) / "book" / API_PAGE
-    text = api_page_text()
-    if not path.exists() or path.read_text() != text:
-        atomic_write_text(path, text)
-    return path
-
-
-def _html_fresh(book: Path, stamp: Path) -> bool:
-    """Whether no source of the book (pages, executed copies, assets, configuration) is newer
-    than the last successful HTML build (its ``stamp``)."""
-    built = stamp.stat().st_mtime_ns
-    for folder, dirs, files in os.walk(book):
-        dirs[:] = [d for d in dirs if d not in ("_build",) and not d.startswith(".")]
-        for name in files:
-            if os.stat(os.path.join(folder, name)).st_mtime_ns > built:
-                return False
-    return True
-
-
-def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
-    """``jupyter-book build book`` (Sphinx, offline); returns the HTML folder.
-
-    Fails (``BookError``) when a page would fetch anything from another host.
-    """
-    from covidlib.report.offline import external_references
-
-    exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which(
-        "jupyter-book")
-    if exe is None:
-        raise BookError("jupyter-book is not installed: run `make book` (installs the book extra)")
-    ensure_offline_assets(repo, log)
-    write_api_page(repo)
-    # --all when the navigation, the configuration or the covidlib sources (the API page's
-    # docstrings) changed (an incremental Sphinx build
-    # keeps stale navigation when only book/_toc.yml changed); otherwise Sphinx rewrites only
-    # the pages whose executed copy changed
-    html = repo / "book" / "_build" / "html"
-    stamp = repo / "book" / "_build" / ".covidlib-layout"
-    layout = hashlib.sha256("".join(
-        [*(_sha(repo / "book" / n) or "" for n in ("_toc.yml", "_config.yml")),
-         source_digest()]).encode()).hexdigest()
-    same_layout = stamp.exists() and stamp.read_text() == layout
-    full = not (html / "index.html").exists() or not same_layout
-    if not full and _html_fresh(repo / "book", stamp):
-        log("[book] HTML up to date: no page changed since the last build")
-        return html
-    cmd = [exe, "build", *(["--all"] if full else []), str(repo / "book"), "--builder", "html"]
-    log(f"[book] {' '.join(cmd)}")
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n"
-                        f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    atomic_write_text(stamp, layout)
-    external = external_references(html)
-    if external:
-        listing = "\n".join(f"  {page}: {', '.join(urls[:5])}" for page, urls in external.items())
-        raise BookError(f"{html}: pages reference other hosts (the book must work offline):\n"
-                        f"{listing}")
-    return html
 
 
 def report(outcomes: list[RunOutcome]) -> str:

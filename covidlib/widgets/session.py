@@ -23,9 +23,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,135 +39,37 @@ from covidlib.data.oracle import (
     RegionLabel,
     apply_region_label,
     region_grid,
-    region_label,
     unlabelled_map,
 )
 from covidlib.data.preprocess import LUNG_WINDOW, resize_image, to_uint8
 from covidlib.data.types import Case
 from covidlib.models import mc_predict
 from covidlib.widgets.annotations import Annotation, AnnotationStore, now
+from covidlib.widgets.session_model import choose_pool, pretrain, small_unet
+from covidlib.widgets.session_sim import MaskOracle, simulate
+from covidlib.widgets.session_types import (
+    REGION_MODES,
+    STRATEGIES,
+    Box,
+    Current,
+    CycleResult,
+    Query,
+    Ref,
+)
 
-Box = tuple[int, int, int, int]
-Ref = tuple[str, int]
-
-__all__ = ["REGION_MODES", "STRATEGIES", "Current", "CycleResult", "LabelSession", "MaskOracle",
-           "Query", "choose_pool", "pretrain", "simulate", "small_unet"]
-
-REGION_MODES = ("body", "grid")
-STRATEGIES = ("entropy", "random")
-
-
-def small_unet(dropout: float = 0.5) -> nn.Module:
-    """The CPU-sized model of the widget: a 2D U-Net (8 channels, 3 levels) with MC dropout
-    p = 0.5 in its decoder (P1 Implementation Details: dropout rate 0.5)."""
-    from covidlib.models import UNet2D
-
-    return UNet2D(3, 2, base_width=8, depth=3, dropout=dropout)
-
-
-def pretrain(cases: Sequence[Case] | Mapping[str, Case], refs: Iterable[Ref], *,
-             model_factory: Callable[[], nn.Module] | None = None, size: int = 64,
-             epochs: int = 15, lr: float = 3e-3, batch_size: int = 4, seed: int = 0,
-             device: str = "cpu", threads: int | None = 1, infection_weight: float = 10.0,
-             progress: bool = False) -> dict[str, torch.Tensor]:
-    """Weights for a warm start (``LabelSession(init_state=...)``): the widget's model trained
-    with cross-entropy on the full masks of slices ``refs`` (other volumes than the pool's),
-    so the first questions are informed rather than the untrained model's noise. Infection
-    pixels weigh ``infection_weight`` (about 1 % of a slice is infection: unweighted, the
-    small model first learns to predict background everywhere)."""
-    from covidlib.data.torch_datasets import SliceDataset
-    from covidlib.engine import fit, supervised_loss
-
-    refs = [(str(c), int(z)) for c, z in refs]
-    if not refs:
-        raise ValueError("pretrain: no slices given")
-    data = SliceDataset(cases, refs, size=size, progress=False)
-    if "mask" not in data[0]:
-        raise DataError(refs[0][0], "pretrain needs infection masks on its slices")
-    torch.manual_seed(seed)
-    model = (model_factory or small_unet)()
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        weight = torch.tensor([1.0, float(infection_weight)])
-        fit(model, supervised_loss(nn.CrossEntropyLoss(weight=weight)), data, None,
-            epochs=epochs, lr=lr,
-            batch_size=min(batch_size, len(data)), device=device, seed=seed,
-            progress=progress)
-    finally:
-        torch.set_num_threads(before)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def choose_pool(cases: Sequence[Case], refs: Iterable[Ref] | None = None, n: int = 48,
-                seed: int = 0) -> list[Ref]:
-    """``n`` slices drawn at random (seeded) among ``refs`` (default: every slice) that show
-    lung; a case without a lung mask counts every slice. Returned in ``(case_id, z)`` order."""
-    by_id = {c.case_id: c for c in cases}
-    if refs is None:
-        refs = [(c.case_id, z) for c in cases for z in range(c.n_slices)]
-    refs = [(str(c), int(z)) for c, z in refs]
-    for cid, _ in refs:
-        if cid not in by_id:
-            raise DataError(cid, "slice reference to a case that is not loaded")
-    usable = [(c, z) for c, z in refs
-              if by_id[c].lung is None or bool(np.asarray(by_id[c].lung[z]).any())]
-    if not usable:
-        raise ValueError("choose_pool: no slice shows lung among the given slices")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"choose_pool: n={n!r} must be a positive integer")
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
-    return sorted(usable[i] for i in pick)
-
-
-@dataclass(frozen=True)
-class Query:
-    """A region the model asks about: slice ``(case_id, z)``, its ``box`` and its score."""
-
-    case_id: str
-    z: int
-    box: Box
-    score: float
-
-    @property
-    def ref(self) -> Ref:
-        return self.case_id, self.z
-
-
-@dataclass(frozen=True)
-class Current:
-    """What the annotator sees: the slice (lung window, original pixels), the region asked
-    about, the model's uncertainty map (entropy in nats, same pixels) and the slice's labels."""
-
-    case_id: str
-    z: int
-    box: Box
-    score: float
-    image: np.ndarray
-    uncertainty: np.ndarray
-    labels: tuple[Annotation, ...] = ()
-
-
-@dataclass
-class CycleResult:
-    """One training cycle: labels used, annotator seconds so far, training time and loss."""
-
-    cycle: int
-    labels: int
-    points: int
-    backgrounds: int
-    slices: int
-    cost_seconds: float
-    train_seconds: float
-    train_loss: float
-    scores: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update({f"test_{k}": v for k, v in out.pop("scores").items()})
-        return out
+__all__ = [
+    "REGION_MODES",
+    "STRATEGIES",
+    "Current",
+    "CycleResult",
+    "LabelSession",
+    "MaskOracle",
+    "Query",
+    "choose_pool",
+    "pretrain",
+    "simulate",
+    "small_unet",
+]
 
 
 class LabelSession:
@@ -676,70 +576,3 @@ class LabelSession:
         with self._threads():
             scores = evaluate(self.model, data, self.device)
         return {k: float(scores[k]) for k in ("dice", "iou", "ppv", "sens", "spec")}
-
-
-class MaskOracle:
-    """P1's simulated annotator on the dataset's masks (:func:`~covidlib.data.oracle.region_label`):
-    "background" when the region holds no infection, else one random infection pixel."""
-
-    def __init__(self, cases: Sequence[Case] | Mapping[str, Case],
-                 infection_labels: Iterable[int] | None = None, seed: int = 0):
-        self.cases = dict(cases) if isinstance(cases, Mapping) else {c.case_id: c for c in cases}
-        self.infection_labels = None if infection_labels is None else list(infection_labels)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, case_id: str, z: int, box: Box) -> RegionLabel:
-        case = self.cases.get(case_id)
-        if case is None or case.mask is None:
-            raise DataError(case_id, "the oracle needs the case's infection mask")
-        labels = self.infection_labels or case.meta.get("infection_labels")
-        return region_label(case.mask[z], box, self.rng, labels)
-
-
-def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabel],
-             cycles: int = 3, initial_images: int = 0, seed: int = 0,
-             progress: bool = True,
-             on_cycle: Callable[[CycleResult], None] | None = None) -> list[CycleResult]:
-    """Drive ``session`` headless with ``oracle`` as the annotator.
-
-    First, every region of ``initial_images`` slices drawn at random (``seed``) from the
-    pool is answered (P1 Sec. 3: "5 CT images were randomly sampled ... and all their regions
-    were labeled") and the model trains; then each of ``cycles`` cycles answers the
-    ``regions_per_cycle`` proposed regions and retrains. Returns every cycle's result;
-    ``on_cycle(result)`` is called after each cycle (e.g. to record the model's prediction).
-    """
-    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
-        raise ValueError(f"simulate: cycles={cycles!r} must be a positive integer")
-    if isinstance(initial_images, bool) or not isinstance(initial_images, int) \
-            or not 0 <= initial_images <= len(session.refs):
-        raise ValueError(f"simulate: initial_images={initial_images!r} must be an integer in "
-                         f"0..{len(session.refs)}")
-    out = []
-    if initial_images:
-        rng = np.random.default_rng(seed)
-        answered = {(a.ref, a.box) for a in session.annotations}
-        for i in sorted(rng.choice(len(session.refs), initial_images, replace=False)):
-            ref = session.refs[int(i)]
-            for box in session.boxes(ref):
-                if (ref, box) not in answered:
-                    session.label_region(ref, box, oracle(ref[0], ref[1], box))
-        out.append(session.train_cycle())
-        if on_cycle is not None:
-            on_cycle(out[-1])
-    for _ in tqdm(range(cycles), desc="AL cycles", unit="cycle", disable=not progress):
-        for _ in range(session.regions_per_cycle):
-            q = session.current()
-            if q is None:
-                break
-            answer = oracle(q.case_id, q.z, q.box)
-            if answer.kind == "background":
-                session.background()
-            elif answer.kind == "point" and answer.point is not None:
-                session.click(answer.point.y, answer.point.x)
-            else:
-                raise ValueError(f"simulate: the oracle answered {answer.kind!r}; the widget "
-                                 "takes points and background tags only")
-        out.append(session.train_cycle())
-        if on_cycle is not None:
-            on_cycle(out[-1])
-    return out
