@@ -46,6 +46,18 @@ def test_a_cached_run_restores_the_same_model_and_proposals(tmp_path, synthetic_
         (q.ref, q.box) for q in first.session.queue]
     for ref in first.session.refs:
         np.testing.assert_array_equal(again.session.scores[ref], first.session.scores[ref])
+    # one flipped bit in the cached weights: caught, moved aside, trained again to the same
+    # model (issue 16, item 4)
+    weights = next(p for p in (tmp_path / "r" / "label_demo").glob("*.pt"))
+    data = bytearray(weights.read_bytes())
+    data[-50] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="sha256 of the payload"):
+        third = label_demo.demo(ds, "cpu", TINY, tmp_path / "r", tmp_path / "a.jsonl")
+    assert not third.cached and list(weights.parent.glob("*.corrupt-*"))
+    same = [k for k in first.history[0] if k != "train_seconds"]  # wall time differs
+    pd.testing.assert_frame_equal(pd.DataFrame(third.history)[same],
+                                  pd.DataFrame(first.history)[same])
     mine = label_demo.own_session(ds, first, tmp_path / "mine.jsonl")
     assert mine.refs == first.session.refs and mine.restored == 0
     frame = label_demo.history_frame(first.history)

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from covidlib import checkpoint
+from covidlib.cache import ResultCache
 from covidlib.data.api import Dataset
 from covidlib.data.manifest import load_manifest
 from covidlib.data.types import Case
@@ -121,9 +123,21 @@ def test_benchmark_runs_end_to_end_without_test_volumes_in_training(benchmark, t
     assert np.isfinite(res.frame["dice"]).all()
     # the pool the teacher labelled (and the students trained on) has no test-volume slice
     art = next((tmp_path / "res" / "p4_teacher").glob("*.pt"))
-    pseudo = torch.load(art, weights_only=False)["pseudo"]
+    pseudo = checkpoint.load(art)["pseudo"]
     assert len(pseudo) == 9
     assert not {p4.pool_volume(c) for c in pseudo} & set(VOLS[2:4])
+    # one flipped bit in the stored pseudo-labels is caught, the file moved aside, the
+    # teacher trained again to the same labels (issue 16, item 4)
+    data = bytearray(art.read_bytes())
+    data[-100] ^= 0x01
+    art.write_bytes(bytes(data))
+    ctx = p4._Context(ds, p4.settings("cpu", TINY), 0, 0, "ours",
+                      ResultCache(tmp_path / "res"), torch.device("cpu"), False, {})
+    with pytest.warns(UserWarning, match="sha256 of the payload"):
+        again = ctx._teacher_artifact()["pseudo"]
+    assert sorted(again) == sorted(pseudo)
+    assert all(np.array_equal(again[k], pseudo[k].numpy()) for k in pseudo)
+    assert list((tmp_path / "res" / "p4_teacher").glob("*.corrupt-*"))
     # learning curve of the baseline, mechanism probe
     curve = res.runs[("fully", 0, 0)]["history"]
     assert curve["curve_step"] == [1, 2] and len(curve["curve_dice"]) == 2

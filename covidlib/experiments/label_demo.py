@@ -21,6 +21,7 @@ chapter shows the same model and proposals as the run that made them.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,10 +31,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from covidlib import checkpoint as _ckpt
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset
 from covidlib.data.splits import make_split
-from covidlib.engine import atomic_save
 from covidlib.widgets import LabelSession, MaskOracle, choose_pool, pretrain, simulate
 
 __all__ = ["PROFILES", "STRATEGIES", "DemoRun", "compare", "curves_frame", "demo",
@@ -159,14 +160,27 @@ def warm_start(ds: Dataset, cases: list, refs: list, s: Mapping[str, Any], seed:
     cache = ResultCache(results_dir)
     weights = cache.path("label_demo_warm", config).with_suffix(".pt")
     if weights.exists() and cache.get("label_demo_warm", config) is not None:
-        return torch.load(weights, map_location="cpu", weights_only=True), config
+        state = _verified(weights, config)
+        if state is not None:
+            return state, config
     state = pretrain(cases, refs, size=s["size"], epochs=s["warm_epochs"], lr=s["warm_lr"],
                      batch_size=s["batch_size"], seed=seed, device=device,
                      infection_weight=s["infection_weight"])
     weights.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(state, weights)
+    _ckpt.save(state, weights, config_digest=config_hash(config))
     cache.put("label_demo_warm", config, {"slices": len(refs)})
     return state, config
+
+
+def _verified(weights: Path, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Weights cached for ``config``, verified (sha256, config digest); a damaged or foreign
+    file is moved aside with a warning and ``None`` returned (the caller trains again)."""
+    try:
+        return _ckpt.load(weights, config_digest=config_hash(config))
+    except _ckpt.CheckpointError as exc:
+        aside = _ckpt.move_aside(weights)
+        warnings.warn(f"{exc}; moved aside to {aside}: trained again", stacklevel=3)
+        return None
 
 
 def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results_dir: str | Path,
@@ -197,9 +211,9 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
         path.write_text(stored["annotations"])
     session = _session(cases, path, config, state)
     weights = cache.path("label_demo", config).with_suffix(".pt")
-    if stored is not None and weights.exists():
-        session.restore_model(torch.load(weights, map_location="cpu", weights_only=True),
-                              cycle=len(stored["history"]) - 1)
+    saved = _verified(weights, config) if stored is not None and weights.exists() else None
+    if saved is not None:
+        session.restore_model(saved, cycle=len(stored["history"]) - 1)
         return DemoRun(session, stored["history"], True, config, state, stored["replay"])
     if stored is not None:  # weights lost: run again from an empty file
         path.unlink()
@@ -217,7 +231,8 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
     history = [start] + [h.to_dict() for h in hist]
     replay = {"ref": list(shown), "predictions": predictions}
     weights.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({k: v.cpu() for k, v in session.model.state_dict().items()}, weights)
+    _ckpt.save({k: v.cpu() for k, v in session.model.state_dict().items()}, weights,
+               config_digest=config_hash(config))
     cache.put("label_demo", config, {"history": history, "annotations": path.read_text(),
                                      "replay": replay})
     return DemoRun(session, history, False, config, state, replay)

@@ -90,6 +90,7 @@ Choices where P4 is silent or ambiguous (stated in the chapters):
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -101,11 +102,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from covidlib import checkpoint as _ckpt
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset, open_dataset
 from covidlib.data.errors import DataError
 from covidlib.data.types import Case
-from covidlib.engine import atomic_save, resolve_device, set_determinism
+from covidlib.engine import resolve_device, set_determinism
 from covidlib.experiments.p4_data import (
     FoldData,
     Item,
@@ -295,9 +297,10 @@ class _Context:
             out: dict[str, Any] = {"pseudo_labels": self.teacher, "history": hist}
             out.update(evaluate(model, data.test, self.s, self.device, self.figure_ids))
             self._artifact().parent.mkdir(parents=True, exist_ok=True)
-            atomic_save({"pseudo": pseudo,
-                         "model": {k: v.cpu() for k, v in model.state_dict().items()}},
-                        self._artifact())
+            _ckpt.save({"pseudo": {k: torch.from_numpy(np.ascontiguousarray(v))
+                                   for k, v in pseudo.items()},
+                        "model": {k: v.cpu() for k, v in model.state_dict().items()}},
+                       self._artifact(), config_digest=config_hash(self.tcfg))
             out["pool"] = _pool_agreement(data.pool, pseudo)
             out["seconds"] = round(time.perf_counter() - t0, 2)
             return out
@@ -309,8 +312,21 @@ class _Context:
         return res
 
     def _teacher_artifact(self) -> dict[str, Any]:
+        """The teacher's weights and pseudo-labels, verified (sha256 and config digest); a
+        damaged file is moved aside and the teacher is trained again, with a warning."""
         self.teacher_result()
-        return torch.load(self._artifact(), map_location="cpu", weights_only=False)
+        path, digest = self._artifact(), config_hash(self.tcfg)
+        try:
+            art = _ckpt.load(path, config_digest=digest)
+        except _ckpt.CheckpointError as exc:
+            aside = _ckpt.move_aside(path) if path.exists() else None
+            warnings.warn(f"{exc}; moved aside to {aside}: the P4 teacher is trained again",
+                          stacklevel=2)
+            self.cache.path("p4_teacher", self.tcfg).unlink(missing_ok=True)
+            self.teacher_result()
+            art = _ckpt.load(path, config_digest=digest)
+        art["pseudo"] = {k: v.numpy() for k, v in art["pseudo"].items()}
+        return art
 
     def pool_with_pseudo(self, pseudo: Mapping[str, np.ndarray]) -> list[Item]:
         for it in self.data.pool:
