@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import math
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ from covidlib.engine import (
 from covidlib.losses import PointLoss
 from covidlib.losses.batch import PointBatchLoss
 from covidlib.models import build_model
+from covidlib.report.masks import decode_mask, encode_mask
 
 __all__ = [
     "LOSS_BALANCES",
@@ -412,20 +412,6 @@ def make_loss(balance: str, n_regions: int | None = None) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # Masks for figures
 # --------------------------------------------------------------------------------------------
-
-
-def encode_mask(mask: np.ndarray) -> str:
-    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
-    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
-
-
-def decode_mask(text: str, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`encode_mask`."""
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
-    n = int(shape[0]) * int(shape[1])
-    if bits.size < n or bits.size - n >= 8:
-        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape {shape}")
-    return bits[:n].reshape(shape).astype(bool)
 
 
 def figure_indices(masks: np.ndarray, n: int) -> list[int]:

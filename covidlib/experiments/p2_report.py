@@ -94,34 +94,6 @@ __all__ = [
     "write_results",
 ]
 
-__all__ = [
-    "BASELINE",
-    "LOWER_IS_BETTER",
-    "METRICS",
-    "METRIC_LABELS",
-    "TableReport",
-    "a_split_counts",
-    "baseline_convergence",
-    "baseline_curves",
-    "claim_verdicts",
-    "data_sources",
-    "display_table",
-    "figure3",
-    "figure3_verdict",
-    "lung_display",
-    "lung_frame",
-    "ordering_verdicts",
-    "record_figure3",
-    "record_settings",
-    "reproduce_table",
-    "results_path",
-    "scorecard_values",
-    "settings_comparison",
-    "summary_frame",
-    "verdict_summary",
-    "write_results",
-]
-
 
 @dataclass
 class TableReport:

@@ -5,7 +5,6 @@ Used by the runs of :mod:`covidlib.experiments.p2` (P2 Sec. 4.3 metrics).
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from covidlib.data.torch_datasets import SliceDataset
 from covidlib.engine import binarize, predict
 from covidlib.experiments.p2_data import thin
 from covidlib.metrics import SegmentationMeter, counting_scores, lung_containment
+from covidlib.report.masks import decode_mask, encode_mask
 
 __all__ = [
     "decode_mask",
@@ -25,19 +25,6 @@ __all__ = [
     "figure_refs",
     "score_slices",
 ]
-
-def encode_mask(mask: np.ndarray) -> str:
-    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
-    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
-
-
-def decode_mask(text: str, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`encode_mask`."""
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
-    n = int(shape[0]) * int(shape[1])
-    if bits.size < n or bits.size - n >= 8:
-        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape {shape}")
-    return bits[:n].reshape(shape).astype(bool)
 
 
 def _predict_masks(model: nn.Module, ds: SliceDataset, device: Any, batch_size: int

@@ -141,8 +141,6 @@ from covidlib.experiments.p4_settings import (
 from covidlib.experiments.p4_train import (
     _nan_none,
     curve_items,
-    decode_mask,
-    encode_mask,
     evaluate,
     figure_cases,
     make_model,
@@ -156,6 +154,7 @@ from covidlib.experiments.p4_train import (
 )
 from covidlib.experiments.typed_settings import SettingsError
 from covidlib.metrics import confusion, scores
+from covidlib.report.masks import decode_mask, encode_mask
 
 __all__ = [
     "AUTO_BENCHMARK",

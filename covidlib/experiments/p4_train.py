@@ -3,7 +3,6 @@ mechanism probe (see :mod:`covidlib.experiments.p4` for the protocol)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import math
 import warnings
@@ -32,6 +31,7 @@ from covidlib.experiments.p4_settings import (
 )
 from covidlib.metrics import confusion, example_dice, hausdorff, scores, surface_distances
 from covidlib.models import resunet2d_p4, resunet3d_p4
+from covidlib.report.masks import encode_mask
 
 # --------------------------------------------------------------------------------------------
 # Models
@@ -271,21 +271,6 @@ def _to_original(prob: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(prob))[None, None]
     mode = "trilinear" if prob.ndim == 3 else "bilinear"
     return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
-
-
-def encode_mask(mask: np.ndarray) -> str:
-    """A boolean 2-D mask as base64 of its packed bits (row-major)."""
-    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool).ravel())).decode("ascii")
-
-
-def decode_mask(text: str, shape: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`encode_mask`."""
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
-    n = int(shape[0]) * int(shape[1])
-    if bits.size < n or bits.size - n >= 8:
-        raise ValueError(f"decode_mask: {bits.size} bits do not hold a mask of shape "
-                         f"{tuple(shape)}")
-    return bits[:n].reshape(tuple(int(v) for v in shape)).astype(bool)
 
 
 def _figure_slice(mask: np.ndarray) -> int | None:
