@@ -102,22 +102,11 @@ def _stride(conv: nn.Module) -> int | str:
     return int(stride[0]) if len(set(stride)) == 1 else "x".join(map(str, stride))
 
 
-def resunet3d_table(
-    model: nn.Module, input_shape: Sequence[int] = P4_INPUT_SHAPE
-) -> pd.DataFrame:
-    """P4 Table 1 computed from ``model`` (a MONAI residual ``UNet``) by forward hooks.
-
-    One row per convolution block (conv + norm + PReLU) and per residual shortcut, in the
-    table's order, then a ``Total`` row. Columns: block, layer (module path), type, kernel,
-    stride, activation, norm, input / output (shape without the batch axis), params (the module's
-    own trainable parameters) and params_p4 (residual parameters booked in the first conv row of
-    their unit, as P4 does). Both totals equal the model's trainable parameter count.
-    """
+def _block_rows(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One row per MONAI convolution block and residual shortcut, in P4 Table 1's order, and
+    the index of each residual unit's first conv row."""
     from monai.networks.blocks import Convolution, ResidualUnit
 
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 5 or min(shape) < 1:
-        raise ValueError(f"resunet3d_table: input_shape={shape} must be (B, C, D, H, W)")
     modules = dict(model.named_modules())
     rows: list[dict[str, Any]] = []
     unit_first_row: dict[str, int] = {}
@@ -173,12 +162,12 @@ def resunet3d_table(
                     "unit": parent_name,
                 }
             )
-    if not rows:
-        raise ValueError(
-            f"resunet3d_table: {type(model).__name__} has no MONAI Convolution blocks; "
-            "expected a monai.networks.nets.UNet"
-        )
+    return rows, unit_first_row
 
+
+def _forward_shapes(model: nn.Module, rows: list[dict[str, Any]], shape: tuple[int, ...]
+                    ) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Input/output shape (without batch) of each row's module, from one forward pass."""
     shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def _hook(index: int):
@@ -199,7 +188,13 @@ def resunet3d_table(
         for h in handles:
             h.remove()
         model.train(was_training)
+    return shapes
 
+
+def _fill_params(rows: list[dict[str, Any]],
+                 shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]],
+                 unit_first_row: dict[str, int]) -> None:
+    """Shapes and parameter counts per row; residual parameters booked as P4 does."""
     for i, row in enumerate(rows):
         module = row.pop("module")
         row["input"], row["output"] = shapes.get(i, ((), ()))
@@ -211,6 +206,47 @@ def resunet3d_table(
             rows[unit_first_row[unit]]["params_p4"] += row["params"]
             row["params_p4"] = 0
 
+
+def _total_row(total: int) -> dict[str, Any]:
+    """The table's closing ``Total`` row."""
+    return {
+        "block": "",
+        "layer": "Total",
+        "type": "",
+        "kernel": "",
+        "stride": "",
+        "activation": "",
+        "norm": "",
+        "input": "",
+        "output": "",
+        "params": total,
+        "params_p4": total,
+    }
+
+
+def resunet3d_table(
+    model: nn.Module, input_shape: Sequence[int] = P4_INPUT_SHAPE
+) -> pd.DataFrame:
+    """P4 Table 1 computed from ``model`` (a MONAI residual ``UNet``) by forward hooks.
+
+    One row per convolution block (conv + norm + PReLU) and per residual shortcut, in the
+    table's order, then a ``Total`` row. Columns: block, layer (module path), type, kernel,
+    stride, activation, norm, input / output (shape without the batch axis), params (the module's
+    own trainable parameters) and params_p4 (residual parameters booked in the first conv row of
+    their unit, as P4 does). Both totals equal the model's trainable parameter count.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 5 or min(shape) < 1:
+        raise ValueError(f"resunet3d_table: input_shape={shape} must be (B, C, D, H, W)")
+    rows, unit_first_row = _block_rows(model)
+    if not rows:
+        raise ValueError(
+            f"resunet3d_table: {type(model).__name__} has no MONAI Convolution blocks; "
+            "expected a monai.networks.nets.UNet"
+        )
+
+    shapes = _forward_shapes(model, rows, shape)
+    _fill_params(rows, shapes, unit_first_row)
     total = count_trainable_parameters(model)
     covered = sum(r["params"] for r in rows)
     if covered != total:
@@ -218,19 +254,5 @@ def resunet3d_table(
             f"resunet3d_table: the rows cover {covered} of the model's {total} trainable "
             "parameters; the model has layers outside MONAI Convolution/residual blocks"
         )
-    rows.append(
-        {
-            "block": "",
-            "layer": "Total",
-            "type": "",
-            "kernel": "",
-            "stride": "",
-            "activation": "",
-            "norm": "",
-            "input": "",
-            "output": "",
-            "params": total,
-            "params_p4": total,
-        }
-    )
+    rows.append(_total_row(total))
     return pd.DataFrame(rows)
