@@ -54,6 +54,13 @@ PROFILES: dict[str, dict[str, Any]] = {
             "lr": 3e-4, "batch_size": 4, "regions": "body", "warm_volumes": 2,
             "warm_slices": 48, "warm_epochs": 15, "warm_lr": 3e-3, "infection_weight": 10.0,
             "point_weight": 10.0, "target_dice": None},
+    # the published reference run: the cpu settings (the demo measures clicks, not
+    # convergence) with three seeds (book/plan.yml)
+    "reference": {"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 48,
+                  "initial_images": 0, "regions_per_cycle": 5, "cycles": 6, "epochs": 5,
+                  "lr": 3e-4, "batch_size": 4, "regions": "body", "warm_volumes": 2,
+                  "warm_slices": 48, "warm_epochs": 15, "warm_lr": 3e-3,
+                  "infection_weight": 10.0, "point_weight": 10.0, "target_dice": None},
     "gpu": {"n_regions": 64, "size": 128, "n_mc": 8, "pool": 200, "eval": 100,
             "initial_images": 0, "regions_per_cycle": 5, "cycles": 10, "epochs": 10,
             "lr": 3e-4, "batch_size": 8, "regions": "body", "warm_volumes": 2,

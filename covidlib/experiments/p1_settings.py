@@ -75,6 +75,31 @@ PROFILES: dict[str, dict[str, Any]] = {
         "full_epochs": 30,
         "full_patience": None,
     },
+    # The published reference run (hours on 2 CPU cores for the whole book): 96 x 96 slices,
+    # the cpu profile's U-Net, a pool of 96 slices (64 regions each: 16 regions per cycle x 6
+    # cycles after the 5 initial images is about P1's 7 % of the regions), 5 epochs of 32
+    # images per cycle, and a fully supervised baseline of 40 epochs whose validation curve
+    # shows whether it has flattened; three seeds (book/plan.yml).
+    "reference": {
+        **_COMMON,
+        "model": "unet2d",
+        "model_kwargs": {"base_width": 8, "depth": 3, "dropout": 0.5},
+        "size": 96,
+        "max_slices": {"train": 96, "val": 16, "test": 80},
+        "batch_size": 4,
+        "lr": 1e-3,
+        "epochs": 5,
+        "epoch_items": 32,
+        "patience": None,
+        "n_samples": 8,
+        "score_batch_size": 16,
+        "loss_balance": "class",
+        "per_cycle": 16,
+        "cycles": 6,
+        "fig6_regions": [16, 64, 256],
+        "full_epochs": 40,
+        "full_patience": None,
+    },
     # One H100 (about 5 of the book's 20 GPU minutes): P1's network (ImageNet FCN8-VGG16,
     # dropout 0.5 after fc6 and fc7) at 352 px, I = 20, K = 64, 5 regions per cycle; 10
     # cycles of at most 5 epochs of 64 images, batch 8, lr 1e-4, on a pool of 160 slices.

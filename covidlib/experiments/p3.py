@@ -161,6 +161,14 @@ PROFILES: dict[str, P3Settings] = {
         # the fully supervised baseline (whole pool labelled, its training curve shown) for
         # the first seed: it tells whether this small run has converged
         reference_seeds=1),
+    # The published reference run (about 10 minutes of one CPU core): a 16x32x32 grid, 32
+    # epochs (8 to fine-tune between rounds), three acquisition rounds, the fully supervised
+    # baseline for every seed (its curve tells whether the run has converged).
+    "reference": P3Settings(
+        loss="combo", grid=(16, 32, 32), organs=("heart",), base_width=8, depth=2, lr=3e-3,
+        batch_size=2, patch=None, patches_per_volume=1, epochs=32, warm_start=True,
+        warm_epochs=8, test=4, val=2, initial=0.5, per_iteration=5 / 22, iterations=3,
+        reference_seeds=None),
     # One H100: the phantom's native 48x160x160 grid, P3's C = 6 and 24 epochs, the 3D U-Net
     # of Cicek et al. (32 channels, 3 poolings), 48x96x96 patches (P4's 96^3 capped at the
     # 48 slices), batch 4 (P4 Sec. 4), 4 patches per volume per epoch; every seed's baseline.

@@ -84,7 +84,7 @@ def scorecard_digest(results_dir: Path) -> str:
 
 def _entry_params(entry: PlanEntry, profile: str, device: str, results_dir: Path) -> dict:
     return {"profile": profile, "device": device, "results_dir": str(results_dir),
-            **entry.parameters}
+            **entry.parameters_for(profile)}
 
 
 def chapter_key(entry: PlanEntry, repo: Path, profile: str, device: str, results_dir: Path,

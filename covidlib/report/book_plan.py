@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("cpu", "gpu", "paper")
-_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires", "stage", "inputs"}
+PROFILES = ("cpu", "reference", "gpu", "paper")
+_ENTRY_KEYS = {"notebook", "output", "title", "parameters", "requires", "stage", "inputs",
+               "profiles"}
 
 
 class BookError(Exception):
@@ -28,6 +29,12 @@ class PlanEntry:
     requires: str | None = None
     stage: int = 0
     inputs: tuple[str, ...] = ()
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-profile parameters merged over ``parameters`` (e.g. the reference run's seeds)."""
+
+    def parameters_for(self, profile: str) -> dict[str, Any]:
+        """``parameters`` with this profile's entry of ``profiles`` merged over them."""
+        return {**self.parameters, **self.profiles.get(profile, {})}
 
 
 @dataclass
@@ -72,6 +79,11 @@ def load_plan(path: Path) -> list[PlanEntry]:
         inputs = item.get("inputs") or []
         if not isinstance(inputs, list) or not all(isinstance(i, str) and i for i in inputs):
             raise BookError(f"{where}: 'inputs' must be a list of paths, got {inputs!r}")
+        profiles = item.get("profiles") or {}
+        if not isinstance(profiles, dict) or not all(
+                p in PROFILES and isinstance(v, dict) for p, v in profiles.items()):
+            raise BookError(f"{where}: 'profiles' must map profile names {PROFILES} to "
+                            f"parameter mappings, got {profiles!r}")
         entries.append(PlanEntry(item["notebook"], item["output"], item["title"], params,
-                                 item.get("requires"), stage, tuple(inputs)))
+                                 item.get("requires"), stage, tuple(inputs), profiles))
     return entries
