@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-GOALS_S = {"cpu": 480.0, "gpu": 1200.0}
-"""Wall-time goals of the whole book: 8 min on the 2-core CPU machine, 20 min on one GPU."""
+GOALS_S = {"cpu": 480.0, "reference": 4 * 3600.0, "gpu": 1200.0}
+"""Wall-time goals of the whole book: 8 min (cpu) and 4 h (reference) on the 2-core CPU machine,
+20 min on one GPU."""
 INCREMENTAL_GOAL_S = 20.0
 """A rebuild in which nothing changed (every chapter reused, the HTML rebuilt)."""
 

@@ -218,6 +218,7 @@ class Diagnostics:
 
 DIAGNOSTICS: dict[str, Diagnostics] = {
     "cpu": Diagnostics(curve_points=6, curve_items=24, probe_batches=12),
+    "reference": Diagnostics(curve_points=10, curve_items=48, probe_batches=32),
     "gpu": Diagnostics(curve_points=10, curve_items=96, probe_batches=64),
     "paper": Diagnostics(curve_points=20, curve_items=400, probe_batches=256),
 }
