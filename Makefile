@@ -14,7 +14,7 @@ export COVIDLIB_SHARED_DATA ?= $(abspath $(CURDIR)/../shared/data)
 PROFILE ?= cpu
 RESULTS ?= $(CURDIR)/results
 
-.PHONY: venv data book test lint clean help vendor chromium test-browser bench
+.PHONY: venv data book test lint clean help vendor chromium test-browser bench verify-reference
 
 help:
 	@sed -n '1,4p' Makefile
@@ -61,6 +61,15 @@ book: data vendor
 # one run -> bench_results/bench.json, then the book's Performance page is executed from it.
 bench: venv
 	$(BIN)/python -m covidlib.bench --out bench_results/bench.json --page --results-dir $(RESULTS)
+
+# The published reference run (reference/, issue 14): a sample of its runs recomputed from
+# scratch at its torch thread count, every committed number compared (abs. tolerance 1e-5).
+# VERIFY=ci (what .ci/run does): the cheapest P2 and P1 runs, a few minutes; VERIFY=full:
+# one run of every verifiable kind plus the cheapest others, <= ~15 min on 2 CPU cores.
+# Runs on real data that ../shared/data lacks are skipped with a message.
+VERIFY ?= full
+verify-reference: venv
+	OMP_NUM_THREADS=1 $(BIN)/covidlib reference verify --sample $(VERIFY)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -25,6 +25,7 @@ entry point of the scoring benchmark (``make bench``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -439,7 +440,8 @@ def infected_share(masks: np.ndarray, boxes: Sequence[Box],
 # P3 (Rahimi et al.): volume acquisition by MC-dropout variance (pure functions)
 # --------------------------------------------------------------------------------------------
 
-__all__ += ["mc_variance_score", "volume_variance_score"]
+__all__ += ["mc_variance_score", "score_error_correlation", "select_random", "select_top_k",
+            "volume_variance_score"]
 
 
 def mc_variance_score(
@@ -484,3 +486,58 @@ def volume_variance_score(samples: torch.Tensor | np.ndarray, *, class_axis: int
     """
     v = mc_variance_score(samples, class_axis=class_axis, ddof=ddof)
     return v.flatten(class_axis - 1).sum(dim=-1)
+
+
+def _check_k(k: int, n: int, who: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"{who}: k={k!r} must be an integer >= 0")
+    if k > n:
+        raise ValueError(f"{who}: k={k} but only {n} unlabelled volume(s) remain")
+
+
+def select_top_k(scores_by_id: Mapping[str, float], k: int) -> list[str]:
+    """The ``k`` ids with the highest score (P3: "select 5 images with the highest total
+    uncertainties"); ties go to the smaller id so the choice is deterministic."""
+    _check_k(k, len(scores_by_id), "select_top_k")
+    for cid, s in scores_by_id.items():
+        if not isinstance(s, int | float) or math.isnan(float(s)):
+            raise ValueError(f"select_top_k: score of {cid!r} is {s!r}, not a number")
+    ranked = sorted(scores_by_id, key=lambda c: (-float(scores_by_id[c]), c))
+    return ranked[:k]
+
+
+def score_error_correlation(scores_by_id: Mapping[str, float],
+                            dice_by_id: Mapping[str, float]) -> float:
+    """Spearman's rank correlation between each volume's P3 score and the model's error
+    ``1 - Dice`` on it (does the score point at the volumes the model gets wrong?).
+
+    Both mappings must name the same volumes. Fewer than 3 volumes, or constant scores or
+    errors, give nan (no ranking to compare).
+    """
+    if set(scores_by_id) != set(dice_by_id):
+        raise ValueError(
+            "score_error_correlation: scores and Dice name different volumes "
+            f"({sorted(set(scores_by_id) ^ set(dice_by_id))})")
+    ids = sorted(scores_by_id)
+    s = np.array([float(scores_by_id[c]) for c in ids])
+    d = np.array([float(dice_by_id[c]) for c in ids])
+    for name, arr in (("score", s), ("Dice", d)):
+        if not np.isfinite(arr).all():
+            bad = [c for c, x in zip(ids, arr, strict=True) if not np.isfinite(x)]
+            raise ValueError(f"score_error_correlation: {name} of {bad} is not finite")
+    if (d < 0).any() or (d > 1).any():
+        raise ValueError("score_error_correlation: Dice values must lie in [0, 1]")
+    if len(ids) < 3 or np.ptp(s) == 0 or np.ptp(d) == 0:
+        return math.nan
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(s, 1.0 - d).statistic)
+
+
+def select_random(candidates: Sequence[str], k: int, rng: np.random.Generator) -> list[str]:
+    """``k`` ids drawn uniformly without replacement (the random baseline of P3 Fig. 2)."""
+    if len(set(candidates)) != len(candidates):
+        raise ValueError("select_random: candidates hold duplicate ids")
+    _check_k(k, len(candidates), "select_random")
+    pool = sorted(candidates)
+    return sorted(pool[i] for i in rng.choice(len(pool), size=k, replace=False))

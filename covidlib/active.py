@@ -28,25 +28,23 @@ random regions, dropout masks, data order) comes from a generator seeded by ``(s
 purpose)``, so a run killed at any moment and started again ends with exactly the results of
 an uninterrupted run on CPU.
 
-The configuration, data, model and loss live in :mod:`covidlib.active_data`, the pools in
-:mod:`covidlib.active_pools`; both are re-exported here.
+The loop is the active-learning core :class:`covidlib.active_loop.ActiveLoop`; this module
+gives it P1's parts (:class:`RegionLearner`, :class:`RegionHeuristic`, and the pool and oracle
+of :mod:`covidlib.active_pools`, :func:`region_loop`). The configuration, data, model and loss
+live in :mod:`covidlib.active_data`; all are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import shutil
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 
 from covidlib import checkpoint as _ckpt
 from covidlib.acquisition import (
@@ -76,30 +74,43 @@ from covidlib.active_data import (
     region_index_map,
     training_curve,
 )
-from covidlib.active_pools import RegionPools
+from covidlib.active_loop import (
+    STATE_FORMAT,
+    STATE_NAME,
+    WORK_PREFIX,
+    ActiveLoop,
+    Learner,
+    Pool,
+    Query,
+    Selection,
+    Trained,
+    load_state,
+    open_state,
+)
+from covidlib.active_pools import RegionOracle, RegionPools
 from covidlib.cache import config_hash
 from covidlib.data.oracle import (
     full_effort_seconds,
 )
 from covidlib.engine import (
     FitResult,
-    _restore_rng,
-    _rng_state,
     evaluate,
     fit,
     resolve_device,
-    supervised_loss,
 )
-from covidlib.losses import structure_loss
 
 __all__ = [
     "LOSS_BALANCES",
+    "STATE_FORMAT",
     "STATE_NAME",
     "SUPERVISIONS",
     "ALConfig",
     "ALData",
     "BalancedPointBatchLoss",
+    "RegionHeuristic",
     "RegionLabelDataset",
+    "RegionLearner",
+    "RegionOracle",
     "RegionPools",
     "balanced_point_loss",
     "decode_mask",
@@ -111,37 +122,13 @@ __all__ = [
     "make_loss",
     "make_model",
     "region_index_map",
+    "region_loop",
     "run_active_learning",
-    "train_fully_supervised",
     "training_curve",
 ]
 
-STATE_NAME = "al_state.pt"
-STATE_FORMAT = "covidlib.active.state/1"
-_FIT_PREFIX = "fit-cycle"
-
-
-# --------------------------------------------------------------------------------------------
-# State file
-# --------------------------------------------------------------------------------------------
-
-
-def load_state(checkpoint_dir: str | Path) -> dict[str, Any] | None:
-    """The state written by :func:`run_active_learning` in ``checkpoint_dir`` (None if none):
-    ``config``, ``cycle`` (last finished), ``done``, ``pools``, ``records``, ``model``
-    (weights after that cycle), ``rng`` and, once done, ``result``."""
-    path = Path(checkpoint_dir) / STATE_NAME
-    if not path.exists():
-        return None
-    try:  # verified: length and sha256 (covidlib.checkpoint; older files load unverified)
-        state = _ckpt.load(path)
-    except _ckpt.CorruptCheckpointError as exc:
-        raise _ckpt.CorruptCheckpointError(
-            path, f"{exc.reason}; the active-learning state cannot be used: delete the folder "
-            "to start again") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RuntimeError(f"{path}: not an active-learning state ({STATE_FORMAT})")
-    return state
+_FIT_PREFIX = WORK_PREFIX
+_open_state = open_state
 
 
 def _save_state(ck_dir: Path, state: dict[str, Any]) -> None:
@@ -149,7 +136,7 @@ def _save_state(ck_dir: Path, state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# P1's parts of the active-learning core (covidlib.active_loop)
 # --------------------------------------------------------------------------------------------
 
 
@@ -166,213 +153,153 @@ def _check_data(cfg: ALConfig, data: ALData) -> None:
                          f"given for a run at size {cfg.size}")
 
 
-def _select(cfg: ALConfig, pools: RegionPools, model: nn.Module, data: ALData, cycle: int,
-            device: Any) -> tuple[list[tuple[int, int]], list[float | None]]:
-    """The regions labelled after ``cycle`` and their scores (None for random)."""
-    if cfg.heuristic == "random":
-        picks = select_random_regions(pools.labelled, cfg.per_cycle,
-                                      _rng(cfg.seed, cycle, "random"))
-        return picks, [None] * len(picks)
-    cand = pools.candidates
-    images = torch.utils.data.Subset(data.train, cand.tolist())
-    scores = score_images(model, images, cfg.n_samples, heuristic=cfg.heuristic,
-                          n_regions=pools.boxes, reduce=cfg.reduce, head_only=cfg.head_only,
-                          seed=_seed(cfg.seed, cycle, "mc"), batch_size=cfg.score_batch_size,
-                          device=device)
-    assert isinstance(scores, np.ndarray)
-    local = select_regions(scores, cfg.per_cycle, pools.labelled[cand])
-    return ([(int(cand[i]), k) for i, k in local],
-            [float(scores[i, k]) for i, k in local])
-
-
 @dataclass
-class _ALRun:
-    """The state :func:`run_active_learning` carries from cycle to cycle (what its state
-    file holds, plus the fixed inputs)."""
+class RegionHeuristic:
+    """P1's region selection as the loop's heuristic (P1 Sec. 3, "Model Training"): the
+    ``n`` images with the best unlabelled region by MC-dropout ``entropy`` or ``bald``
+    (:func:`~covidlib.acquisition.score_images`, :func:`~covidlib.acquisition.select_regions`)
+    give that region each; ``random`` draws images and regions
+    (:func:`~covidlib.acquisition.select_random_regions`)."""
 
     cfg: ALConfig
-    conf: dict[str, Any]
-    chash: str
-    data: ALData
-    device: torch.device
-    ck_dir: Path | None
-    emit: Callback
-    pools: RegionPools
-    records: list[dict[str, Any]]
-    timing: list[dict[str, float]]
-    model_state: dict[str, torch.Tensor] | None
-    start: int
-    initial: list[int]
-    figure: dict[str, Any] = field(default_factory=dict)
-    fig_idx: list[int] = field(default_factory=list)
-    loss_fn: nn.Module | None = None
+    images: Any
+    device: Any
+
+    def __call__(self, trained: Trained, pool: Pool, n: int, cycle: int) -> Selection:
+        assert isinstance(pool, RegionPools)
+        cfg = self.cfg
+        if cfg.heuristic == "random":
+            picks = select_random_regions(pool.labelled, n, _rng(cfg.seed, cycle, "random"))
+            return Selection([Query(p, None) for p in picks])
+        cand = pool.candidates
+        images = torch.utils.data.Subset(self.images, cand.tolist())
+        scores = score_images(trained.model, images, cfg.n_samples, heuristic=cfg.heuristic,
+                              n_regions=pool.boxes, reduce=cfg.reduce, head_only=cfg.head_only,
+                              seed=_seed(cfg.seed, cycle, "mc"),
+                              batch_size=cfg.score_batch_size, device=self.device)
+        assert isinstance(scores, np.ndarray) and trained.model is not None
+        local = select_regions(scores, n, pool.labelled[cand])
+        return Selection([Query((int(cand[i]), k), float(scores[i, k])) for i, k in local])
 
 
-def _open_state(ck_dir: Path | None, chash: str) -> dict[str, Any] | None:
-    """Prepare ``ck_dir`` and read its state (None: none yet, or no ``ck_dir``); a state of
-    another configuration raises ``ValueError``."""
-    if ck_dir is None:
-        return None
-    if ck_dir.exists() and not ck_dir.is_dir():
-        raise NotADirectoryError(f"{ck_dir}: checkpoint_dir exists and is not a folder")
-    ck_dir.mkdir(parents=True, exist_ok=True)
-    _ckpt.remove_dead_temps(ck_dir)  # left by killed writers; a live run's stay
-    state = load_state(ck_dir)
-    if state is not None and state.get("config_hash") != chash:
-        raise ValueError(f"{ck_dir / STATE_NAME}: written by another configuration "
-                         f"({state.get('config')}); use another checkpoint_dir or delete it")
-    return state
+class RegionLearner(Learner):
+    """P1's network in the loop: trained on the labelled regions with P1 Eq. 1 (warm-started
+    from the last cycle when configured, best validation epoch kept), scored on the test
+    split (Dice, IoU, PPV, Sens., Spec.)."""
 
+    def __init__(self, cfg: ALConfig, data: ALData, device: torch.device, chash: str,
+                 emit: Callback) -> None:
+        self.cfg, self.data, self.device, self.chash, self.emit = cfg, data, device, chash, emit
+        self.loss_fn = make_loss(cfg.loss_balance, cfg.n_regions)
+        self.fig_idx = figure_indices(data.test_masks, cfg.figure_slices)
+        self.figure: dict[str, Any] = {
+            "size": cfg.size, "indices": self.fig_idx,
+            "refs": [list(data.test.refs[i]) for i in self.fig_idx], "pred": []}
+        self.initial: list[int] = []
 
-def _start_run(cfg: ALConfig, data: ALData, device: torch.device, ck_dir: Path | None,
-               emit: Callback, state: dict[str, Any] | None) -> _ALRun:
-    """Cycle 0's pools (the initial images, every region labelled: P1 Implementation
-    Details), or the pools, records, weights and RNGs of a resumed ``state``."""
-    conf = cfg.to_dict()
-    n_train = len(data.train)
-    if state is None:
-        pools = RegionPools(n_train, (cfg.size, cfg.size), cfg.n_regions)
-        rng0 = _rng(cfg.seed, 0, "initial")
-        k0 = min(cfg.initial_images, n_train)
-        initial = sorted(int(i) for i in rng0.choice(n_train, size=k0, replace=False))
-        for i in initial:
-            pools.label_image(i, data.masks[i], cfg.supervision, rng0)
-        run = _ALRun(cfg, conf, config_hash(conf), data, device, ck_dir, emit, pools,
-                     [], [], None, 0, initial)
-    else:
-        pools = RegionPools.from_state_dict(state["pools"])
-        run = _ALRun(cfg, conf, config_hash(conf), data, device, ck_dir, emit, pools,
-                     list(state["records"]), list(state["timing"]), state["model"],
-                     int(state["cycle"]) + 1, list(state["initial"]))
-        _restore_rng(state["rng"])
-        if pools.labelled.shape[0] != n_train:
-            raise ValueError(f"{ck_dir}: state holds {pools.labelled.shape[0]} pool images, "
-                             f"the data {n_train}")
-    run.loss_fn = make_loss(cfg.loss_balance, cfg.n_regions)
-    run.fig_idx = fig_idx = figure_indices(data.test_masks, cfg.figure_slices)
-    run.figure = {"size": cfg.size, "indices": fig_idx,
-                  "refs": [list(data.test.refs[i]) for i in fig_idx], "pred": []}
-    if state is not None and state.get("figure") is not None:
-        run.figure = state["figure"]
-    return run
+    def train(self, pool: Pool, cycle: int, previous: Mapping[str, torch.Tensor] | None,
+              work_dir: Path | None) -> Trained:
+        assert isinstance(pool, RegionPools)
+        cfg, emit = self.cfg, self.emit
+        train_idx = pool.training_images
+        if train_idx.size == 0:
+            raise ValueError("run_active_learning: no labelled image to train on; use "
+                             "initial_images >= 1")
+        torch.manual_seed(_seed(cfg.seed, cycle, "init"))
+        model = make_model(cfg)
+        if cfg.warm_start and previous is not None:
+            model.load_state_dict(previous)
+        res = fit(
+            model, self.loss_fn, RegionLabelDataset(self.data.train, pool.label_maps,
+                                                    train_idx, cfg.epoch_items),
+            self.data.val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+            device=self.device, seed=_seed(cfg.seed, cycle, "fit"), checkpoint_dir=work_dir,
+            early_stopping_patience=cfg.patience, progress=False,
+            on_epoch_end=lambda e, _r, c=cycle: emit("epoch", {"cycle": c, "epoch": e}),
+            config={"p1_run": self.chash, "cycle": cycle, "labels": pool.labels_digest()},
+        )
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return Trained(model, weights, {"fit": res, "train_idx": train_idx})
 
+    def evaluate(self, trained: Trained, pool: Pool, cycle: int) -> dict[str, Any]:
+        assert isinstance(pool, RegionPools) and trained.model is not None
+        res: FitResult = trained.info["fit"]
+        test = _test_scores(evaluate(trained.model, self.data.test, self.device,
+                                     max(self.cfg.batch_size, 8)))
+        return {
+            "cycle": cycle,
+            "n_labelled_regions": pool.n_labelled_regions,
+            "n_training_images": int(trained.info["train_idx"].size),
+            "seconds": pool.ledger.total,
+            "pools": pool.counts(),
+            "test": test,
+            "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
+            "best_epoch": res.best_epoch,
+            "epochs": res.epochs_completed,
+            "selected": [], "selected_kinds": [], "selected_scores": [],
+        }
 
-def _fit_dir(run: _ALRun, cycle: int) -> Path | None:
-    """The engine's checkpoint folder of ``cycle`` (other cycles' folders are removed)."""
-    if run.ck_dir is None:
-        return None
-    fit_dir = run.ck_dir / f"{_FIT_PREFIX}{cycle:04d}"
-    for old in run.ck_dir.glob(f"{_FIT_PREFIX}*"):
-        if old != fit_dir:
-            shutil.rmtree(old, ignore_errors=True)
-    return fit_dir
-
-
-def _train_cycle(run: _ALRun, cycle: int, train_idx: np.ndarray, fit_dir: Path | None
-                 ) -> tuple[nn.Module, FitResult]:
-    """Train a model on the labelled regions (warm-started when configured)."""
-    cfg, pools, data = run.cfg, run.pools, run.data
-    torch.manual_seed(_seed(cfg.seed, cycle, "init"))
-    model = make_model(cfg)
-    if cfg.warm_start and run.model_state is not None:
-        model.load_state_dict(run.model_state)
-    emit = run.emit
-    res = fit(
-        model, run.loss_fn, RegionLabelDataset(data.train, pools.label_maps, train_idx,
-                                               cfg.epoch_items),
-        data.val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=run.device,
-        seed=_seed(cfg.seed, cycle, "fit"), checkpoint_dir=fit_dir,
-        early_stopping_patience=cfg.patience, progress=False,
-        on_epoch_end=lambda e, _r, c=cycle: emit("epoch", {"cycle": c, "epoch": e}),
-        config={"p1_run": run.chash, "cycle": cycle, "labels": pools.labels_digest()},
-    )
-    return model, res
-
-
-def _score_cycle(run: _ALRun, cycle: int, model: nn.Module, res: FitResult,
-                 train_idx: np.ndarray) -> dict[str, Any]:
-    """The cycle's record: pools, labelling cost so far and the test scores."""
-    pools = run.pools
-    test = _test_scores(evaluate(model, run.data.test, run.device, max(run.cfg.batch_size, 8)))
-    return {
-        "cycle": cycle,
-        "n_labelled_regions": pools.n_labelled_regions,
-        "n_training_images": int(train_idx.size),
-        "seconds": pools.ledger.total,
-        "pools": pools.counts(),
-        "test": test,
-        "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
-        "best_epoch": res.best_epoch,
-        "epochs": res.epochs_completed,
-        "selected": [], "selected_kinds": [], "selected_scores": [],
-    }
-
-
-def _is_last(run: _ALRun, cycle: int) -> bool:
-    """The last cycle: ``cycles`` reached, labelling budget spent or no candidate left."""
-    cfg, pools = run.cfg, run.pools
-    budget_hit = cfg.budget_seconds is not None and pools.ledger.total >= cfg.budget_seconds
-    return cycle == cfg.cycles or budget_hit or pools.candidates.size == 0
-
-
-def _label_selected(run: _ALRun, cycle: int, model: nn.Module, record: dict[str, Any]) -> None:
-    """Select the next regions with the heuristic, ask the oracle, note them in ``record``."""
-    cfg, pools, data = run.cfg, run.pools, run.data
-    picks, scores = _select(cfg, pools, model, data, cycle, run.device)
-    rng = _rng(cfg.seed, cycle, "oracle")
-    for (i, k), s in zip(picks, scores, strict=True):
-        answer, _cost = pools.label_region(i, k, data.masks[i], cfg.supervision, rng)
-        record["selected"].append([i, k])
+    def note_answer(self, record: dict[str, Any], query: Query, answer: Any,
+                    cost: float) -> None:
+        record["selected"].append(list(query.unit))
         record["selected_kinds"].append(answer.kind)
-        record["selected_scores"].append(s)
+        record["selected_scores"].append(query.score)
+
+    def finish(self, trained: Trained, cycle: int) -> None:
+        assert trained.model is not None
+        self.figure["pred"] = _predictions(trained.model, self.data.test, self.fig_idx,
+                                           self.device, max(self.cfg.batch_size, 8))
+
+    def extras(self) -> dict[str, Any]:
+        return {"initial": self.initial, "figure": self.figure}
+
+    def load_extras(self, state: Mapping[str, Any]) -> None:
+        self.initial = list(state["initial"])
+        if state.get("figure") is not None:
+            self.figure = state["figure"]
+
+    def postfix(self, record: Mapping[str, Any]) -> dict[str, str]:
+        dice = record["test"]["dice"]
+        return {"dice": "nan" if dice is None else f"{dice:.3f}",
+                "s": f"{record['seconds']:.0f}"}
 
 
-def _record_cycle(run: _ALRun, cycle: int, model: nn.Module, last: bool,
-                  fit_dir: Path | None) -> dict[str, Any] | None:
-    """Keep the cycle's weights and write the state file (atomically); the run's result
-    when ``last``."""
-    run.model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    result = None
-    if last:
-        result = _result(run.cfg, run.data, run.pools, run.records, run.figure, run.timing,
-                         run.initial)
-    if run.ck_dir is not None:
-        _save_state(run.ck_dir, {
-            "format": STATE_FORMAT, "config": run.conf, "config_hash": run.chash,
-            "cycle": cycle, "done": last, "initial": run.initial,
-            "pools": run.pools.state_dict(), "records": run.records, "timing": run.timing,
-            "figure": run.figure, "model": run.model_state, "rng": _rng_state(),
-            "result": result, "torch_version": str(torch.__version__),
-        })
-        if fit_dir is not None:
-            shutil.rmtree(fit_dir, ignore_errors=True)
-    return result
+def _label_initial(cfg: ALConfig, data: ALData, pools: RegionPools) -> list[int]:
+    """Cycle 0's labels: ``initial_images`` images drawn at random, every region labelled
+    (P1 Implementation Details)."""
+    n_train = len(data.train)
+    rng0 = _rng(cfg.seed, 0, "initial")
+    k0 = min(cfg.initial_images, n_train)
+    initial = sorted(int(i) for i in rng0.choice(n_train, size=k0, replace=False))
+    for i in initial:
+        pools.label_image(i, data.masks[i], cfg.supervision, rng0)
+    return initial
 
 
-def _run_cycle(run: _ALRun, cycle: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One cycle: train, score, then label the next regions (or draw the figure's
-    predictions after the last); its record and, after the last cycle, the result."""
-    t0 = time.perf_counter()
-    train_idx = run.pools.training_images
-    if train_idx.size == 0:
-        raise ValueError("run_active_learning: no labelled image to train on; use "
-                         "initial_images >= 1")
-    fit_dir = _fit_dir(run, cycle)
-    model, res = _train_cycle(run, cycle, train_idx, fit_dir)
-    t_train = time.perf_counter() - t0
-    record = _score_cycle(run, cycle, model, res, train_idx)
-    t1 = time.perf_counter()
-    last = _is_last(run, cycle)
-    if not last:
-        _label_selected(run, cycle, model, record)
-    else:
-        run.figure["pred"] = _predictions(model, run.data.test, run.fig_idx,
-                                          run.device, max(run.cfg.batch_size, 8))
-    run.records.append(record)
-    run.timing.append({"cycle": cycle, "train_s": round(t_train, 3),
-                       "select_s": round(time.perf_counter() - t1, 3),
-                       "total_s": round(time.perf_counter() - t0, 3)})
-    return record, _record_cycle(run, cycle, model, last, fit_dir)
+def region_loop(cfg: ALConfig, data: ALData, device: torch.device,
+                checkpoint_dir: Path | None = None, callback: Callback | None = None
+                ) -> ActiveLoop:
+    """P1's run as an :class:`~covidlib.active_loop.ActiveLoop` (pool, learner, heuristic,
+    oracle), resumed from ``checkpoint_dir`` or with the initial images labelled."""
+    emit = callback if callback is not None else (lambda _e, _i: None)
+    conf = cfg.to_dict()
+    pools = RegionPools(len(data.train), (cfg.size, cfg.size), cfg.n_regions)
+    learner = RegionLearner(cfg, data, device, config_hash(conf), emit)
+    budget = cfg.budget_seconds
+
+    def over_budget(pool: Pool, _cycle: int) -> bool:
+        return budget is not None and pools.ledger.total >= budget
+
+    loop = ActiveLoop(pools, learner, RegionHeuristic(cfg, data.train, device),
+                      RegionOracle(data.masks, pools.boxes, cfg.supervision, cfg.seed),
+                      per_cycle=cfg.per_cycle, cycles=cfg.cycles, config=conf,
+                      checkpoint_dir=checkpoint_dir, stop=over_budget,
+                      on_cycle=lambda c, r: emit("cycle", {"cycle": c, "record": r}))
+    if not loop.resume():
+        learner.initial = _label_initial(cfg, data, pools)
+    elif pools.labelled.shape[0] != len(data.train):  # pragma: no cover (load_state_dict)
+        raise ValueError(f"{checkpoint_dir}: state does not fit the data")
+    return loop
 
 
 def run_active_learning(
@@ -384,6 +311,7 @@ def run_active_learning(
     device: str | torch.device = "auto",
     callback: Callback | None = None,
     data: ALData | None = None,
+    model_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run P1's region-based active learning (see the module docstring); resumable.
 
@@ -400,6 +328,8 @@ def run_active_learning(
             each epoch's checkpoint and ``"cycle"`` (info: cycle, record) after each cycle's
             state was written; it must not draw from the global random generators.
         data: the prepared slices (default: :func:`load_al_data` of the config).
+        model_path: where to write the last cycle's weights (a verified checkpoint,
+            :func:`covidlib.checkpoint.save`; load them into :func:`make_model` of ``cfg``).
 
     Returns:
         ``{"config", "records", "n_train", "n_val", "n_test", "n_train_split", "ledger",
@@ -416,26 +346,13 @@ def run_active_learning(
         data = load_al_data(cfg.dataset, cfg.split, cfg.size, cfg.max_slices, data_root)
     _check_data(cfg, data)
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = _open_state(ck_dir, config_hash(cfg.to_dict()))
-    if state is not None and state.get("done"):
-        return copy.deepcopy(state["result"])
-    emit = callback if callback is not None else (lambda _e, _i: None)
-    run = _start_run(cfg, data, dev, ck_dir, emit, state)
-    bar = tqdm(total=cfg.cycles + 1, initial=run.start, unit="cycle",
-               desc=f"AL {cfg.heuristic} K={cfg.n_regions}", disable=not progress)
-    try:
-        for cycle in range(run.start, cfg.cycles + 1):
-            record, result = _run_cycle(run, cycle)
-            bar.update(1)
-            dice = record["test"]["dice"]
-            bar.set_postfix({"dice": "nan" if dice is None else f"{dice:.3f}",
-                             "s": f"{run.pools.ledger.total:.0f}"})
-            emit("cycle", {"cycle": cycle, "record": record})
-            if result is not None:
-                return result
-    finally:
-        bar.close()
-    raise AssertionError("unreachable: the last cycle returns")  # pragma: no cover
+    loop = region_loop(cfg, data, dev, ck_dir, callback)
+    loop.run(progress, desc=f"AL {cfg.heuristic} K={cfg.n_regions}")
+    if model_path is not None:
+        _ckpt.save(loop.weights, Path(model_path))
+    assert isinstance(loop.pool, RegionPools) and isinstance(loop.learner, RegionLearner)
+    return _result(cfg, data, loop.pool, loop.records, loop.learner.figure, loop.timing,
+                   loop.learner.initial)
 
 
 def _result(cfg: ALConfig, data: ALData, pools: RegionPools, records: list[dict[str, Any]],
@@ -454,58 +371,3 @@ def _result(cfg: ALConfig, data: ALData, pools: RegionPools, records: list[dict[
         "figure": figure,
         "timing": timing,
     })
-
-
-# --------------------------------------------------------------------------------------------
-# The fully supervised upper bound (P1 Sec. 5.3)
-# --------------------------------------------------------------------------------------------
-
-
-def train_fully_supervised(
-    cfg: ALConfig | Mapping[str, Any],
-    epochs: int,
-    data_root: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: bool = False,
-    *,
-    device: str | torch.device = "auto",
-    data: ALData | None = None,
-) -> dict[str, Any]:
-    """P1's upper bound: the same network trained on every pool image with its full mask and
-    the structure loss (weighted BCE + IoU of F3Net, P1 Sec. 5.3), best validation epoch.
-
-    Its cost is the full labelling effort, ``N x 96 s`` (:func:`full_effort_seconds`).
-    Returns ``{"test", "val_dice", "best_epoch", "epochs", "history", "n_train",
-    "full_effort_seconds", "figure", "timing"}``; ``history`` is the training curve
-    (:func:`training_curve`).
-    """
-    cfg = ALConfig.from_mapping(cfg)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"train_fully_supervised: epochs={epochs!r} must be an integer >= 1")
-    dev = resolve_device(device)
-    if data is None:
-        data = load_al_data(cfg.dataset, cfg.split, cfg.size, cfg.max_slices, data_root)
-    _check_data(cfg, data)
-    t0 = time.perf_counter()
-    torch.manual_seed(_seed(cfg.seed, 0, "init"))
-    model = make_model(cfg)
-    res = fit(model, supervised_loss(structure_loss), data.train, data.val, epochs=epochs,
-              lr=cfg.lr, batch_size=cfg.batch_size, device=dev, seed=_seed(cfg.seed, "full"),
-              checkpoint_dir=checkpoint_dir, early_stopping_patience=cfg.patience,
-              progress=progress, config={"p1_full": config_hash(cfg.to_dict())})
-    test = _test_scores(evaluate(model, data.test, dev, max(cfg.batch_size, 8)))
-    idx = figure_indices(data.test_masks, cfg.figure_slices)
-    return {
-        "test": test,
-        "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
-        "best_epoch": res.best_epoch,
-        "epochs": res.epochs_completed,
-        "history": training_curve(res.history),
-        "n_train": len(data.train),
-        "n_train_split": data.n_train_split,
-        "full_effort_seconds": full_effort_seconds(len(data.train)),
-        "figure": {"size": cfg.size, "indices": idx,
-                   "refs": [list(data.test.refs[i]) for i in idx],
-                   "pred": _predictions(model, data.test, idx, dev, max(cfg.batch_size, 8))},
-        "timing": {"total_s": round(time.perf_counter() - t0, 3)},
-    }

@@ -1,8 +1,9 @@
-"""Configuration, data, model and loss of P1's region-based active learning.
+"""Configuration and model of P1's region-based active learning, and what its figures show.
 
-:class:`ALConfig`, :func:`load_al_data`, :class:`RegionLabelDataset`, P1 Eq. 1's
-:func:`balanced_point_loss`, and the masks and curves its figures show; the loop is
-:mod:`covidlib.active` (which re-exports them).
+:class:`ALConfig` (P1's settings), :func:`make_model`, and the masks and curves of the
+figures. The slices live in :mod:`covidlib.data.al_slices` (:func:`load_al_data`,
+:class:`RegionLabelDataset`), P1 Eq. 1 in :mod:`covidlib.losses.region`; this module and
+:mod:`covidlib.active` (the loop) re-export them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -25,22 +23,23 @@ from covidlib.acquisition import (
     HEURISTICS,
     REDUCTIONS,
 )
-from covidlib.data.api import open_dataset
-from covidlib.data.errors import DataError
-from covidlib.data.manifest import natural_key
-from covidlib.data.oracle import (
-    IGNORE,
-    region_grid,
+from covidlib.data.al_slices import (
+    ALData,
+    RegionLabelDataset,
+    evenly_spaced,
+    load_al_data,
 )
-from covidlib.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from covidlib.data.splits import make_split
-from covidlib.data.torch_datasets import SliceDataset
 from covidlib.engine import (
     binarize,
     predict,
 )
-from covidlib.losses import PointLoss
-from covidlib.losses.batch import PointBatchLoss
+from covidlib.losses.region import (
+    LOSS_BALANCES,
+    BalancedPointBatchLoss,
+    balanced_point_loss,
+    make_loss,
+    region_index_map,
+)
 from covidlib.models import build_model
 from covidlib.report.masks import decode_mask, encode_mask
 
@@ -66,9 +65,6 @@ __all__ = [
 SUPERVISIONS: tuple[str, ...] = ("point", "pixel")
 """``point``: background tag or one point per region (P1's scheme); ``pixel``: the region's
 mask (P1 Fig. 7's per-pixel scheme)."""
-LOSS_BALANCES: tuple[str, ...] = ("region", "class", "none")
-"""How P1 Eq. 1 is averaged: per labelled region, per class, or over the labelled pixels
-(see :func:`balanced_point_loss`)."""
 _INFECTION = (1,)  # SliceDataset masks are binary: 1 = infection
 
 
@@ -186,124 +182,7 @@ def _rng(*parts: int | str) -> np.random.Generator:
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
-    """``n`` items spread evenly over ``items`` (item ``floor((2j + 1) len / 2n)``), in order;
-    all of them when ``n`` is None or not smaller than ``len(items)``."""
-    items = list(items)
-    if n is None or n >= len(items):
-        return items
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"evenly_spaced: n={n!r} must be an integer >= 1 or None")
-    return [items[(2 * j + 1) * len(items) // (2 * n)] for j in range(n)]
-
-
-@dataclass
-class ALData:
-    """The slices of one run at the network's resolution: ``train`` (the pool), ``val`` and
-    ``test`` (:class:`~covidlib.data.torch_datasets.SliceDataset`), the pool's binary masks
-    ``masks`` ``(N, S, S)`` uint8 for the oracle, the test masks and gray test images (uint8,
-    as the network sees them, for figures), the dataset's ``fingerprint``, ``intensity`` ("hu"
-    or "uint8") and the number of training slices of the split before capping."""
-
-    train: SliceDataset
-    val: SliceDataset
-    test: SliceDataset
-    masks: np.ndarray
-    test_masks: np.ndarray
-    test_gray: np.ndarray
-    fingerprint: dict[str, Any]
-    intensity: str
-    n_train_split: int
-
-
-
-@lru_cache(maxsize=8)
-def _load_cached(dataset: str, split: str, size: int, caps: tuple[int | None, ...],
-                 data_root: str | None) -> ALData:
-    ds = open_dataset(dataset, data_root)
-    cases = ds.cases()
-    by_id = {c.case_id: c for c in cases}
-    parts = make_split(cases, ds.manifest.split(split))  # DataError names an unknown split
-    labels = ds.manifest.infection_labels
-    out = {}
-    for part, cap in zip(("train", "val", "test"), caps, strict=True):
-        refs = sorted(parts[part], key=lambda r: (natural_key(r[0]), r[1]))
-        refs = evenly_spaced(refs, cap)
-        if not refs:
-            raise DataError(dataset, f"split {split!r} has no {part} slices")
-        missing = [r[0] for r in refs if by_id[r[0]].mask is None]
-        if missing:
-            raise DataError(missing[0], f"{part} slices need infection masks; the case has none")
-        out[part] = SliceDataset(by_id, refs, size, infection_labels=labels, progress=False)
-    masks = np.stack([out["train"][i]["mask"].numpy().astype(np.uint8)
-                      for i in range(len(out["train"]))])
-    test_items = [out["test"][i] for i in range(len(out["test"]))]
-    test_masks = np.stack([t["mask"].numpy().astype(np.uint8) for t in test_items])
-    # channel 0 of the ImageNet-normalised image back to the uint8 gray it was made from
-    gray = [np.rint((t["image"][0].numpy() * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0)
-            for t in test_items]
-    test_gray = np.clip(np.stack(gray), 0, 255).astype(np.uint8)
-    return ALData(out["train"], out["val"], out["test"], masks, test_masks, test_gray,
-                  ds.fingerprint(), cases[0].intensity, len(parts["train"]))
-
-
-def load_al_data(dataset: str, split: str, size: int,
-                 max_slices: Mapping[str, int | None] | None = None,
-                 data_root: str | Path | None = None) -> ALData:
-    """The pool, validation and test slices of ``dataset``'s ``split`` at ``size`` pixels.
-
-    ``max_slices`` caps each part by taking slices evenly spread over it (volumes in natural
-    order, slices in order), so the cap keeps every volume's mix of clean and infected
-    slices. Kept in memory (a few calls share one read).
-    """
-    caps = dict(max_slices or {})
-    unknown = sorted(set(caps) - {"train", "val", "test"})
-    if unknown:
-        raise ValueError(f"load_al_data: max_slices has unknown part(s) {unknown}")
-    key = tuple(caps.get(p) for p in ("train", "val", "test"))
-    return _load_cached(dataset, split, int(size), key,
-                        None if data_root is None else str(data_root))
-
-
-class RegionLabelDataset(Dataset):
-    """The images of ``indices`` with their P1 label maps under ``"points"`` (int64, IGNORE on
-    unlabelled pixels), ready for :class:`~covidlib.losses.batch.PointBatchLoss`.
-
-    ``min_items``: an epoch holds at least this many items (the images repeat, item ``j`` is
-    image ``j mod n``), so that a cycle with few labelled images still takes enough steps.
-    """
-
-    def __init__(self, base: Dataset, label_maps: np.ndarray, indices: Sequence[int],
-                 min_items: int | None = None) -> None:
-        if len(indices) == 0:
-            raise ValueError("RegionLabelDataset: no labelled images to train on")
-        if min_items is not None and (isinstance(min_items, bool) or not isinstance(
-                min_items, int) or min_items < 1):
-            raise ValueError(f"RegionLabelDataset: min_items={min_items!r} must be an integer "
-                             ">= 1 or None")
-        self.base = base
-        self.indices = [int(i) for i in indices]
-        self.label_maps = np.asarray(label_maps)[self.indices].copy()
-        self.length = max(len(self.indices), min_items or 0)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        if not 0 <= j < self.length:
-            raise IndexError(f"RegionLabelDataset: index {j} outside 0..{self.length - 1}")
-        j = j % len(self.indices)
-        item = self.base[self.indices[j]]
-        return {"image": item["image"], "points": torch.from_numpy(
-            self.label_maps[j].astype(np.int64)), "case_id": item["case_id"], "z": item["z"]}
-
-
-# --------------------------------------------------------------------------------------------
-# Model and loss
+# Model (the loss, P1 Eq. 1, is covidlib.losses.region)
 # --------------------------------------------------------------------------------------------
 
 
@@ -316,97 +195,6 @@ def make_model(cfg: ALConfig) -> nn.Module:
         kw.setdefault("progress", False)
         return build_model("fcn8_vgg16", n_classes=2, **kw)
     raise ValueError(f"ALConfig.model={cfg.model!r}: P1 runs use 'unet2d' or 'fcn8_vgg16'")
-
-
-def region_index_map(shape: tuple[int, int], n_regions: int) -> torch.Tensor:
-    """``(H, W)`` int64 map of the region (raster index of :func:`region_grid`) of each pixel."""
-    out = torch.empty(tuple(int(s) for s in shape), dtype=torch.int64)
-    for k, (y0, y1, x0, x1) in enumerate(region_grid(shape, n_regions)):
-        out[y0:y1, x0:x1] = k
-    return out
-
-
-def balanced_point_loss(logits: torch.Tensor, labels: torch.Tensor, balance: str = "region",
-                        n_regions: int | None = None, ignore_index: int = IGNORE
-                        ) -> torch.Tensor:
-    """P1 Eq. 1 (cross-entropy on the labelled pixels) with a choice of normalisation.
-
-    A background tag labels every pixel of its region while an infected region gets a
-    single point, so the plain mean over labelled pixels (``balance="none"``, what
-    :class:`~covidlib.losses.point.PointLoss` computes) weighs a tag hundreds of times more
-    than a point, and a network trained with it predicts background everywhere.
-
-    * ``"region"``: every labelled region is one unit (mean cross-entropy of its labelled
-      pixels), averaged over the labelled regions of the batch: each click or tag, which
-      costs the annotator the same 3 s (P1 Sec. 5.1), weighs the same. Needs ``n_regions``.
-    * ``"class"``: the mean over the labelled pixels of each class, averaged over the
-      classes present (points and tags weigh half each).
-    * ``"none"``: the mean over all labelled pixels.
-
-    No labelled pixel -> 0 (attached to the graph).
-    """
-    if labels.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"balanced_point_loss: labels {tuple(labels.shape)} do not fit logits "
-                         f"{tuple(logits.shape)}")
-    if balance not in LOSS_BALANCES:
-        raise ValueError(f"balanced_point_loss: balance={balance!r}; choose one of "
-                         f"{LOSS_BALANCES}")
-    if balance == "region" and n_regions is None:
-        raise ValueError("balanced_point_loss: balance='region' needs n_regions")
-    labels = labels.long()
-    ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
-    labelled = labels != ignore_index
-    if not bool(labelled.any()):
-        return logits.sum() * 0.0
-    if balance == "none":
-        return (ce * labelled).sum() / labelled.sum()
-    if balance == "class":
-        terms = [(ce * (labels == c)).sum() / (labels == c).sum()
-                 for c in range(logits.shape[1]) if bool((labels == c).any())]
-        return torch.stack(terms).mean()
-    assert n_regions is not None
-    b = labels.shape[0]
-    index = region_index_map(tuple(labels.shape[1:]), n_regions).to(labels.device)
-    index = (index.flatten()[None] + n_regions * torch.arange(b, device=labels.device)[:, None])
-    sums = torch.zeros(b * n_regions, device=ce.device).index_add(
-        0, index.flatten(), (ce * labelled).flatten())
-    counts = torch.zeros(b * n_regions, device=ce.device).index_add(
-        0, index.flatten(), labelled.flatten().float())
-    used = counts > 0
-    return (sums[used] / counts[used]).mean()
-
-
-class BalancedPointBatchLoss(nn.Module):
-    """Engine-form :func:`balanced_point_loss` on ``batch["points"]``."""
-
-    def __init__(self, balance: str = "region", n_regions: int | None = None,
-                 key: str = "points") -> None:
-        super().__init__()
-        if balance not in LOSS_BALANCES:
-            raise ValueError(f"BalancedPointBatchLoss: balance={balance!r}; choose one of "
-                             f"{LOSS_BALANCES}")
-        if balance == "region" and n_regions is None:
-            raise ValueError("BalancedPointBatchLoss: balance='region' needs n_regions")
-        self.balance, self.n_regions, self.key = balance, n_regions, key
-
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.key not in batch:
-            raise KeyError(f"BalancedPointBatchLoss needs batch[{self.key!r}]; the batch has "
-                           f"{sorted(batch)}")
-        loss = balanced_point_loss(model(batch["image"]), batch[self.key], self.balance,
-                                   self.n_regions)
-        return loss, {"point": float(loss.detach())}
-
-
-def make_loss(balance: str, n_regions: int | None = None) -> nn.Module:
-    """The training loss on region label maps (P1 Eq. 1, see :func:`balanced_point_loss`):
-    ``"none"`` is :class:`~covidlib.losses.batch.PointBatchLoss` (mean over labelled pixels).
-    Masks revealed by the per-pixel scheme are label maps too (every pixel of the region
-    labelled), so both schemes train with the same loss."""
-    if balance == "none":
-        return PointBatchLoss(PointLoss("mean"))
-    return BalancedPointBatchLoss(balance, n_regions)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,19 @@ found, not loaded) and the digest of the run configuration that wrote it; every 
 corrupt file aside (:func:`move_aside`, never deleted) and restart from the last good
 checkpoint, saying so (see :func:`covidlib.engine.fit`). Files of older versions (a bare
 ``torch.save``) are still read, unverified.
+
+Two kinds of training checkpoints are written with it:
+
+* :func:`covidlib.engine.fit` (epochs): ``<dir>/checkpoint.pt`` (the one before it kept as
+  ``checkpoint.prev.pt``) holds ``format``, ``config`` and ``config_hash`` (see
+  :func:`covidlib.engine_steps.run_config`), ``epoch`` (epochs completed), ``model``,
+  ``optimizer``, ``history``, ``best_epoch``, ``best_score``, ``best_file`` (name of
+  ``best-epochNNNN.pt`` in the same folder, holding ``{"epoch", "score", "model"}``),
+  ``rng`` (torch, CUDA, NumPy and Python states), ``loss_fn`` (its ``state_dict()`` when it
+  has one) and ``torch_version``; :func:`load_checkpoint` and :func:`resume_fit` read them.
+* :func:`covidlib.engine_steps.train_steps` (steps): one file holding ``format``, ``step``
+  (steps completed), ``model``, ``optimizer``, ``history`` and ``rng``
+  (:func:`step_checkpoints`).
 """
 
 from __future__ import annotations
@@ -26,29 +39,41 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from covidlib.cache import atomic_write_bytes, pid_alive
+from covidlib.runtime import _restore_rng, _rng_state
 
 __all__ = [
+    "CHECKPOINT_NAME",
     "MAGIC",
+    "PREVIOUS_NAME",
     "CheckpointError",
     "CheckpointMismatchError",
     "CorruptCheckpointError",
     "config_diff",
     "load",
+    "load_checkpoint",
     "move_aside",
     "read_header",
     "remove_dead_temps",
+    "resume_fit",
     "save",
+    "step_checkpoints",
 ]
 
 MAGIC = b"COVIDLIB-CHECKPOINT 1\n"
 _HEADER_MAX = 4096
+CHECKPOINT_NAME = "checkpoint.pt"  # fit's newest checkpoint in its folder
+PREVIOUS_NAME = "checkpoint.prev.pt"  # the checkpoint before the newest (the fallback)
+CHECKPOINT_FORMAT = "covidlib.engine.checkpoint/1"
+STEP_FORMAT = "covidlib.engine.steps/1"
+_BEST_PREFIX = "best-epoch"
 
 
 class CheckpointError(RuntimeError):
@@ -197,3 +222,128 @@ def remove_dead_temps(folder: str | Path, max_age_other_host: float = 86400.0) -
                 p.unlink()
             removed.append(p)
     return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints of covidlib.engine.fit (epochs)
+# --------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path, config_hash: str | None = None,
+                    config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`covidlib.engine.fit` (:func:`load`:
+    length, sha256 and, when ``config_hash`` is given, the configuration that wrote it)."""
+    path = Path(path)
+    try:
+        ck = load(path, config_digest=config_hash, config=config)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(path, f"{exc.reason}; use another checkpoint_dir or "
+                                      "pass overwrite=True to discard it") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CorruptCheckpointError(path, f"not a covidlib.engine checkpoint "
+                                     f"({CHECKPOINT_FORMAT})")
+    if config_hash is not None and ck.get("config_hash") != config_hash:
+        what = config_diff(ck.get("config", {}), config or {})
+        raise CheckpointMismatchError(path, f"written by a different configuration ({what}); "
+                                      "use another checkpoint_dir or pass overwrite=True to "
+                                      "discard it")
+    return ck
+
+
+def _load_best(ck_dir: Path, ck: Mapping[str, Any], path: Path, cfg_hash: str
+               ) -> dict[str, torch.Tensor] | None:
+    """The verified best weights named by checkpoint ``ck`` (read from ``path``)."""
+    if ck["best_file"] is None:
+        return None
+    bpath = ck_dir / ck["best_file"]
+    if not bpath.exists():
+        raise CorruptCheckpointError(path, f"the best weights it names ({bpath.name}) are "
+                                     "missing")
+    best = load(bpath, config_digest=cfg_hash)
+    if not isinstance(best, dict) or best.get("epoch") != ck["best_epoch"]:
+        got = best.get("epoch") if isinstance(best, dict) else None
+        raise CorruptCheckpointError(bpath, f"holds epoch {got}, {path.name} expects "
+                                     f"{ck['best_epoch']}")
+    return best["model"]
+
+
+def resume_fit(ck_dir: Path, cfg: Mapping[str, Any], cfg_hash: str, stacklevel: int = 3
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
+    """The newest good checkpoint of :func:`covidlib.engine.fit` in ``ck_dir``
+    (``checkpoint.pt``, else the one before it) with its best weights. A corrupt file is
+    moved aside (kept) and the run restarts from the last good checkpoint, saying so."""
+    notes: list[str] = []
+    for path in (ck_dir / CHECKPOINT_NAME, ck_dir / PREVIOUS_NAME):
+        if not path.exists():
+            continue
+        try:
+            ck = load_checkpoint(path, cfg_hash, cfg)
+            best = _load_best(ck_dir, ck, path, cfg_hash)
+        except CorruptCheckpointError as exc:
+            moved = [move_aside(p).name for p in dict.fromkeys((exc.path, path))
+                     if p.exists()]  # a checkpoint naming bad best weights is unusable too
+            notes.append(f"{exc}" + (f" (moved to {', '.join(moved)})" if moved else ""))
+            continue
+        if notes:
+            warnings.warn("; ".join(notes) + f"; resuming from {path} after epoch "
+                          f"{ck['epoch']}", stacklevel=stacklevel)
+        return ck, best
+    if notes:
+        warnings.warn("; ".join(notes) + "; no good checkpoint is left: training starts "
+                      "again from epoch 0", stacklevel=stacklevel)
+    return None
+
+
+def _best_name(epoch: int) -> str:
+    return f"{_BEST_PREFIX}{epoch:04d}.pt"
+
+
+def _remove_stale_best(directory: Path, keep: str | None, *also: str | None) -> None:
+    for f in directory.glob(f"{_BEST_PREFIX}*.pt"):
+        if f.name not in (keep, *also):
+            f.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints of covidlib.engine_steps.train_steps (steps)
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def step_checkpoints(path: str | Path | None, every: int, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, history: dict[str, Any], *,
+                     config_digest: str | None = None
+                     ) -> Iterator[tuple[int, Callable[[int], None]]]:
+    """Resume a step-driven run from ``path`` when it exists (model, optimizer, ``history``
+    updated in place, random generators); yields ``(start, save)`` where ``save(step)``
+    writes the checkpoint after every ``every``-th step (``every=0``: never). The file is
+    deleted when the run ends without an error. A damaged file is moved aside with a
+    warning and training restarts from step 0; one of another configuration
+    (``config_digest``) raises :class:`CheckpointMismatchError`."""
+    path = Path(path) if path is not None else None
+    start = 0
+    if path is not None and every and path.exists():
+        try:
+            ck = load(path, config_digest=config_digest)
+        except CorruptCheckpointError as exc:
+            moved = move_aside(path)
+            warnings.warn(f"{exc}; moved aside to {moved.name}, training restarts from step 0",
+                          stacklevel=3)
+        else:
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            history.update(ck["history"])
+            start = int(ck["step"])
+            if ck.get("rng") is not None:
+                _restore_rng(ck["rng"])
+
+    def write(step: int) -> None:
+        if path is not None and every and step % every == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save({"format": STEP_FORMAT, "model": model.state_dict(),
+                  "optimizer": optimizer.state_dict(), "history": history, "step": step,
+                  "rng": _rng_state()}, path, config_digest=config_digest)
+
+    yield start, write
+    if path is not None and path.exists():
+        path.unlink()

@@ -4,6 +4,10 @@
     covidlib data convert lctsc --source TCIA_FOLDER [--root DATA_ROOT] [--force]
     covidlib book [--profile cpu] [--results-dir results] [--only CHAPTER ...] [--no-html]
                   [--workers N] [--scheduler tcp://host:port]
+    covidlib reference export --results-dir DIR [--out reference] [--commit SHA]
+    covidlib reference verify [--sample ci|full] [--out reference]
+    covidlib train DATASET SPLIT METHOD [--paper auto|p2|p4] [--fold N] [--set KEY=VALUE ...]
+                   [--test NAME=...] [--out DIR]   (P2's losses, P4's re-weighting methods)
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     results = Path(args.results_dir).resolve()
     outcomes = book.execute_plan(repo, args.profile, results, args.device, args.only or None,
                                  workers=args.workers, scheduler=args.scheduler,
-                                 force=args.force)
+                                 force=args.force, prebuild_html=not args.no_html)
     print(book.report(outcomes))
     failed = [o.entry.output for o in outcomes if o.status == "failed"]
     if not args.no_html:
@@ -123,6 +127,38 @@ def _cmd_book(args: argparse.Namespace) -> int:
         print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    """``covidlib reference export|verify``: publish a reference run, or recompute a sample of
+    it and compare (covidlib.report.reference_export / reference_verify)."""
+    from covidlib.report.reference import ReferenceRunError, reference_dir
+
+    out = Path(args.out) if args.out else reference_dir()
+    try:
+        if args.action == "export":
+            from covidlib.report.reference_export import export
+
+            if not args.results_dir:
+                raise ReferenceRunError("'covidlib reference export' needs --results-dir, the "
+                                        "results folder of a finished reference book run")
+            prov = export(args.results_dir, out, profile=args.profile, commit=args.commit)
+            print(f"published {len(prov['files'])} files of the {prov['profile']} run (commit "
+                  f"{prov['commit']}) to {out}; left out: {prov['left_out']}")
+            return 0
+        from covidlib.report.reference import load_provenance
+        from covidlib.report.reference_verify import report, verify
+
+        if load_provenance(out) is None:
+            print(f"no published reference run in {out} (provenance.json absent): nothing to "
+                  "verify")
+            return 0
+        text, status = report(verify(out, args.sample, work=args.results_dir))
+        print(text)
+        return status
+    except ReferenceRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="existing Dask scheduler, e.g. tcp://host:8786 "
                          "(default: $COVIDLIB_SCHEDULER; none: a local cluster)")
     bk.set_defaults(func=_cmd_book)
+    ref = sub.add_parser("reference", help="publish the reference run (export) or recompute "
+                                          "a sample of it and compare (verify)")
+    ref.add_argument("action", choices=["export", "verify"])
+    ref.add_argument("--results-dir", help="export: the finished run's results folder; "
+                                           "verify: where to recompute (default: a temporary "
+                                           "folder)")
+    ref.add_argument("--out", help="the reference folder (default: <repo>/reference)")
+    ref.add_argument("--profile", default="reference", help="export: the run's profile")
+    ref.add_argument("--commit", help="export: the commit the run used (default: the one its "
+                                      "chapters recorded, else git rev-parse HEAD)")
+    ref.add_argument("--sample", default="ci", choices=["ci", "full"],
+                     help="verify: ci = the cheapest P2 and P1 runs, full = a larger sample")
+    ref.set_defaults(func=_cmd_reference)
     from covidlib.experiments.p2_cli import add_train_parser  # covidlib train (P2 methods)
+    from covidlib.experiments.p4_cli import extend_train_parser  # ... and P4's
 
     add_train_parser(sub)
+    extend_train_parser(sub.choices["train"])
+    from covidlib.experiments.p1_cli import add_train_p1_parser  # covidlib train-p1 (P1)
+
+    add_train_p1_parser(sub)
     return parser
 
 

@@ -26,10 +26,18 @@ with the best validation score (the papers report test scores at the best valida
   ``torch.compile`` of the training forward on any device, so the GPU's code path also runs
   on a CPU (the profile dry-run tests) and ``make bench`` can measure what each one buys.
 
+``fit`` is a sequence of small steps (:func:`_run_epoch`): train an epoch
+(:func:`_train_epoch`, one :func:`~covidlib.engine_steps.train_step` per batch), validate
+(:func:`_validate`), checkpoint (:func:`_save_checkpoint`), early stop
+(:func:`_should_stop`). Runs counted in optimiser steps rather than epochs (P4's teacher and
+students) use the same train step, validation and checkpointer through
+:func:`~covidlib.engine_steps.train_steps`, with their own step function when the update is
+not a plain loss (P4's Alg. 1).
+
 The pieces live in their concept modules, re-exported here: devices, precision and
 determinism in :mod:`covidlib.runtime`; the batch protocol, :func:`predict` and
-:func:`evaluate` in :mod:`covidlib.evaluate`; checkpoints and the run configuration in
-:mod:`covidlib.engine_checkpoint`.
+:func:`evaluate` in :mod:`covidlib.evaluate`; the train step, the step loop and the run
+configuration in :mod:`covidlib.engine_steps`; checkpoints in :mod:`covidlib.checkpoint`.
 """
 
 from __future__ import annotations
@@ -50,28 +58,31 @@ from tqdm.auto import tqdm
 
 from covidlib import checkpoint as _ckpt
 from covidlib import runtime as _runtime
-from covidlib.engine_checkpoint import (
+from covidlib.checkpoint import (
     _BEST_PREFIX,  # noqa: F401  (re-exported)
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     PREVIOUS_NAME,
     CheckpointMismatchError,
     _best_name,
-    _config_diff,  # noqa: F401  (re-exported)
-    _config_hash,
-    _cpu_state,
     _load_best,  # noqa: F401  (re-exported)
     _remove_stale_best,
-    _resume_state,
-    atomic_save,
     load_checkpoint,
+    resume_fit,
+)
+from covidlib.checkpoint import config_diff as _config_diff  # noqa: F401  (re-exported)
+from covidlib.engine_steps import (
+    StepState,
+    Validation,
+    _config_hash,
+    _cpu_state,
     run_config,
+    train_step,
+    train_steps,
 )
 from covidlib.evaluate import (
     SupervisedLoss,
     _describe,  # noqa: F401  (re-exported)
-    _floats,
-    _prepare,
     _probabilities,  # noqa: F401  (re-exported)
     _spatial_dims,
     _to_device,  # noqa: F401  (re-exported)
@@ -100,10 +111,11 @@ __all__ = [
     "Acceleration",
     "CheckpointMismatchError",
     "FitResult",
+    "StepState",
     "SupervisedLoss",
+    "Validation",
     "acceleration",
     "amp_settings",
-    "atomic_save",
     "autocast",
     "binarize",
     "evaluate",
@@ -115,6 +127,8 @@ __all__ = [
     "set_acceleration",
     "set_determinism",
     "supervised_loss",
+    "train_step",
+    "train_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,7 +202,8 @@ class _FitSpec:
 
 @dataclass
 class _FitRun:
-    """The state one :func:`fit` call carries from epoch to epoch (what a checkpoint holds)."""
+    """The state one :func:`fit` call carries from epoch to epoch (what a checkpoint holds);
+    a :class:`~covidlib.engine_steps.StepState` for :func:`train_step`."""
 
     spec: _FitSpec
     model: nn.Module
@@ -285,7 +300,7 @@ def _open_checkpoints(run: _FitRun, overwrite: bool) -> None:
         (ck_dir / PREVIOUS_NAME).unlink(missing_ok=True)
         _remove_stale_best(ck_dir, keep=None)
         return
-    resumed = _resume_state(ck_dir, run.cfg, run.cfg_hash, stacklevel=4)  # fit's caller
+    resumed = resume_fit(ck_dir, run.cfg, run.cfg_hash, stacklevel=4)  # fit's caller
     if resumed is not None:
         _apply_resume(run, *resumed)
 
@@ -326,25 +341,6 @@ def _train_loader(run: _FitRun, epoch: int) -> DataLoader:
     )
 
 
-def _train_step(run: _FitRun, raw: Any, where: str) -> tuple[float, dict[str, float]]:
-    """One optimizer step on batch ``raw``; its loss value and parts."""
-    batch = _prepare(raw, run.device, run.fmt, where)
-    run.optimizer.zero_grad(set_to_none=True)
-    with autocast(run.device, run.amp_dtype):
-        out = run.loss_fn(run.forward, batch)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError(f"{where}: loss_fn must return (loss, dict of floats)")
-    loss, parts = out
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError(f"{where}: loss must be a scalar tensor, got {loss!r}")
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{where}: loss is {value}; lower lr or check the inputs/labels")
-    loss.backward()
-    run.optimizer.step()
-    return value, _floats(parts, where)
-
-
 def _train_epoch(run: _FitRun, epoch: int) -> dict[str, float]:
     """Train one epoch; the epoch's record (``epoch``, ``steps``, ``train_*`` means)."""
     spec = run.spec
@@ -361,7 +357,7 @@ def _train_epoch(run: _FitRun, epoch: int) -> dict[str, float]:
     for raw in bar:
         if steps >= n_steps:
             break
-        value, parts = _train_step(run, raw, f"epoch {epoch} step {steps + 1}")
+        value, parts = train_step(run, raw, f"epoch {epoch} step {steps + 1}")
         loss_sum += value
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v

@@ -352,6 +352,18 @@ def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = None) -> float:
     return hausdorff(pred, target, spacing=spacing, percentile=95)
 
 
+def hausdorff_hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = None
+                   ) -> tuple[float, float]:
+    """``(HD, HD95)`` of P4 Tables 2-3 from one surface-distance computation: the same
+    values as :func:`hausdorff` and :func:`hd95` (and their empty-mask conventions)."""
+    if not pred.any() or not target.any():
+        v = hausdorff(pred, target, spacing)
+        return v, v
+    d_pt, d_tp = surface_distances(pred, target, spacing)
+    return (float(max(d_pt.max(), d_tp.max())),
+            float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))))
+
+
 # --------------------------------------------------------------------------------------------
 # Counting and localisation (P2 Sec. 4.4, Tables 7-8)
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 ``device="auto"`` picks CUDA when present; the :class:`Acceleration` switch
 (:func:`acceleration`, :func:`set_acceleration`, ``$COVIDLIB_ACCELERATION``) forces bf16
-autocast, channels_last and/or ``torch.compile`` on any device; :func:`set_determinism`
-seeds every generator and asks torch for deterministic kernels.
+autocast, channels_last and/or ``torch.compile`` on any device. Seeds, the one helper for
+them: :func:`set_determinism` seeds every global generator and asks torch for deterministic
+kernels; :func:`stream_rng` gives the independent NumPy generator of one random stream
+(e.g. the batch of one training step).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "resolve_device",
     "set_acceleration",
     "set_determinism",
+    "stream_rng",
 ]
 
 
@@ -145,6 +148,13 @@ def set_determinism(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+
+
+def stream_rng(seed: int, *stream: int) -> np.random.Generator:
+    """The NumPy generator of random stream ``stream`` of run ``seed`` (e.g. ``(seed, 1,
+    step)``: the batch of one training step), independent of every other stream and of the
+    global generators, so a resumed run draws what an uninterrupted one drew."""
+    return np.random.default_rng([int(seed), *[int(v) for v in stream]])
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -8,10 +8,14 @@ trust", item 2):
   validation curve has flattened), so the failure is a finding; the verdict says whether the
   mechanism the paper gives for its claim was present or absent in our runs;
 * ``inconclusive``: it does not hold, but the baseline has not converged, so the run is too
-  small to tell a wrong method from an under-trained network.
+  small to tell a wrong method from an under-trained network; or, either way, the
+  comparison rests on fewer than :data:`MIN_SEEDS` seeds or on a difference inside the
+  seeds' spread ("inconclusive (run too small: ...)"): one seed shows no spread, so neither
+  "reproduced" nor "not reproduced" can be told from noise.
 
-:func:`baseline_converged` decides "converged" from a validation curve;
-:func:`three_way_verdict` turns the three facts into the verdict. Both are paper-agnostic.
+:func:`baseline_converged` decides "converged" from a validation curve; :func:`run_too_small`
+whether a comparison of means over seeds can decide anything; :func:`three_way_verdict`
+turns these facts into the verdict. All are paper-agnostic.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ from dataclasses import dataclass
 
 __all__ = [
     "INCONCLUSIVE",
+    "MIN_SEEDS",
     "NOT_REPRODUCED",
     "REPRODUCED",
+    "TOO_SMALL",
     "VERDICTS",
     "Convergence",
     "Verdict",
     "baseline_converged",
     "combine_verdicts",
+    "run_too_small",
     "three_way_verdict",
 ]
 
@@ -36,6 +43,9 @@ REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
 VERDICTS: tuple[str, ...] = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+MIN_SEEDS = 2
+"""Fewer seeds than this show no spread: a verdict from them is "inconclusive (run too small)"."""
+TOO_SMALL = "run too small"
 
 
 @dataclass(frozen=True)
@@ -104,23 +114,51 @@ class Verdict:
         return self.text
 
 
+def run_too_small(n_seeds: int | None = None, gap: float | None = None,
+                  spread: float | None = None) -> str | None:
+    """Why a comparison of two means over seeds cannot decide a claim, or ``None`` when it
+    can: fewer than :data:`MIN_SEEDS` seeds (``n_seeds``: the smaller of the two sides), or
+    a difference of the means ``gap`` that is not larger than the seeds' ``spread`` (e.g.
+    the sum of the two standard deviations). ``None`` arguments are not checked."""
+    if n_seeds is not None:
+        if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 0:
+            raise ValueError(f"run_too_small: n_seeds={n_seeds!r} must be an integer >= 0")
+        if n_seeds < MIN_SEEDS:
+            count = "one seed" if n_seeds == 1 else f"{n_seeds} seeds"
+            return f"{count}, no spread to compare the difference with"
+    if gap is not None and spread is not None:
+        gap, spread = abs(float(gap)), float(spread)
+        if math.isnan(gap) or math.isnan(spread) or gap <= spread:
+            return f"the difference {gap:.3f} is inside the seeds' spread {spread:.3f}"
+    return None
+
+
 def three_way_verdict(claim_holds: bool, converged: bool | Convergence,
                       mechanism_present: bool | None = None, detail: str = "",
-                      mechanism: str = "mechanism") -> Verdict:
+                      mechanism: str = "mechanism", *, n_seeds: int | None = None,
+                      gap: float | None = None, spread: float | None = None) -> Verdict:
     """The verdict of one claim (module docstring): ``claim_holds`` in our runs, whether the
     fully supervised baseline ``converged``, and whether the paper's ``mechanism`` (named in
     the text) was measured present (None: not measured). ``detail`` (our numbers against the
-    paper's) ends the sentence."""
+    paper's) ends the sentence. With ``n_seeds`` (the fewest seeds behind either compared
+    value) and/or ``gap`` and ``spread`` (:func:`run_too_small`) a comparison from one seed
+    or inside the seeds' spread is "inconclusive (run too small: ...)" whichever way it
+    went."""
     conv = converged.converged if isinstance(converged, Convergence) else bool(converged)
     tail = f": {detail}" if detail else ""
+    mech = ("" if mechanism_present is None
+            else f", {mechanism} {'present' if mechanism_present else 'absent'}")
+    small = run_too_small(n_seeds, gap, spread)
+    if small is not None:
+        why = f" ({converged.reason})" if isinstance(converged, Convergence) else ""
+        base = "" if conv else f"; the fully supervised baseline has not converged{why}"
+        return Verdict(INCONCLUSIVE, f"{INCONCLUSIVE} ({TOO_SMALL}: {small}){base}{mech}{tail}")
     if claim_holds:
         return Verdict(REPRODUCED, f"{REPRODUCED}{tail}")
     if not conv:
         why = f" ({converged.reason})" if isinstance(converged, Convergence) else ""
         return Verdict(INCONCLUSIVE, f"{INCONCLUSIVE}, the fully supervised baseline has not "
                                      f"converged{why}{tail}")
-    mech = ("" if mechanism_present is None
-            else f", {mechanism} {'present' if mechanism_present else 'absent'}")
     return Verdict(NOT_REPRODUCED, f"{NOT_REPRODUCED} with a converged baseline{mech}{tail}")
 
 

@@ -4,15 +4,16 @@ P3 trains a 3D U-Net on a few labelled CT volumes, scores every unlabelled volum
 summed per-voxel variance of T Monte-Carlo dropout predictions (P3 Eq. 1) and asks the expert
 to label the most uncertain volumes; random selection is the baseline (P3 Fig. 2).
 
+* The loop is the active-learning core :class:`covidlib.active_loop.ActiveLoop`; this module
+  gives it P3's parts: :class:`VolumePool` (whole volumes), :class:`VolumeLearner` (one
+  cached training round per cycle), :class:`VolumeHeuristic` and :class:`VolumeOracle`.
 * P3 Eq. 1 and the volume score are :func:`covidlib.acquisition.mc_variance_score` and
   :func:`covidlib.acquisition.volume_variance_score`; :func:`volume_scores` runs a trained
-  model's T MC-dropout passes over a set of volumes and scores each.
-* :func:`select_top_k` / :func:`select_random`: the two acquisition rules.
-* :func:`score_error_correlation`: the mechanism P3's rule rests on, measured: Spearman's rank
-  correlation between the volumes' scores and the current model's error (1 - Dice) on them.
-* :func:`prepare_volume`: HU window to [0, 1] and resampling to a fixed grid (anti-aliased
-  linear for the image, nearest for the labels, via scikit-image); :class:`VolumeDataset`
-  serves whole volumes or random patches to :func:`covidlib.engine.fit`.
+  model's T MC-dropout passes over a set of volumes and scores each. The acquisition rules
+  (:func:`~covidlib.acquisition.select_top_k`, :func:`~covidlib.acquisition.select_random`)
+  and the mechanism check (:func:`~covidlib.acquisition.score_error_correlation`) live in
+  :mod:`covidlib.acquisition`; the volumes on a fixed grid in :mod:`covidlib.data.volumes`;
+  all are re-exported here.
 * :func:`run_volume_al`: the loop. Every round (one training on the current labelled set) is
   cached in a :class:`~covidlib.cache.ResultCache` under the hash of its full configuration
   and the labelled sets that led to it, with its weights in ``checkpoint_root/<hash>/``;
@@ -26,21 +27,24 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from skimage.transform import resize
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from covidlib import checkpoint as _ckpt
-from covidlib.acquisition import volume_variance_score
+from covidlib.acquisition import (
+    score_error_correlation,
+    select_random,
+    select_top_k,
+    volume_variance_score,
+)
+from covidlib.active_loop import ActiveLoop, Learner, Pool, Query, Selection, Trained
 from covidlib.cache import ResultCache, config_hash
-from covidlib.data.types import Case
+from covidlib.data.volumes import Volume, VolumeDataset, prepare_volume, relabel, resample_image
 from covidlib.engine import fit, resolve_device, supervised_loss
 from covidlib.losses.dice_ce import DiceCELoss
 from covidlib.metrics import per_class_dice
@@ -51,6 +55,10 @@ __all__ = [
     "STRATEGIES",
     "Volume",
     "VolumeDataset",
+    "VolumeHeuristic",
+    "VolumeLearner",
+    "VolumeOracle",
+    "VolumePool",
     "cached_round",
     "make_loss",
     "mc_samples",
@@ -74,224 +82,6 @@ STRATEGIES = ("variance", "random")
 ROUND_KIND = "p3_round"
 SCORE_KIND = "p3_scores"
 WEIGHTS_NAME = "model.pt"
-
-
-# --------------------------------------------------------------------------------------------
-# Acquisition
-# --------------------------------------------------------------------------------------------
-
-
-def _check_k(k: int, n: int, who: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"{who}: k={k!r} must be an integer >= 0")
-    if k > n:
-        raise ValueError(f"{who}: k={k} but only {n} unlabelled volume(s) remain")
-
-
-def select_top_k(scores_by_id: Mapping[str, float], k: int) -> list[str]:
-    """The ``k`` ids with the highest score (P3: "select 5 images with the highest total
-    uncertainties"); ties go to the smaller id so the choice is deterministic."""
-    _check_k(k, len(scores_by_id), "select_top_k")
-    for cid, s in scores_by_id.items():
-        if not isinstance(s, int | float) or math.isnan(float(s)):
-            raise ValueError(f"select_top_k: score of {cid!r} is {s!r}, not a number")
-    ranked = sorted(scores_by_id, key=lambda c: (-float(scores_by_id[c]), c))
-    return ranked[:k]
-
-
-def score_error_correlation(scores_by_id: Mapping[str, float],
-                            dice_by_id: Mapping[str, float]) -> float:
-    """Spearman's rank correlation between each volume's P3 score and the model's error
-    ``1 - Dice`` on it (does the score point at the volumes the model gets wrong?).
-
-    Both mappings must name the same volumes. Fewer than 3 volumes, or constant scores or
-    errors, give nan (no ranking to compare).
-    """
-    if set(scores_by_id) != set(dice_by_id):
-        raise ValueError(
-            "score_error_correlation: scores and Dice name different volumes "
-            f"({sorted(set(scores_by_id) ^ set(dice_by_id))})")
-    ids = sorted(scores_by_id)
-    s = np.array([float(scores_by_id[c]) for c in ids])
-    d = np.array([float(dice_by_id[c]) for c in ids])
-    for name, arr in (("score", s), ("Dice", d)):
-        if not np.isfinite(arr).all():
-            bad = [c for c, x in zip(ids, arr, strict=True) if not np.isfinite(x)]
-            raise ValueError(f"score_error_correlation: {name} of {bad} is not finite")
-    if (d < 0).any() or (d > 1).any():
-        raise ValueError("score_error_correlation: Dice values must lie in [0, 1]")
-    if len(ids) < 3 or np.ptp(s) == 0 or np.ptp(d) == 0:
-        return math.nan
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(s, 1.0 - d).statistic)
-
-
-def select_random(candidates: Sequence[str], k: int, rng: np.random.Generator) -> list[str]:
-    """``k`` ids drawn uniformly without replacement (the random baseline of P3 Fig. 2)."""
-    if len(set(candidates)) != len(candidates):
-        raise ValueError("select_random: candidates hold duplicate ids")
-    _check_k(k, len(candidates), "select_random")
-    pool = sorted(candidates)
-    return sorted(pool[i] for i in rng.choice(len(pool), size=k, replace=False))
-
-
-# --------------------------------------------------------------------------------------------
-# Volumes on a fixed grid
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Volume:
-    """One preprocessed volume: ``image`` (1, D, H, W) float32 in [0, 1], ``label`` (D, H, W)
-    int64 class map, ``spacing`` (z, y, x) mm of the grid, ``source_shape`` before resampling."""
-
-    case_id: str
-    image: torch.Tensor
-    label: torch.Tensor
-    spacing: tuple[float, float, float]
-    source_shape: tuple[int, int, int]
-
-
-def relabel(labels: np.ndarray, classes: Mapping[int, Sequence[int]], where: str = "labels"
-            ) -> np.ndarray:
-    """Map source label values to training classes: ``classes = {1: [6], 2: [2, 7], ...}``
-    sends every value listed under ``k`` to ``k``; everything else becomes 0 (background)."""
-    lab = np.asarray(labels)
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"{where}: integer labels expected, got dtype {lab.dtype}")
-    out = np.zeros(lab.shape, dtype=np.int64)
-    seen: set[int] = set()
-    for k, values in classes.items():
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{where}: class index {k!r} must be an integer >= 1")
-        for v in values:
-            if v in seen:
-                raise ValueError(f"{where}: source label {v} is mapped to two classes")
-            seen.add(int(v))
-            out[lab == v] = k
-    return out
-
-
-def _source_labels(case: Case, source: str) -> np.ndarray:
-    arr = {"organs": case.organs, "infection": case.mask}.get(source, "bad")
-    if isinstance(arr, str):
-        raise ValueError(f"prepare_volume: source={source!r} must be 'organs' or 'infection'")
-    if arr is None:
-        raise ValueError(
-            f"case {case.case_id}: has no {source} mask "
-            f"({'Organ_Mask' if source == 'organs' else 'Infection_Mask'}); this task needs it"
-        )
-    return arr
-
-
-def _check_case(case: Case) -> np.ndarray:
-    where = f"case {case.case_id}"
-    if case.intensity != "hu":
-        raise ValueError(f"{where}: volume AL needs HU volumes, got intensity {case.intensity!r}")
-    img = np.asarray(case.image)
-    if img.ndim != 3:
-        raise ValueError(f"{where}: image of shape {img.shape}, expected (Z, H, W)")
-    return img
-
-
-def _check_grid(grid: Sequence[int]) -> tuple[int, int, int]:
-    out = tuple(int(g) for g in grid)
-    if len(out) != 3 or min(out) < 1:
-        raise ValueError(f"prepare_volume: grid={tuple(grid)!r} must be three positive sizes")
-    return out  # type: ignore[return-value]
-
-
-def resample_image(case: Case, grid: Sequence[int],
-                   window: tuple[float, float] = (-1000.0, 400.0)) -> torch.Tensor:
-    """``(1, D, H, W)`` float32: HU clipped to ``window`` and scaled to [0, 1], resampled to
-    ``grid`` linearly with Gaussian anti-aliasing (``skimage.transform.resize``)."""
-    img = _check_case(case)
-    grid = _check_grid(grid)
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ValueError(f"prepare_volume: window={window!r} needs lo < hi")
-    if not np.isfinite(img).all():
-        raise ValueError(f"case {case.case_id}: image holds nan or inf")
-    unit = ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    out = resize(unit, grid, order=1, anti_aliasing=True, preserve_range=True)
-    return torch.from_numpy(out.astype(np.float32))[None]
-
-
-def prepare_volume(
-    case: Case,
-    grid: Sequence[int],
-    *,
-    source: str,
-    classes: Mapping[int, Sequence[int]],
-    window: tuple[float, float] = (-1000.0, 400.0),
-    image: torch.Tensor | None = None,
-) -> Volume:
-    """HU window -> [0, 1], resample image and labels to ``grid`` (D, H, W).
-
-    The image goes through :func:`resample_image` (pass ``image`` to reuse one already
-    resampled), the labels are resampled by nearest neighbour; ``source`` picks
-    ``case.organs`` or ``case.mask`` and ``classes`` maps its values to training classes
-    (:func:`relabel`).
-    """
-    img = _check_case(case)
-    grid = _check_grid(grid)
-    labels = relabel(_source_labels(case, source), classes, f"case {case.case_id} {source}")
-    if labels.shape != img.shape:
-        raise ValueError(f"case {case.case_id}: {source} mask {labels.shape} != image {img.shape}")
-    if image is None:
-        image = resample_image(case, grid, window)
-    elif tuple(image.shape) != (1, *grid):
-        raise ValueError(f"case {case.case_id}: given image {tuple(image.shape)} is not "
-                         f"(1, *grid) = {(1, *grid)}")
-    label = resize(labels, grid, order=0, anti_aliasing=False, preserve_range=True)
-    sp = [float(x) for x in case.spacing]
-    spacing = tuple(x * n / g for x, n, g in zip(sp, img.shape, grid, strict=True))
-    return Volume(case.case_id, image, torch.from_numpy(label.astype(np.int64)),
-                  spacing, tuple(img.shape))  # type: ignore[arg-type]
-
-
-class VolumeDataset(Dataset):
-    """Dicts ``image`` (1, d, h, w), ``mask`` (d, h, w) int64, ``case_id`` for :func:`fit`.
-
-    With ``patch`` each item is a random crop of that size (capped at the volume size),
-    drawn from torch's global generator (seeded and checkpointed by :func:`fit`), and an
-    epoch visits every volume ``patches_per_volume`` times.
-    """
-
-    def __init__(self, volumes: Sequence[Volume], patch: Sequence[int] | None = None,
-                 patches_per_volume: int = 1) -> None:
-        if not volumes:
-            raise ValueError("VolumeDataset: no volumes")
-        if patch is not None and (len(patch) != 3 or min(int(p) for p in patch) < 1):
-            raise ValueError(f"VolumeDataset: patch={patch!r} must be three positive sizes")
-        if isinstance(patches_per_volume, bool) or not isinstance(patches_per_volume, int) or (
-                patches_per_volume < 1):
-            raise ValueError(f"VolumeDataset: patches_per_volume={patches_per_volume!r} must be "
-                             "an integer >= 1")
-        if patch is None and patches_per_volume != 1:
-            raise ValueError("VolumeDataset: patches_per_volume > 1 needs a patch size")
-        self.volumes = list(volumes)
-        self.patch = None if patch is None else tuple(int(p) for p in patch)
-        self.patches_per_volume = patches_per_volume
-
-    def __len__(self) -> int:
-        return len(self.volumes) * self.patches_per_volume
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"VolumeDataset: index {i} out of range 0..{len(self) - 1}")
-        v = self.volumes[i % len(self.volumes)]
-        image, label = v.image, v.label
-        if self.patch is not None:
-            starts = [
-                int(torch.randint(0, n - min(p, n) + 1, ()))
-                for p, n in zip(self.patch, label.shape, strict=True)
-            ]
-            sl = tuple(slice(s, s + min(p, n))
-                       for s, p, n in zip(starts, self.patch, label.shape, strict=True))
-            image, label = image[(slice(None), *sl)], label[sl]
-        return {"image": image, "mask": label, "case_id": v.case_id}
 
 
 LOSSES = ("dice_ce", "combo")
@@ -496,6 +286,112 @@ def _check_loop_inputs(volumes: Mapping[str, Volume], split: Mapping[str, Sequen
         raise ValueError("run_volume_al: warm_start needs warm_epochs")
 
 
+class VolumePool(Pool):
+    """P3's pool: whole volumes (case ids) of ``split["pool"]``, ``labelled`` the sorted ids
+    whose masks the expert gave (P3 Sec. II)."""
+
+    def __init__(self, ids: Sequence[str], initial: Sequence[str]) -> None:
+        self.ids = list(ids)
+        self.labelled = sorted(initial)
+
+    def unlabelled(self) -> list[str]:
+        return sorted(set(self.ids) - set(self.labelled))
+
+    def label(self, unit: str, answer: Any) -> float:
+        if unit not in self.ids or unit in self.labelled:
+            raise ValueError(f"VolumePool: volume {unit!r} is not an unlabelled pool volume")
+        self.labelled = sorted({*self.labelled, unit})
+        return 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ids": list(self.ids), "labelled": list(self.labelled)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ids, self.labelled = list(state["ids"]), list(state["labelled"])
+
+
+class VolumeOracle:
+    """P3's expert, simulated: answers a volume with its ground-truth class map."""
+
+    def __init__(self, volumes: Mapping[str, Volume]) -> None:
+        self.volumes = volumes
+
+    def __call__(self, queries: Sequence[Query], cycle: int) -> list[torch.Tensor]:
+        return [self.volumes[q.unit].label for q in queries]
+
+
+class VolumeLearner(Learner):
+    """P3's network in the loop: one :func:`cached_round` per cycle (cold-started, or
+    warm-started from the last round's weights with ``warm_epochs``, P3 Sec. I)."""
+
+    def __init__(self, volumes: Mapping[str, Volume], split: Mapping[str, Sequence[str]],
+                 make_model: Callable[[], nn.Module], base: Mapping[str, Any], seed: int,
+                 cache: ResultCache, root: Path, device: Any, warm_epochs: int | None,
+                 progress: bool) -> None:
+        self.volumes, self.split, self.make_model, self.base = volumes, split, make_model, base
+        self.seed, self.cache, self.root, self.device = seed, cache, root, device
+        self.warm_epochs, self.progress = warm_epochs, progress
+        self.history: list[list[str]] = []
+        self.last_round: str | None = None
+
+    def train(self, pool: Pool, cycle: int, previous: Mapping[str, torch.Tensor] | None,
+              work_dir: Path | None) -> Trained:
+        assert isinstance(pool, VolumePool)
+        self.history.append(list(pool.labelled))
+        warm = bool(self.base["warm_start"]) and cycle > 0
+        epochs = int(self.warm_epochs) if warm else int(self.base["epochs"])  # type: ignore
+        rcfg = _round_config({**self.base, "epochs": epochs}, self.seed, self.history,
+                             bool(self.base["warm_start"]))
+        init = round_weights(self.root, self.last_round) if warm and self.last_round else None
+        result, rhash = cached_round(
+            rcfg, pool.labelled, self.volumes, self.split, self.make_model, init,
+            cache=self.cache, checkpoint_root=self.root, device=self.device, seed=self.seed,
+            progress=self.progress)
+        self.last_round = rhash
+        return Trained(None, None, {"result": result, "round": rhash, "config": rcfg})
+
+    def evaluate(self, trained: Trained, pool: Pool, cycle: int) -> dict[str, Any]:
+        assert isinstance(pool, VolumePool)
+        return {"iteration": cycle, "n_labelled": len(pool.labelled),
+                **trained.info["result"], "round": trained.info["round"],
+                "selected": [], "scores": None}
+
+    def note_answer(self, record: dict[str, Any], query: Query, answer: Any,
+                    cost: float) -> None:
+        record["selected"] = sorted([*record["selected"], query.unit])
+
+
+class VolumeHeuristic:
+    """P3's acquisition as the loop's heuristic: ``variance`` ranks the unlabelled volumes by
+    the summed MC-dropout variance (P3 Eq. 1, :func:`volume_scores`, cached under the round
+    and the candidates) and takes the top ``n`` (:func:`select_top_k`); ``random`` draws
+    ``n`` (:func:`select_random`, generator ``[seed, cycle, 5]``)."""
+
+    def __init__(self, strategy: str, learner: VolumeLearner, n_samples: int) -> None:
+        self.strategy, self.learner, self.n_samples = strategy, learner, n_samples
+
+    def __call__(self, trained: Trained, pool: Pool, n: int, cycle: int) -> Selection:
+        lr = self.learner
+        remaining = pool.unlabelled()
+        k = min(n, len(remaining))
+        if self.strategy != "variance":
+            chosen = select_random(remaining, k, np.random.default_rng([lr.seed, cycle, 5]))
+            return Selection([Query(c) for c in chosen])
+        scfg = {"round": trained.info["config"], "n_samples": self.n_samples,
+                "candidates": remaining}
+
+        def compute() -> dict[str, float]:
+            model = lr.make_model()
+            model.load_state_dict(round_weights(lr.root, trained.info["round"]))
+            return volume_scores(model, [lr.volumes[c] for c in remaining],
+                                 n_samples=self.n_samples, seed=_derived_seed(lr.seed, cycle, 3),
+                                 device=lr.device, progress=lr.progress)
+
+        scores = lr.cache.cached(SCORE_KIND, scfg, compute)
+        return Selection([Query(c, scores[c]) for c in select_top_k(scores, k)],
+                         {"scores": scores})
+
+
 def run_volume_al(
     volumes: Mapping[str, Volume],
     split: Mapping[str, Sequence[str]],
@@ -537,54 +433,14 @@ def run_volume_al(
     """
     _check_loop_inputs(volumes, split, initial, strategy, config,
                        warm_start and warm_epochs is None)
-    pool = list(split["pool"])
-    dev = resolve_device(device)
-    root = Path(checkpoint_root)
     base = {**config, "split": {k: list(split[k]) for k in ("pool", "val", "test")},
             "warm_start": bool(warm_start)}
-
-    labelled = sorted(initial)
-    history: list[list[str]] = [labelled]
-    state: dict[str, torch.Tensor] | None = None
-    records: list[dict[str, Any]] = []
-    for it in range(n_iterations + 1):
-        warm = warm_start and it > 0
-        rcfg = _round_config(
-            {**base, "epochs": int(warm_epochs) if warm else int(config["epochs"])},
-            seed, history, warm_start)
-        result, rhash = cached_round(
-            rcfg, labelled, volumes, split, make_model, state if warm else None,
-            cache=cache, checkpoint_root=root, device=dev, seed=seed, progress=progress)
-        ck_dir = root / rhash
-        record = {"iteration": it, "n_labelled": len(labelled), **result, "round": rhash,
-                  "selected": [], "scores": None}
-        remaining = sorted(set(pool) - set(labelled))
-        need_model = it < n_iterations and remaining and (strategy == "variance" or warm_start)
-        if need_model:
-            state = _ckpt.load(ck_dir / WEIGHTS_NAME)  # verified (sha256)
-        if it < n_iterations and remaining:
-            k = min(per_iteration, len(remaining))
-            if strategy == "variance":
-                scfg = {"round": rcfg, "n_samples": n_samples, "candidates": remaining}
-
-                def compute(state=state, it=it, remaining=remaining) -> dict[str, float]:
-                    model = make_model()
-                    model.load_state_dict(state)  # type: ignore[arg-type]
-                    return volume_scores(model, [volumes[c] for c in remaining],
-                                         n_samples=n_samples, seed=_derived_seed(seed, it, 3),
-                                         device=dev, progress=progress)
-
-                record["scores"] = cache.cached(SCORE_KIND, scfg, compute)
-                chosen = select_top_k(record["scores"], k)
-            else:
-                chosen = select_random(remaining, k, np.random.default_rng([seed, it, 5]))
-            record["selected"] = sorted(chosen)
-            labelled = sorted(set(labelled) | set(chosen))
-            history.append(labelled)
-        records.append(record)
-        if not remaining:  # the whole pool is labelled: nothing left to choose (P3 Sec. II)
-            break
-    return records
+    learner = VolumeLearner(volumes, split, make_model, base, seed, cache,
+                            Path(checkpoint_root), resolve_device(device), warm_epochs, progress)
+    loop = ActiveLoop(VolumePool(split["pool"], initial), learner,
+                      VolumeHeuristic(strategy, learner, n_samples), VolumeOracle(volumes),
+                      per_cycle=per_iteration, cycles=n_iterations)
+    return loop.run(progress=False)
 
 
 def round_weights(checkpoint_root: str | Path, round_hash: str) -> dict[str, torch.Tensor]:

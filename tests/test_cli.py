@@ -46,7 +46,7 @@ def test_stats_of_the_real_covid_semiseg_slices(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--device", "gpux"], "error: device='gpux': choose auto, cpu, cuda, cuda:N or mps"),
-    (["--profile", "fast"], "error: profile='fast': choose one of cpu, gpu, paper"),
+    (["--profile", "fast"], "error: profile='fast': choose one of cpu, reference, gpu, paper"),
 ])
 def test_book_parameters_are_checked_before_any_work(argv, message, monkeypatch, capsys):
     from covidlib.report import book

@@ -18,14 +18,45 @@ TINY = {"pool": 6, "eval": 4, "cycles": 1, "initial_images": 1, "epochs": 2, "n_
 
 
 def test_settings_refuse_unknown_profiles_and_keys():
-    assert label_demo.settings("cpu", {"cycles": 2})["cycles"] == 2
-    assert label_demo.settings("paper")["n_regions"] == 64  # P1: K = 64
-    assert label_demo.settings("paper")["regions"] == "grid"  # P1's full grid
-    assert label_demo.settings("cpu")["regions"] == "body"
+    assert label_demo.settings("cpu", {"cycles": 2}).cycles == 2
+    assert label_demo.settings("paper").n_regions == 64  # P1: K = 64
+    assert label_demo.settings("paper").regions == "grid"  # P1's full grid
+    assert label_demo.settings("cpu").regions == "body"
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         label_demo.settings("fast")
     with pytest.raises(ValueError, match=r"unknown override key\(s\) \['colour'\]"):
         label_demo.settings("cpu", {"colour": 1})
+
+
+CPU_CONFIG = (  # the cpu profile as the cached runs' keys hold it (the old PROFILES dict)
+    '{"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 48, "initial_images": 0, '
+    '"regions_per_cycle": 5, "cycles": 6, "epochs": 5, "lr": 0.0003, "batch_size": 4, '
+    '"regions": "body", "warm_volumes": 2, "warm_slices": 48, "warm_epochs": 15, '
+    '"warm_lr": 0.003, "infection_weight": 10.0, "point_weight": 10.0, "target_dice": null}')
+
+
+def test_typed_settings_keep_the_cache_keys_and_check_values():
+    import dataclasses
+    import json
+
+    for profile in ("cpu", "reference"):  # same fields, order and values as before
+        assert json.dumps(dataclasses.asdict(label_demo.settings(profile))) == CPU_CONFIG
+    s = label_demo.settings("cpu", {"lr": 1})
+    assert s.lr == 1 and isinstance(s.lr, int)  # kept as given: the key sees the same value
+    with pytest.raises(ValueError, match=r"label_demo setting n_regions=15: must be a perfect "
+                       r"square"):
+        label_demo.settings("cpu", {"n_regions": 15})
+    bad = [({"regions": "lungs"}, r"regions='lungs': expected one of 'body', 'grid'"),
+           ({"cycles": 0}, r"cycles=0: expected an integer >= 1"),
+           ({"epochs": 2.5}, r"epochs=2.5: expected int"),
+           ({"point_weight": 0.0}, r"point_weight=0.0: must be > 0"),
+           ({"initial_images": 40}, r"initial_images=40: more than the pool \(32\)"),
+           ({"warm_lr": 0.0}, r"warm_lr=0.0: must be > 0 when there is a warm start"),
+           ({"target_dice": 1.5}, r"target_dice=1.5: None or a Dice in \(0, 1\]")]
+    for overrides, message in bad:
+        with pytest.raises(ValueError, match=message):
+            label_demo.settings("cpu", overrides)
+    assert label_demo.settings("paper", {"warm_lr": 0.0}).warm_epochs == 0  # no warm start
 
 
 def test_a_cached_run_restores_the_same_model_and_proposals(tmp_path, synthetic_root):
@@ -60,6 +91,9 @@ def test_a_cached_run_restores_the_same_model_and_proposals(tmp_path, synthetic_
                                   pd.DataFrame(first.history)[same])
     mine = label_demo.own_session(ds, first, tmp_path / "mine.jsonl")
     assert mine.refs == first.session.refs and mine.restored == 0
+    assert mine.loop.ck_dir == tmp_path / "mine.jsonl.state"  # the person's model resumes
+    assert not mine.loop.ck_dir.exists()  # made by the first cycle's save
+    assert first.settings == label_demo.settings("cpu", TINY)
     frame = label_demo.history_frame(first.history)
     assert list(frame.columns)[:3] == ["cycle", "labels", "points"]
     table = label_demo.replay_frame(first)
@@ -112,8 +146,9 @@ def test_summary_counts_answers_to_the_target_by_hand():
         ("random", 0, 2, 10, 30.0, 0.3, 0.1),
     ], columns=["strategy", "seed", "cycle", "answers", "seconds", "dice", "on_infection"])
     # 90 % of the best final mean Dice: entropy (0.6 + 0.5) / 2 = 0.55 -> 0.495 -> 0.5
-    assert label_demo.target_dice(frame, {"target_dice": None}) == 0.5
-    assert label_demo.target_dice(frame, {"target_dice": 0.42}) == 0.42
+    assert label_demo.target_dice(frame, label_demo.settings("cpu")) == 0.5
+    assert label_demo.target_dice(frame, label_demo.settings("cpu", {"target_dice": 0.42})
+                                  ) == 0.42
     table = label_demo.summary(frame, 0.5).set_index("strategy")
     assert table.loc["entropy", "final Dice"] == pytest.approx(0.55)
     assert table.loc["entropy", "final Dice sd"] == pytest.approx(0.05)

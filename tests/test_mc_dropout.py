@@ -113,9 +113,13 @@ def test_fcn8_head_only_runs_backbone_once_with_identical_masks(fcn8_same, monke
     finally:
         hook.remove()
     assert torch.allclose(sampled, full, atol=1e-6)
-    assert len(masks["head"]) == len(masks["full"]) == n
-    for (h_in, h_drop), (f_in, f_drop) in zip(masks["head"], masks["full"], strict=True):
-        assert bool(h_in.all())  # the batched path draws its masks on ones
+    # the batched path draws its masks in place (draw_masks), not through drop6's forward
+    assert masks["head"] == [] and len(masks["full"]) == n
+    with torch.no_grad(), enable_mc_dropout(model):
+        m6 = torch.empty((n, *model.backbone_features(x).fc6.shape))
+        model.draw_masks(m6, torch.empty_like(m6), 11, 0)
+    masks["head"] = [(torch.ones_like(m, dtype=torch.bool), m == 0) for m in m6]
+    for (_h_in, h_drop), (f_in, f_drop) in zip(masks["head"], masks["full"], strict=True):
         assert torch.equal(h_drop[f_in], f_drop[f_in]) and int(f_in.sum()) > 0
     assert not torch.equal(masks["head"][0][1], masks["head"][1][1])
     # reference: sample i is a full forward pass in MC mode after torch.manual_seed(11 + i)

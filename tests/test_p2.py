@@ -28,15 +28,75 @@ TINY = {"size": 32, "epochs": 1, "model_kwargs": {"base_width": 4, "depth": 2},
 
 def test_settings_merge_and_errors():
     s = p2.settings("cpu", {"epochs": 2})
-    assert s["epochs"] == 2 and s["size"] == p2.PROFILES["cpu"]["size"]
-    s["max_slices"]["train"] = 1  # a deep copy: the profile is untouched
-    assert p2.PROFILES["cpu"]["max_slices"]["train"] == 45
-    with pytest.raises(ValueError, match="'laptop'"):
+    assert isinstance(s, p2.P2Settings)
+    assert s.epochs == 2 and s.size == p2.PROFILES["cpu"].size == 64
+    s.max_slices["train"] = 1  # a copy: the profile is untouched
+    assert p2.PROFILES["cpu"].max_slices["train"] == 45
+    assert p2.settings("cpu").max_slices["train"] == 45
+    with pytest.raises(AttributeError):
+        s.epochs = 3  # frozen
+    with pytest.raises(p2.SettingsError, match="'laptop'"):
         p2.settings("laptop")
-    with pytest.raises(ValueError, match="'epoch'"):
+    with pytest.raises(p2.SettingsError, match="'epoch'"):
         p2.settings("cpu", {"epoch": 3})
-    assert p2.PROFILES["paper"]["epochs"] == 100 and p2.PROFILES["paper"]["lr"] == 1e-4
-    assert p2.PROFILES["paper"]["batch_size"] == 8 and p2.PROFILES["paper"]["size"] == 352
+    assert p2.PROFILES["paper"].epochs == 100 and p2.PROFILES["paper"].lr == 1e-4
+    assert p2.PROFILES["paper"].batch_size == 8 and p2.PROFILES["paper"].size == 352
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"epochs": 0}, "epochs=0: expected an integer >= 1"),
+    ({"epochs": 2.5}, "epochs=2.5: expected int"),
+    ({"size": True}, "size=True: expected int"),
+    ({"lr": -1.0}, "lr=-1.0: expected a finite number > 0"),
+    ({"lr": float("nan")}, "lr=nan"),
+    ({"crop": 1.5}, "crop=1.5: expected a fraction"),
+    ({"crop": 0}, "crop=0: expected a fraction"),
+    ({"lam": -0.5}, "lam=-0.5"),
+    ({"model": "vgg"}, "model='vgg': expected one of 'unet2d', 'fcn8_vgg16'"),
+    ({"model_kwargs": [1]}, "model_kwargs=\\[1\\]: expected a mapping"),
+    ({"placement": "random"}, "placement='random'"),
+    ({"n_background": "many"}, "n_background='many'"),
+    ({"n_background": -1}, "n_background=-1"),
+    ({"patience": 0}, "patience=0: None or an integer >= 1"),
+    ({"stand_in_seeds": 0}, "stand_in_seeds=0"),
+    ({"checkpoints": "yes"}, "checkpoints='yes': expected bool"),
+    ({"max_slices": {"train": 3}}, "max_slices=.*'train', 'val' and 'test'"),
+    ({"max_slices": {"train": 0, "val": None, "test": None}}, "max_slices\\['train'\\]=0"),
+    ({"max_slices": {"train": "all", "val": None, "test": None}}, "max_slices="),
+])
+def test_settings_validation_names_the_value(kw, msg):
+    """A bad value -> SettingsError (a ValueError) naming the setting and the value."""
+    with pytest.raises(p2.SettingsError, match="p2 setting " + msg):
+        p2.settings("cpu", kw)
+
+
+def test_settings_config_is_the_profile_dict():
+    """The typed profiles give the same plain dict as the dict profiles they replace (the
+    cache keys of the cpu and reference profiles depend on it)."""
+    cpu = p2.settings("cpu").to_config()
+    assert list(cpu) == ["lam", "n_background", "placement", "figure_slices", "model",
+                         "model_kwargs", "size", "crop", "epochs", "batch_size", "lr",
+                         "patience", "max_slices", "checkpoints", "stand_in_seeds"]
+    assert cpu == {"lam": 1.0, "n_background": "match", "placement": "distance",
+                   "figure_slices": 3, "model": "unet2d",
+                   "model_kwargs": {"base_width": 8, "depth": 3}, "size": 64, "crop": 0.75,
+                   "epochs": 10, "batch_size": 4, "lr": 2e-3, "patience": None,
+                   "max_slices": {"train": 45, "val": 24, "test": 96}, "checkpoints": False,
+                   "stand_in_seeds": 1}
+    ref = p2.table_settings("P2-T2", "reference")
+    assert (ref.size, ref.epochs, ref.crop, ref.max_slices) == (
+        96, 20, 1.0, {"train": 96, "val": 32, "test": 160})
+    run = p2.make_run("synthetic", "a-like", "pl", 0, ref)
+    assert run.config() == {"version": p2.VERSION, "dataset": "synthetic", "split": "a-like",
+                            "loss": "pl", "seed": 0, "task": "segmentation", "model": "unet2d",
+                            "model_kwargs": {"base_width": 8, "depth": 3}, "size": 96,
+                            "crop": 1.0, "epochs": 20, "batch_size": 4, "lr": 2e-3,
+                            "lam": 1.0, "patience": None,
+                            "max_slices": {"train": 96, "val": 32, "test": 160},
+                            "n_background": "match", "placement": "distance",
+                            "figure_slices": 3}
+    with pytest.raises(TypeError, match="P2Settings"):
+        p2.make_run("synthetic", "a-like", "pl", 0, cpu)  # a plain dict is refused
 
 
 @pytest.mark.parametrize(("kw", "msg"), [
@@ -213,7 +273,8 @@ def _fake_runs(artifact: str, values: dict[str, list[dict]]) -> p2.TableRuns:
     runs = [{"loss": loss, "seed": seed, "result": {"scores": sc, "seconds": 1.0},
              "cached": False} for loss, per_seed in values.items()
             for seed, sc in enumerate(per_seed)]
-    return p2.TableRuns(artifact, "synthetic", "a-like", False, "cpu", {}, runs)
+    return p2.TableRuns(artifact, "synthetic", "a-like", False, "cpu",
+                        p2.settings("cpu"), runs)
 
 
 def _seg(d1: float, d2: float) -> list[dict]:

@@ -118,13 +118,13 @@ def test_p2_point_supervision(profile, loss, task, tmp_path):
 
     s = p2.settings(profile, {"size": 32, "batch_size": 2, "epochs": 1,  # 352 px -> 32 px
                               "max_slices": {"train": 2, "val": 1, "test": 2}})
-    assert s["model"] == "fcn8_vgg16"
+    assert s.model == "fcn8_vgg16"
     ds = open_dataset("synthetic")
     run = p2.make_run(ds.name, "mixed", loss, 0, s, task)
     trained = p2.train_run(run, ds, split="mixed", device="cpu",
-                           checkpoint_dir=tmp_path / "ck" if s["checkpoints"] else None)
+                           checkpoint_dir=tmp_path / "ck" if s.checkpoints else None)
     assert trained.epochs_completed == 1
-    assert (tmp_path / "ck" / engine.CHECKPOINT_NAME).exists() == bool(s["checkpoints"])
+    assert (tmp_path / "ck" / engine.CHECKPOINT_NAME).exists() == s.checkpoints
     scores = trained.scores["test"]
     assert scores and all(_finite(v) for v in scores.values() if isinstance(v, float))
 
@@ -177,4 +177,4 @@ def test_label_your_own_widget(profile, tmp_path):
         "cycles": 1, "epochs": 1, "initial_images": 1}, tmp_path / "results",
         tmp_path / "annotations.jsonl", device="cpu")
     assert run.history and not run.cached
-    assert run.config["settings"]["n_regions"] == s["n_regions"]
+    assert run.config["settings"]["n_regions"] == s.n_regions

@@ -28,8 +28,10 @@ KNOWN = {
 
 
 @pytest.fixture(autouse=True)
-def _known(monkeypatch):
+def _known(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(scorecard, "_known_ids", lambda: KNOWN)
+    # no published reference run unless a test makes one (the checkout's reference/ aside)
+    monkeypatch.setenv("COVIDLIB_REFERENCE", str(tmp_path_factory.mktemp("no-reference")))
 
 
 def test_record_writes_one_json_file_atomically(tmp_path):
@@ -115,7 +117,9 @@ def test_table_has_every_artifact_and_says_not_run(tmp_path):
     assert len(grey_rows) == 23 and not grey_rows & recorded
     assert "lower than the paper" in html
     shown = scorecard.display_frame(frame).set_index("artifact")
-    assert list(shown.columns) == ["what", "paper", "ours", "verdict", "data", "run"]
+    assert list(shown.columns) == ["what", "paper", "reference run", "reference verdict",
+                                   "this build", "verdict", "data", "run"]
+    assert shown.loc["P2-T2", "reference run"] == "not in the reference run"
     assert shown.loc["P2-T2", "run"] == "synthetic · cpu · Test CPU, 2 cores · 2026-01-02"
     assert shown.loc["P2-T2", "data"] == "phantom"
     assert shown.loc["P3-F9", "run"] == ""
@@ -183,3 +187,21 @@ def test_data_column_override_and_real_data_count(tmp_path):
     with pytest.raises(ScorecardError, match="data='fake' is not one of"):
         scorecard.record(tmp_path, "P2-T2", paper=0.7, ours=0.6, verdict="holds",
                          provenance=real, data="fake")
+
+
+def test_reference_columns_come_from_the_published_run(tmp_path):
+    results, ref = tmp_path / "results", tmp_path / "reference"
+    scorecard.record(results, "P2-T2", paper={"Dice": 0.75}, ours={"Dice": 0.5},
+                     verdict="not reproduced", provenance=PROV)
+    scorecard.record(ref, "P2-T2", paper={"Dice": 0.75}, ours={"Dice": 0.61234},
+                     verdict="reproduced: all orderings hold", provenance=PROV)
+    scorecard.record(ref, "P3-F9", paper=1, ours=0.25, verdict="inconclusive",
+                     provenance=PROV)
+    frame = scorecard.table(results, reference=ref).set_index("artifact")
+    assert list(frame.reset_index().columns) == scorecard.COLUMNS
+    assert (frame.loc["P2-T2", "reference"], frame.loc["P2-T2", "reference verdict"]) == (
+        "Dice: 0.612", "reproduced: all orderings hold")
+    assert frame.loc["P2-T2", "ours"] == "Dice: 0.5"
+    # recorded by the reference run only: its columns filled, this build's says not run
+    assert (frame.loc["P3-F9", "reference"], frame.loc["P3-F9", "verdict"]) == ("0.25", NOT_RUN)
+    assert frame.loc["P2-T3", "reference"] == "not in the reference run"

@@ -9,12 +9,14 @@ import pytest
 
 from covidlib.verdict import (
     INCONCLUSIVE,
+    MIN_SEEDS,
     NOT_REPRODUCED,
     REPRODUCED,
     Convergence,
     Verdict,
     baseline_converged,
     combine_verdicts,
+    run_too_small,
     three_way_verdict,
 )
 
@@ -90,3 +92,40 @@ def test_combine_verdicts():
         combine_verdicts({})
     with pytest.raises(ValueError, match="holds"):
         combine_verdicts({"a": Verdict("holds", "x")})
+
+
+def test_run_too_small():
+    assert MIN_SEEDS == 2
+    assert run_too_small() is None and run_too_small(n_seeds=2) is None
+    assert run_too_small(n_seeds=1) == "one seed, no spread to compare the difference with"
+    assert run_too_small(n_seeds=0).startswith("0 seeds")
+    # gap 0.1 > spread 0.05: decided; 0.05 <= 0.05 or 0.02 < 0.3: inside the spread
+    assert run_too_small(3, gap=0.1, spread=0.05) is None
+    assert run_too_small(3, gap=0.05, spread=0.05) == (
+        "the difference 0.050 is inside the seeds' spread 0.050")
+    assert run_too_small(3, gap=-0.02, spread=0.3) == (
+        "the difference 0.020 is inside the seeds' spread 0.300")
+    assert run_too_small(3, gap=0.1, spread=float("nan")) is not None  # no spread known
+    with pytest.raises(ValueError, match="n_seeds=-1"):
+        run_too_small(-1)
+
+
+def test_too_small_verdicts_are_inconclusive_either_way():
+    """Issue 14: one seed, or a difference inside the seeds' spread, decides nothing."""
+    conv = Convergence(True, 0.8, 10, 0.001, "flat")
+    not_conv = Convergence(False, 0.3, 20, 0.2, "still improving")
+    v = three_way_verdict(True, conv, None, "0.41 vs 0.31", n_seeds=1)
+    assert v.label == INCONCLUSIVE
+    assert v.text == ("inconclusive (run too small: one seed, no spread to compare the "
+                      "difference with): 0.41 vs 0.31")
+    v = three_way_verdict(False, conv, True, "x", mechanism="m", n_seeds=3, gap=0.01,
+                          spread=0.04)
+    assert v.text == ("inconclusive (run too small: the difference 0.010 is inside the "
+                      "seeds' spread 0.040), m present: x")
+    v = three_way_verdict(True, not_conv, n_seeds=1)
+    assert v.label == INCONCLUSIVE and v.text.endswith(
+        "; the fully supervised baseline has not converged (still improving)")
+    # enough seeds and a gap beyond the spread: the usual three-way rule
+    assert three_way_verdict(True, conv, n_seeds=3, gap=0.1, spread=0.02).label == REPRODUCED
+    assert three_way_verdict(False, conv, n_seeds=3, gap=0.1,
+                             spread=0.02).label == NOT_REPRODUCED

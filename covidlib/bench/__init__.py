@@ -13,6 +13,23 @@
 * :mod:`~covidlib.bench.measure`: timers, peak memory (RSS, CUDA) and the machine's name.
 """
 
-from covidlib.bench.run import SCHEMA, SECTIONS, run_suite
+
+from __future__ import annotations
+
+from typing import Any
+
+# Defined here, not in :mod:`covidlib.bench.run`: the Performance page (:mod:`~.report`) reads
+# results files without importing torch and the benchmark sections (kernel start of its chapter).
+SCHEMA = "covidlib.bench/1"
+SECTIONS = ("mc", "train", "al_scaling", "volume_scaling", "determinism", "responsiveness")
 
 __all__ = ["SCHEMA", "SECTIONS", "run_suite"]
+
+
+def __getattr__(name: str) -> Any:
+    """``run_suite`` on first use (it imports torch and every benchmark section)."""
+    if name == "run_suite":
+        from covidlib.bench.run import run_suite
+
+        return run_suite
+    raise AttributeError(f"module 'covidlib.bench' has no attribute {name!r}")

@@ -202,8 +202,13 @@ def breakdown(model: FCN8VGG16, x: torch.Tensor, n: int, seed: int, total: float
               device: torch.device, repeats: int = 3) -> dict[str, Any]:
     """Where head-only MC scoring at I = ``n`` spends its ``total`` seconds: the backbone
     (VGG16 + fc6, once), the I dropout heads (:meth:`FCN8VGG16.head_samples`), of which the
-    Bernoulli draws of the two dropout layers alone, and the rest (softmax, entropy of the
-    mean, region maxima, selection). Each part is the best of ``repeats`` timings."""
+    Bernoulli draws of the two dropout layers alone (:meth:`FCN8VGG16.draw_masks`), and the
+    rest (softmax, entropy of the mean, region maxima, selection). Each part is the best of
+    ``repeats`` timings.
+
+    Also the limit of the naive / head-only ratio (:func:`ratio_limit`), from the FLOPs of
+    the backbone and of one head (``limit_flops``) and from their measured times
+    (``limit_times``: one head alone ``head_one_s``, the I heads as batched by head-only)."""
     def best(fn: Callable[[], Any]) -> float:
         times = []
         for _ in range(repeats):
@@ -219,11 +224,37 @@ def breakdown(model: FCN8VGG16, x: torch.Tensor, n: int, seed: int, total: float
         ones = torch.ones_like(feats.fc6)
         backbone = best(lambda: model.backbone_features(x))
         heads = best(lambda: model.head_samples(feats, n, seed=seed))
-        draws = best(lambda: [(model.drop6(ones), model.drop7(ones)) for _ in range(n)])
+        head_one = best(lambda: model.head(feats))
+        masks = torch.empty((n, *ones.shape), device=ones.device)
+        draws = best(lambda: model.draw_masks(masks, torch.empty_like(masks), seed, 0))
+        flops = {"backbone": count_flops(lambda: model.backbone_features(x)),
+                 "head": count_flops(lambda: model.head(feats))}
     parts = {"backbone_s": backbone, "heads_s": heads, "bernoulli_s": draws,
              "rest_s": max(0.0, total - backbone - heads)}
-    return {"I": int(n), "total_s": total, **parts,
-            "fractions": {k.removesuffix("_s"): v / total for k, v in parts.items()}}
+    return {"I": int(n), "total_s": total, **parts, "head_one_s": head_one,
+            "fractions": {k.removesuffix("_s"): v / total for k, v in parts.items()},
+            "flops": flops,
+            "limit_flops": ratio_limit(flops["backbone"], flops["head"], n),
+            "limit_times": ratio_limit(backbone, head_one, n, heads)}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (``torch.utils.flop_counter``: a
+    multiply-add counts 2; convolutions and matrix products, what dominates FCN8)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def ratio_limit(backbone: float, head: float, n: int, heads: float | None = None) -> float:
+    """The most head-only sampling can gain over naive re-forwarding at I = ``n``: naive runs
+    backbone + head I times, head-only the backbone once and the heads (``heads``: their
+    cost together, default ``n * head``); everything else (softmax, entropy, selection)
+    taken as free. ``I (b + h) / (b + I h)`` -> ``(b + h) / h`` as I grows."""
+    heads = n * head if heads is None else heads
+    return n * (backbone + head) / (backbone + heads)
 
 
 def speedups(rows: list[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

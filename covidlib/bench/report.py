@@ -9,7 +9,6 @@ measured" with the reason, never filled in.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,60 +19,26 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from covidlib.bench.run import SCHEMA
-
-NOT_MEASURED = "not measured"
-MC_GOAL = 10.0  # head-only vs naive at I = 20
-TRAIN_GOAL = 2.5  # bf16 + channels_last (+ compile) vs fp32 eager, on CUDA
-BENCH_GOAL_S = 600.0  # make bench on the 2-core CPU machine
-HOW_TO = ("No benchmark results were found at `{path}`. Produce them with `make bench` (about "
-          "10 minutes on a 2-core CPU; on a quiet machine, since other load slows every figure), "
-          "or `python -m covidlib.bench --out bench_results/bench.json`, then rebuild the book.")
-_LABELS = {"head_only": "covidlib head-only", "naive": "naive full re-forward",
-           "baal": "baal MCDropoutModule"}
-_COLOURS = {"head_only": "tab:green", "naive": "tab:red", "baal": "tab:blue"}
-
-
-def _sig(value: float, digits: int = 3) -> float:
-    """``value`` rounded to ``digits`` significant digits (for tables)."""
-    return float(f"{value:.{digits}g}")
-
-
-def missing_section(res: Mapping[str, Any] | None, section: str) -> str | None:
-    """``None`` when ``section`` is in ``res``; else the sentence the page shows instead ("" when
-    there is no results file at all: the top of the page says how to make one)."""
-    if res is None:
-        return ""
-    if section in res:
-        return None
-    return (f"The `{section}` benchmark is not in this results file (it was run with "
-            f"`--sections {' '.join(k for k in res.get('settings', {}))}`); run `make bench` "
-            "for every section.")
-
-
-def _note(text: str) -> Any:
-    """``text`` as Markdown for the notebook (``None`` for an empty text: nothing shown)."""
-    if not text:
-        return None
-    from IPython.display import Markdown
-
-    return Markdown(text)
-
-
-def load_results(path: str | Path) -> dict[str, Any] | None:
-    """The results file at ``path``, or ``None`` when it does not exist. A file of another
-    format raises ``ValueError`` naming it and the reason."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        res = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); run `make bench` again") from exc
-    if not isinstance(res, dict) or res.get("schema") != SCHEMA:
-        found = res.get("schema") if isinstance(res, dict) else type(res).__name__
-        raise ValueError(f"{path}: schema {found!r}, expected {SCHEMA!r}; run `make bench` again")
-    return res
+from covidlib.bench.report_base import (  # noqa: F401  (re-exported: the page's names)
+    _COLOURS,
+    _LABELS,
+    BENCH_GOAL_S,
+    HOW_TO,
+    MC_GOAL,
+    NOT_MEASURED,
+    TRAIN_GOAL,
+    _note,
+    _sig,
+    load_results,
+    missing_section,
+)
+from covidlib.bench.report_widget import (  # noqa: F401  (re-exported: the page's names)
+    RESPONSIVE_MISSING,
+    _responsiveness_goals,
+    _verdict,
+    responsiveness_markdown,
+    responsiveness_table,
+)
 
 
 def how_to_produce(path: str | Path) -> str:
@@ -87,7 +52,8 @@ def machine_markdown(res: Mapping[str, Any] | None, path: str | Path = "") -> st
     if res is None:
         return how_to_produce(path)
     m = res["machine"]
-    gpu = f"GPU **{m['gpu']}**" if m.get("gpu") else "**no GPU** (CPU only)"
+    gpu = (f"GPU **{m['gpu']}**" if m.get("gpu")
+           else "**no CUDA device was found on this machine** (CPU only)")
     load = m.get("load_average_start")
     load_txt = (f" Load average (1 min) at the start: {load[0]:.2f} on {m['cores']} cores"
                 f"{' (the machine was shared: figures are noisy)' if load[0] > 1.5 else ''}."
@@ -180,7 +146,22 @@ def mc_breakdown(res: Mapping[str, Any] | None) -> str:
             f"dropout layers alone {100 * f['bernoulli']:.0f} %, and the entropy of the mean, "
             f"the region maxima and the selection {100 * f['rest']:.0f} %. The naive re-forward "
             "runs the backbone I times, so its ratio to head-only is bounded by how much of "
-            "head-only's time is not backbone.")
+            "head-only's time is not backbone." + mc_limit(split))
+
+
+def mc_limit(split: Mapping[str, Any]) -> str:
+    """The most head-only can gain over naive at the breakdown's I, in words, from the FLOPs
+    and from the measured times of the backbone and one head (``covidlib.bench.mc.ratio_limit``:
+    ``I (b + h) / (b + I h)``); empty for results files without them."""
+    if "flops" not in split:
+        return ""
+    n, fl = split["I"], split["flops"]
+    return (f" Even with the entropy and the selection free, no head-only sampler can be more "
+            f"than I (b + h) / (b + I h) times as fast as naive: with the backbone's "
+            f"{fl['backbone'] / 1e9:.3g} GFLOP (b) and one head's {fl['head'] / 1e9:.3g} GFLOP "
+            f"(h) that is {split['limit_flops']:.1f}x at I = {n}; with their measured times "
+            f"(backbone {split['backbone_s']:.3g} s, one head {split['head_one_s']:.3g} s, the "
+            f"{n} heads batched {split['heads_s']:.3g} s) it is {split['limit_times']:.1f}x.")
 
 
 def mc_figure(res: Mapping[str, Any] | None) -> Figure | None:
@@ -223,7 +204,7 @@ def mc_figure(res: Mapping[str, Any] | None) -> Figure | None:
 
 def train_table(res: Mapping[str, Any] | None) -> pd.DataFrame | Any:
     """Images/s, speed-up over fp32 eager and peak memory of each network and mode; the CUDA
-    modes are listed as "not measured" when the run had no GPU."""
+    modes are listed as "not measured" when no CUDA device was found."""
     if (msg := missing_section(res, "train")) is not None:
         return _note(msg)
     tr = res["train"]
@@ -236,7 +217,8 @@ def train_table(res: Mapping[str, Any] | None) -> pd.DataFrame | Any:
         for mode in modes:
             r = next((r for r in tr["rows"] if r["network"] == net and r["mode"] == mode), None)
             if r is None or "images_per_s" not in r:
-                why = r["error"] if r else "no CUDA device was found on this machine"
+                why = (r.get("error") or r.get("skipped")) if r else (
+                    "no CUDA device was found on this machine")
                 rows.append({"network": net, "mode": mode, "input": "", "batch": "",
                              "images/s": NOT_MEASURED, "speed-up vs fp32": "",
                              "peak RSS (MB)": "", "CUDA max allocated (MB)": "", "note": why})
@@ -447,8 +429,11 @@ def goals_table(res: Mapping[str, Any] | None, cpu: Mapping[str, Any] | None,
         i_max = max(res["mc"]["settings"]["samples"])
         r = res["mc"]["speedup"]["naive_over_head_only"][str(i_max)]
         ok = r >= MC_GOAL and res["mc"]["identical_selections"]
+        split = res["mc"].get("breakdown") or {}
+        limit = (f" (limit from FLOPs at I={split['I']}: {split['limit_flops']:.1f}x)"
+                 if "limit_flops" in split else "")
         rows.append(("MC dropout: head-only >= 10x naive at I=20, same selections up to ties",
-                     f"{r:.1f}x, identical: {res['mc']['identical_selections']}",
+                     f"{r:.1f}x, identical: {res['mc']['identical_selections']}{limit}",
                      "met" if ok else "NOT met"))
     if res is not None and "train" in res:
         sp = res["train"]["speedup"]
@@ -503,25 +488,6 @@ def goals_table(res: Mapping[str, Any] | None, cpu: Mapping[str, Any] | None,
     return pd.DataFrame(rows, columns=["goal", "measured", "verdict"]).set_index("goal")
 
 
-def _responsiveness_goals(res: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
-    """The widget's two goals as rows of :func:`goals_table` ("not measured" when absent)."""
-    from covidlib.widgets.timing import CLICK_GOAL_MS, CYCLE_GOAL_S
-
-    click = f"widget: click saved to disk < {CLICK_GOAL_MS:g} ms"
-    cycle = f"widget: training cycle < {CYCLE_GOAL_S:g} s (2 cores)"
-    if res is None or "responsiveness" not in res:
-        why = "not measured yet: run make bench"
-        return [(click, NOT_MEASURED, why), (cycle, NOT_MEASURED, why)]
-    from covidlib.bench.responsive import verdicts
-
-    r = res["responsiveness"]
-    met = verdicts(r)
-    return [(click, f"{r['click_saved_ms']:.3g} ms median, {r['click_saved_p95_ms']:.3g} ms "
-                    "95th percentile", _verdict(met["click_saved_ms"])),
-            (cycle, f"{r['cycle_s']:.3g} s wall, {r['cycle_cpu_s']:.3g} s CPU",
-             _verdict(met["cycle_s"]))]
-
-
 def determinism_markdown(res: Mapping[str, Any] | None) -> str:
     """The determinism check in words, with the two digests."""
     if (msg := missing_section(res, "determinism")) is not None:
@@ -532,66 +498,3 @@ def determinism_markdown(res: Mapping[str, Any] | None) -> str:
     return (f"Two runs of the same seeded experiment on CPU ({d['what']}) gave **{word}** "
             f"results: sha256 `{a[:16]}…` and `{b[:16]}…`. The test suite checks the same "
             "(`tests/test_bench.py`).")
-
-
-# ------------------------------------------------------------------------------- widget
-
-RESPONSIVE_MISSING = ("Widget responsiveness: **not measured yet: run `make bench`** (its "
-                      "`responsiveness` section times clicks and a training cycle of the "
-                      "labelling widget on this machine).")
-
-
-def _verdict(ok: bool | None) -> str:
-    return {True: "met", False: "NOT met", None: NOT_MEASURED}[ok]
-
-
-def responsiveness_table(res: Mapping[str, Any] | None) -> pd.DataFrame | Any:
-    """The widget's click latencies and cycle time, each beside its goal and a verdict
-    (recomputed from the figure); a "not measured yet" note when the section is absent."""
-    if res is None or "responsiveness" not in res:
-        return _note(RESPONSIVE_MISSING)
-    from covidlib.bench.responsive import FIGURES, verdicts
-
-    r = res["responsiveness"]
-    met = verdicts(r)
-    goal = {"click": f"< {r['click_goal_ms']:g} ms", "cycle": f"< {r['cycle_goal_s']:g} s"}
-    rows = []
-    for key, what, unit, which in FIGURES:
-        value = r.get(key)
-        shown = (f"{value:.3g} {unit}" if isinstance(value, int | float) and value == value
-                 else NOT_MEASURED)
-        rows.append({"what": what, "measured": shown, "goal": goal[which],
-                     "verdict": _verdict(met[key])})
-    rows.append({"what": "CPU time of the process during that cycle (clicks included)",
-                 "measured": f"{r['cycle_cpu_s']:.3g} s", "goal": "",
-                 "verdict": "for reading the wall time on a busy machine"})
-    return pd.DataFrame(rows).set_index("what")
-
-
-def responsiveness_markdown(res: Mapping[str, Any] | None) -> str:
-    """The widget's responsiveness in plain words about the machine that measured it."""
-    if res is None or "responsiveness" not in res:
-        return RESPONSIVE_MISSING
-    from covidlib.bench.responsive import verdicts
-
-    r, m = res["responsiveness"], res["machine"]
-    met = verdicts(r)
-    load = m.get("load_average_start")
-    busy = (f" The machine was shared while it ran (load average {load[0]:.2f} on "
-            f"{m['cores']} cores), so the wall times overstate what a quiet machine takes."
-            if load and load[0] > 1.5 else "")
-    during = (f"while a training cycle ran in the background, {r['clicks_during_training']} "
-              f"clicks took {r['click_during_training_ms']:.3g} ms (median; 95th percentile "
-              f"{r['click_during_training_p95_ms']:.3g} ms)" if r["clicks_during_training"]
-              else "no click fell inside the training cycle, so the latency during training "
-                   "was not measured")
-    return (f"On **{m['hostname']}** ({m['cpu']}, {m['cores']} cores; the widget trains on CPU "
-            f"with {r['threads']} torch thread(s), through the {r['through']}), a click was "
-            f"on disk {r['click_saved_ms']:.3g} ms after it was given (median of "
-            f"{r['clicks']}; 95th percentile {r['click_saved_p95_ms']:.3g} ms); goal "
-            f"< {r['click_goal_ms']:g} ms: **{_verdict(met['click_saved_ms'])}** (95th "
-            f"percentile: {_verdict(met['click_saved_p95_ms'])}). With the widget redrawn for "
-            f"the next question it took {r['click_ms']:.3g} ms; {during}. One training cycle "
-            f"(fit on {r['cycle_labels']} labels, then MC-dropout re-scoring of the pool) took "
-            f"{r['cycle_s']:.3g} s of wall time and {r['cycle_cpu_s']:.3g} s of CPU time; goal "
-            f"< {r['cycle_goal_s']:g} s on 2 cores: **{_verdict(met['cycle_s'])}**.{busy}")

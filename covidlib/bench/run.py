@@ -26,13 +26,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from covidlib.bench import determinism, mc, responsive, scaling, train
+from covidlib.bench import SCHEMA, SECTIONS, determinism, mc, responsive, scaling, train
 from covidlib.bench.measure import load_average, machine_info
 from covidlib.cache import atomic_write_text
 from covidlib.engine import resolve_device
-
-SCHEMA = "covidlib.bench/1"
-SECTIONS = ("mc", "train", "al_scaling", "volume_scaling", "determinism", "responsiveness")
 
 FULL: dict[str, dict[str, Any]] = {
     # P1's network at P1's resolution; one slice per batch on CPU (about a minute per sampler)
@@ -40,7 +37,10 @@ FULL: dict[str, dict[str, Any]] = {
            "n_regions": 64, "seed": 0, "baal": True},
     "train": {"networks": ["fcn8_vgg16", "unet2d", "resunet3d_p4"], "image_size": 352,
               "volume_size": 96, "fc_channels": 4096, "unet_width": 32, "batch_2d": 1,
-              "batch_3d": 1, "warmup": 1, "steps": 2, "seed": 0},
+              "batch_3d": 1, "warmup": 1, "steps": 2, "seed": 0,
+              # torch.compile on the CPU: the U-Net the cpu profile trains (compiling the
+              # GPU profiles' FCN8 and 3-D U-Net for the CPU would take minutes each)
+              "compile_networks": ["unet2d"]},
     "al_scaling": {"pools": [100, 400, 1600], "regions": [16, 64, 256, 1024],
                    "default_regions": 64, "k_pool": 400, "al_image_size": 64, "al_width": 8,
                    "al_samples": 5, "al_select": 5, "al_batch": 50, "train_steps": 5,

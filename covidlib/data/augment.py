@@ -4,6 +4,8 @@
   and combined flips), one of four flip codes applied to the last two axes.
 * :func:`crop_padded`: a crop of a fixed size from a start corner, zero-padded where the
   array is smaller (patch sampling of P4's networks, Sec. 4: 96^3 patches).
+* :func:`sample_crop`: where such a crop starts (a share of them centred on a labelled
+  voxel) and which flip it gets.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["FLIP_CODES", "crop_padded", "flip_lr_ud"]
+__all__ = ["FLIP_CODES", "crop_padded", "flip_lr_ud", "sample_crop"]
 
 FLIP_CODES: tuple[int, ...] = (0, 1, 2, 3)
 """0 none, 1 left-right (last axis), 2 up-down (second-last axis), 3 both."""
@@ -42,3 +44,25 @@ def crop_padded(arr: np.ndarray, start: Sequence[int], size: Sequence[int]) -> n
     if any(b for _, b in pad):
         part = np.pad(part, pad)
     return part
+
+
+def sample_crop(shape: Sequence[int], patch: Sequence[int], rng: np.random.Generator,
+                foreground: np.ndarray, pos_fraction: float = 0.5, flip: bool = False
+                ) -> tuple[list[int], int]:
+    """``(start, flip code)`` of a random ``patch`` crop of an array of ``shape``: with
+    probability ``pos_fraction`` centred on a random voxel of ``foreground`` (flat indices;
+    when there is any), otherwise anywhere; clamped inside the array (a crop larger than
+    the array starts at 0 and is padded by :func:`crop_padded`). ``flip``: one of P4's four
+    flips (Sec. 4, :func:`flip_lr_ud`), else code 0. The draws, in order: the centring coin
+    (only with a foreground), the centre or one start per axis, the flip."""
+    if len(patch) != len(shape):
+        raise ValueError(f"sample_crop: patch {tuple(patch)} for a {len(shape)}-D array")
+    if foreground.size and rng.random() < pos_fraction:
+        centre = np.unravel_index(int(foreground[rng.integers(foreground.size)]), tuple(shape))
+        start = [int(c) - p // 2 for c, p in zip(centre, patch, strict=True)]
+    else:
+        start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(shape, patch,
+                                                                           strict=True)]
+    start = [min(max(st, 0), max(n - p, 0)) for st, n, p in zip(start, shape, patch,
+                                                                 strict=True)]
+    return start, int(rng.integers(4)) if flip else 0

@@ -185,7 +185,7 @@ def preprocess_slice(
     return image, mask
 
 
-__all__ += ["hu_to_unit", "resample_volume"]
+__all__ += ["hu_to_unit", "resample_volume", "resize_probabilities"]
 
 
 def hu_to_unit(image: np.ndarray, window: Sequence[float] = LUNG_WINDOW) -> np.ndarray:
@@ -222,3 +222,14 @@ def resample_volume(array: np.ndarray, spacing: Sequence[float], target: Sequenc
     if kind == "image":
         return out.astype(np.float32)
     return (out > 0.5).astype(np.uint8)
+
+
+def resize_probabilities(prob: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A probability map of a 2-D slice or 3-D volume interpolated (bilinear / trilinear)
+    back to ``shape``, the original grid the scores are computed on (P4 Sec. 4)."""
+    if prob.ndim not in (2, 3) or len(shape) != prob.ndim:
+        raise ValueError(f"resize_probabilities: a {prob.ndim}-D map to shape {tuple(shape)}; "
+                         "expected a 2-D or 3-D map and a shape of the same length")
+    t = torch.from_numpy(np.ascontiguousarray(prob))[None, None]
+    mode = "trilinear" if prob.ndim == 3 else "bilinear"
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()

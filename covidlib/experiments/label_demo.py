@@ -12,7 +12,9 @@ strategies and several seeds; :func:`curves_frame`, :func:`summary` and :func:`p
 turn the runs into Dice against seconds of clicking (3 s per answer, P1 Sec. 5.3), the
 answers needed to reach a stated Dice and the share of questions that landed on infection.
 
-Every run is cached by its full configuration (:class:`covidlib.cache.ResultCache`) with its
+The settings are typed (:class:`~covidlib.experiments.label_demo_settings.LabelDemoSettings`,
+profiles ``cpu``, ``reference``, ``gpu``, ``paper``). Every run is cached by its full
+configuration (:class:`covidlib.cache.ResultCache`) with its
 annotations, its final weights (``<hash>.pt``) and a replay (the model's prediction on one
 held-out slice after each cycle); on a cache hit the session is restored exactly, so the
 chapter shows the same model and proposals as the run that made them.
@@ -20,7 +22,7 @@ chapter shows the same model and proposals as the run that made them.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -35,64 +37,15 @@ from covidlib import checkpoint as _ckpt
 from covidlib.cache import ResultCache, config_hash
 from covidlib.data.api import Dataset
 from covidlib.data.splits import make_split
+from covidlib.experiments.label_demo_settings import PROFILES, LabelDemoSettings, settings
 from covidlib.widgets import LabelSession, MaskOracle, choose_pool, pretrain, simulate
 
-__all__ = ["PROFILES", "STRATEGIES", "DemoRun", "compare", "curves_frame", "demo",
-           "history_frame", "load_cases", "own_session", "plot_curves", "plot_history",
-           "plot_query", "plot_replay", "replay_frame", "settings", "summary", "target_dice",
-           "warm_start"]
+__all__ = ["PROFILES", "STRATEGIES", "DemoRun", "LabelDemoSettings", "compare",
+           "curves_frame", "demo", "history_frame", "load_cases", "own_session", "plot_curves",
+           "plot_history", "plot_query", "plot_replay", "replay_frame", "settings", "summary",
+           "target_dice", "warm_start"]
 
-PROFILES: dict[str, dict[str, Any]] = {
-    # seconds per cycle on 2 CPU cores: 64 px slices, a 3-level U-Net with 8 channels.
-    # warm_*: the warm start, the same model trained on full masks of other volumes (the
-    # first warm_volumes volumes of the split's train part; the pool comes from the others).
-    # Each cycle fine-tunes the warm model gently (5 epochs, lr 3e-4): 15 epochs at 1e-3 on
-    # a handful of clicks forgot the warm start (held-out Dice fell from 0.25 to 0.13 on
-    # ma20-slices, measured).
-    "cpu": {"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 48,
-            "initial_images": 0, "regions_per_cycle": 5, "cycles": 6, "epochs": 5,
-            "lr": 3e-4, "batch_size": 4, "regions": "body", "warm_volumes": 2,
-            "warm_slices": 48, "warm_epochs": 15, "warm_lr": 3e-3, "infection_weight": 10.0,
-            "point_weight": 10.0, "target_dice": None},
-    # the published reference run: the cpu settings (the demo measures clicks, not
-    # convergence) with three seeds (book/plan.yml)
-    "reference": {"n_regions": 16, "size": 64, "n_mc": 4, "pool": 32, "eval": 48,
-                  "initial_images": 0, "regions_per_cycle": 5, "cycles": 6, "epochs": 5,
-                  "lr": 3e-4, "batch_size": 4, "regions": "body", "warm_volumes": 2,
-                  "warm_slices": 48, "warm_epochs": 15, "warm_lr": 3e-3,
-                  "infection_weight": 10.0, "point_weight": 10.0, "target_dice": None},
-    "gpu": {"n_regions": 64, "size": 128, "n_mc": 8, "pool": 200, "eval": 100,
-            "initial_images": 0, "regions_per_cycle": 5, "cycles": 10, "epochs": 10,
-            "lr": 3e-4, "batch_size": 8, "regions": "body", "warm_volumes": 2,
-            "warm_slices": 200, "warm_epochs": 20, "warm_lr": 3e-3, "infection_weight": 10.0,
-            "point_weight": 10.0, "target_dice": None},
-    # P1 Implementation Details: K = 64 regions, 352 px, 5 initial images fully answered,
-    # 5 images x 1 region per cycle, at most 40 epochs, Adam lr 1e-4, batch size 1, every
-    # region of the grid (P1 runs 100 cycles with FCN8-VGG16; the widget keeps its small
-    # U-Net). No warm start (warm_volumes 0): P1 starts from ImageNet weights only.
-    "paper": {"n_regions": 64, "size": 352, "n_mc": 8, "pool": 368, "eval": 100,
-              "initial_images": 5, "regions_per_cycle": 5, "cycles": 100, "epochs": 40,
-              "lr": 1e-4, "batch_size": 1, "regions": "grid", "warm_volumes": 0,
-              "warm_slices": 0, "warm_epochs": 0, "warm_lr": 0.0, "infection_weight": 1.0,
-              "point_weight": 1.0, "target_dice": None},
-}
 STRATEGIES = ("entropy", "random")
-
-
-def settings(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The profile's settings with ``overrides`` merged over them.
-
-    Unknown profile or override key -> ``ValueError`` naming it.
-    """
-    if profile not in PROFILES:
-        raise ValueError(f"label_demo: unknown profile {profile!r}; choose one of "
-                         f"{sorted(PROFILES)}")
-    out = copy.deepcopy(PROFILES[profile])
-    unknown = sorted(set(overrides or {}) - set(out))
-    if unknown:
-        raise ValueError(f"label_demo: unknown override key(s) {unknown}; known: {sorted(out)}")
-    out.update(copy.deepcopy(dict(overrides or {})))
-    return out
 
 
 @dataclass
@@ -106,6 +59,11 @@ class DemoRun:
     config: dict[str, Any]
     warm_state: dict[str, torch.Tensor] | None = None
     replay: dict[str, Any] | None = None
+
+    @property
+    def settings(self) -> LabelDemoSettings:
+        """The run's settings (from its configuration, validated)."""
+        return LabelDemoSettings(**self.config["settings"])
 
 
 def load_cases(ds: Dataset) -> list:
@@ -130,7 +88,7 @@ def _split(ds: Dataset, cases: list) -> dict[str, list]:
     return make_split(cases, ds.manifest.split(name))
 
 
-def _parts(ds: Dataset, cases: list, s: Mapping[str, Any], seed: int
+def _parts(ds: Dataset, cases: list, s: LabelDemoSettings, seed: int
            ) -> tuple[list, list, list]:
     """``(warm-start slices, pool, held-out slices)``: the first ``warm_volumes`` train
     volumes train the warm start, the pool comes from the other train volumes, the held-out
@@ -138,31 +96,31 @@ def _parts(ds: Dataset, cases: list, s: Mapping[str, Any], seed: int
     split = _split(ds, cases)
     train = split["train"]
     volumes = list(dict.fromkeys(c for c, _ in train))
-    n_warm = int(s["warm_volumes"])
+    n_warm = s.warm_volumes
     if n_warm and n_warm >= len(volumes):
         raise ValueError(f"label_demo: warm_volumes={n_warm} leaves no train volume for the "
                          f"pool ({len(volumes)} train volumes)")
     warm_ids = set(volumes[:n_warm])
     warm = ([] if not n_warm else
-            choose_pool(cases, [r for r in train if r[0] in warm_ids], n=s["warm_slices"],
+            choose_pool(cases, [r for r in train if r[0] in warm_ids], n=s.warm_slices,
                         seed=2))
-    pool = choose_pool(cases, [r for r in train if r[0] not in warm_ids], n=s["pool"],
+    pool = choose_pool(cases, [r for r in train if r[0] not in warm_ids], n=s.pool,
                        seed=seed)
-    eval_refs = choose_pool(cases, split["test"] or split["val"], n=s["eval"], seed=seed + 1)
+    eval_refs = choose_pool(cases, split["test"] or split["val"], n=s.eval, seed=seed + 1)
     return warm, pool, eval_refs
 
 
-def warm_start(ds: Dataset, cases: list, refs: list, s: Mapping[str, Any], seed: int,
+def warm_start(ds: Dataset, cases: list, refs: list, s: LabelDemoSettings, seed: int,
                results_dir: str | Path, device: str = "cpu"
                ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
     """The warm-start weights (:func:`covidlib.widgets.pretrain` on ``refs``, full masks),
     cached in ``results_dir``; ``(None, None)`` when the profile has no warm start."""
-    if not refs or not s["warm_epochs"]:
+    if not refs or not s.warm_epochs:
         return None, None
     config = {"dataset": ds.fingerprint(), "slices": [list(r) for r in refs],
-              "size": s["size"], "epochs": s["warm_epochs"], "lr": s["warm_lr"],
-              "batch_size": s["batch_size"], "seed": seed, "device": device,
-              "infection_weight": s["infection_weight"],
+              "size": s.size, "epochs": s.warm_epochs, "lr": s.warm_lr,
+              "batch_size": s.batch_size, "seed": seed, "device": device,
+              "infection_weight": s.infection_weight,
               "model": "unet2d(base_width=8, depth=3, dropout=0.5)", "loss": "cross-entropy"}
     cache = ResultCache(results_dir)
     weights = cache.path("label_demo_warm", config).with_suffix(".pt")
@@ -170,9 +128,9 @@ def warm_start(ds: Dataset, cases: list, refs: list, s: Mapping[str, Any], seed:
         state = _verified(weights, config)
         if state is not None:
             return state, config
-    state = pretrain(cases, refs, size=s["size"], epochs=s["warm_epochs"], lr=s["warm_lr"],
-                     batch_size=s["batch_size"], seed=seed, device=device,
-                     infection_weight=s["infection_weight"])
+    state = pretrain(cases, refs, size=s.size, epochs=s.warm_epochs, lr=s.warm_lr,
+                     batch_size=s.batch_size, seed=seed, device=device,
+                     infection_weight=s.infection_weight)
     weights.parent.mkdir(parents=True, exist_ok=True)
     _ckpt.save(state, weights, config_digest=config_hash(config))
     cache.put("label_demo_warm", config, {"slices": len(refs)})
@@ -203,12 +161,13 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
     # one warm start for every seed (a fixed checkpoint; the seeds vary the pool, the oracle
     # and the questions)
     state, warm_config = warm_start(ds, cases, warm_refs, s, 0, results_dir, device)
-    config = {"dataset": ds.name, "seed": seed, "device": device, "settings": s,
+    config = {"dataset": ds.name, "seed": seed, "device": device,
+              "settings": dataclasses.asdict(s),  # the key of every cached run: keep its order
               "pool": [list(r) for r in pool], "eval": [list(r) for r in eval_refs],
               "model": "unet2d(base_width=8, depth=3, dropout=0.5)",
               "warm": None if warm_config is None else config_hash(warm_config),
               "session": {"reduce": "max", "warm_start": True, "loss": "point (P2 Eq. 2)",
-                          "regions": s["regions"], "strategy": strategy}}
+                          "regions": s.regions, "strategy": strategy}}
     cache = ResultCache(results_dir)
     path = Path(annotations_path)
     path.unlink(missing_ok=True)
@@ -216,7 +175,7 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
     if stored is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(stored["annotations"])
-    session = _session(cases, path, config, state)
+    session = _session(cases, path, s, config, state)
     weights = cache.path("label_demo", config).with_suffix(".pt")
     saved = _verified(weights, config) if stored is not None and weights.exists() else None
     if saved is not None:
@@ -224,18 +183,15 @@ def demo(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None, results
         return DemoRun(session, stored["history"], True, config, state, stored["replay"])
     if stored is not None:  # weights lost: run again from an empty file
         path.unlink()
-        session = _session(cases, path, config, state)
-    start = {"cycle": 0, "labels": 0, "points": 0, "backgrounds": 0, "slices": 0,
-             "cost_seconds": 0.0, "train_seconds": 0.0, "train_loss": float("nan"),
-             **{f"test_{k}": v for k, v in session.evaluate(session.eval_refs).items()}}
+        session = _session(cases, path, s, config, state)
     by_id = {c.case_id: c for c in cases}
     shown = max(eval_refs, key=lambda r: int((by_id[r[0]].mask[r[1]] > 0).sum()))
     predictions = [_as_u8(session.predict(shown))]
-    hist = simulate(session, MaskOracle(cases, ds.manifest.infection_labels, seed=seed),
-                    cycles=s["cycles"], initial_images=s["initial_images"], seed=seed,
+    simulate(session, MaskOracle(cases, ds.manifest.infection_labels, seed=seed),
+                    cycles=s.cycles, initial_images=s.initial_images, seed=seed,
                     progress=False,
                     on_cycle=lambda _r: predictions.append(_as_u8(session.predict(shown))))
-    history = [start] + [h.to_dict() for h in hist]
+    history = session.records  # cycle 0: the warm model before any answer
     replay = {"ref": list(shown), "predictions": predictions}
     weights.parent.mkdir(parents=True, exist_ok=True)
     _ckpt.save({k: v.cpu() for k, v in session.model.state_dict().items()}, weights,
@@ -250,25 +206,32 @@ def _as_u8(prob: np.ndarray) -> list[list[int]]:
     return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8).tolist()
 
 
-def _session(cases: list, path: Path, config: Mapping[str, Any],
-             state: Mapping[str, torch.Tensor] | None) -> LabelSession:
-    s, opts = config["settings"], config["session"]
-    return LabelSession(cases, path, n_regions=s["n_regions"], n_mc=s["n_mc"],
-                        slices=[tuple(r) for r in config["pool"]], size=s["size"],
-                        regions_per_cycle=s["regions_per_cycle"], epochs=s["epochs"],
-                        lr=s["lr"], batch_size=s["batch_size"],
+def _session(cases: list, path: Path, s: LabelDemoSettings, config: Mapping[str, Any],
+             state: Mapping[str, torch.Tensor] | None,
+             state_dir: Path | None = None) -> LabelSession:
+    """The session of a run: settings ``s``, pool, held-out slices and seed of ``config``."""
+    opts = config["session"]
+    return LabelSession(cases, path, n_regions=s.n_regions, n_mc=s.n_mc,
+                        slices=[tuple(r) for r in config["pool"]], size=s.size,
+                        regions_per_cycle=s.regions_per_cycle, epochs=s.epochs,
+                        lr=s.lr, batch_size=s.batch_size,
                         eval_slices=[tuple(r) for r in config["eval"]],
                         dataset=config["dataset"], seed=config["seed"],
                         device=config["device"], reduce=opts["reduce"],
                         warm_start=opts["warm_start"], regions=opts["regions"],
                         strategy=opts["strategy"], init_state=state,
-                        point_weight=s["point_weight"])
+                        point_weight=s.point_weight, state_dir=state_dir)
 
 
-def own_session(ds: Dataset, run: DemoRun, annotations_path: str | Path) -> LabelSession:
+def own_session(ds: Dataset, run: DemoRun, annotations_path: str | Path,
+                state_dir: str | Path | None = None) -> LabelSession:
     """A session for a person on the demo's pool and settings, labels kept in
-    ``annotations_path`` (restored when it exists); the model starts from the warm start."""
-    return _session(load_cases(ds), Path(annotations_path), run.config, run.warm_state)
+    ``annotations_path`` (restored when it exists); the model starts from the warm start.
+    Its trained model, cycles and questions are saved in ``state_dir`` (default: the folder
+    ``<annotations_path>.state``, made after the first cycle) and resumed from there."""
+    path = Path(annotations_path)
+    folder = Path(state_dir) if state_dir is not None else path.with_name(path.name + ".state")
+    return _session(load_cases(ds), path, run.settings, run.config, run.warm_state, folder)
 
 
 def compare(ds: Dataset, profile: str, overrides: Mapping[str, Any] | None,
@@ -301,11 +264,11 @@ def curves_frame(runs: Mapping[tuple[str, int], DemoRun]):
     return pd.DataFrame(rows)
 
 
-def target_dice(frame, s: Mapping[str, Any]) -> float:
+def target_dice(frame, s: LabelDemoSettings) -> float:
     """The Dice the summary counts clicks to: the profile's ``target_dice``, else 90 % of the
     best final mean Dice over the strategies (rounded to 0.01)."""
-    if s.get("target_dice") is not None:
-        return float(s["target_dice"])
+    if s.target_dice is not None:
+        return float(s.target_dice)
     last = frame[frame["cycle"] == frame["cycle"].max()]
     return round(0.9 * float(last.groupby("strategy")["dice"].mean().max()), 2)
 

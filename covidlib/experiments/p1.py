@@ -1,9 +1,11 @@
 """P1 (Laradji et al.): region-based active learning with point supervision, the book's runs.
 
 Profiles, run configurations, the runners behind Figures 5, 6, 7 and the Sec. 5.3 headline,
-their tables, verdicts (computed, never typed) and figures. The algorithm is
-:mod:`covidlib.active` (loop, pools, oracle, costs) and :mod:`covidlib.acquisition`
-(heuristics, region scores, selection). Every run is cached in a
+their tables, verdicts (computed, never typed) and figures. The algorithm is P1's part of
+the active-learning core (:mod:`covidlib.active_loop`): :mod:`covidlib.active` (learner,
+pools, oracle, costs) and :mod:`covidlib.acquisition` (heuristics, region scores,
+selection). Every run goes through the public entry point :func:`train_p1`
+(:mod:`covidlib.experiments.p1_train`) and is cached in a
 :class:`~covidlib.cache.ResultCache` under its full configuration (run settings, code version
 and the data's fingerprint) and checkpointed after every cycle while it runs, so a stopped
 chapter continues where it stopped and a finished one is read back.
@@ -23,27 +25,21 @@ Reading of P1 used here:
   each) and its Dice as a fraction of the same network trained on every full mask with the
   structure loss.
 
-The settings live in :mod:`covidlib.experiments.p1_settings`, the tables and verdicts in
+The entry point and the cached runs live in :mod:`covidlib.experiments.p1_train`, the
+settings in :mod:`covidlib.experiments.p1_settings`, the tables and verdicts in
 :mod:`covidlib.experiments.p1_report`, the mechanism checks and figures in
 :mod:`covidlib.experiments.p1_mechanism`; all are re-exported here.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from covidlib.active import (
-    ALConfig,
-    run_active_learning,
-    train_fully_supervised,
-)
-from covidlib.cache import ResultCache, config_hash
+from covidlib.active import ALConfig
 from covidlib.experiments.p1_mechanism import (
     MECHANISMS,
     baseline_convergence,
@@ -100,19 +96,41 @@ from covidlib.experiments.p1_settings import (
     resolve_dataset,
     settings,
 )
+from covidlib.experiments.p1_train import (
+    KIND_AL,
+    KIND_FULL,
+    VERSION,
+    P1Run,
+    TestSet,
+    load_test_set,
+    model_path,
+    run_al,
+    run_full,
+    score_test_sets,
+    train_p1,
+)
+from covidlib.experiments.p1_train import (
+    _cached as _cached,  # the claim-and-wait helper (tests, reference_verify)
+)
 
 __all__ = [
     "CURVE_COLUMNS",
     "DATASET_NAMES",
     "HEURISTIC_LABELS",
+    "KIND_AL",
+    "KIND_FULL",
     "MECHANISMS",
     "PROFILES",
     "REAL_DATASET",
+    "VERSION",
+    "P1Run",
     "Runs",
+    "TestSet",
     "al_config",
     "baseline",
     "baseline_convergence",
     "baseline_curves",
+    "ceiling_changes",
     "ceiling_config",
     "chapter_verdict",
     "curves_frame",
@@ -143,8 +161,10 @@ __all__ = [
     "headline_table",
     "headline_verdict",
     "load_data",
+    "load_test_set",
     "mechanism_present",
     "mechanism_summary",
+    "model_path",
     "point_vs_pixel",
     "pool_infected_share",
     "random_specificity_range",
@@ -153,64 +173,16 @@ __all__ = [
     "resolve_dataset",
     "run_al",
     "run_full",
+    "score_test_sets",
     "selection_shares",
     "settings",
+    "train_p1",
     "upper_bound",
     "upper_bound_check",
     "upper_bound_table",
     "whole_image_costs",
     "write_csv",
 ]
-
-VERSION = "p1/2"
-"""Part of every cached config: bump it when a change alters results."""
-KIND_AL = "p1_al"
-KIND_FULL = "p1_full"
-
-
-# --------------------------------------------------------------------------------------------
-# Cached runs
-# --------------------------------------------------------------------------------------------
-
-
-def _cached(kind: str, config: dict[str, Any], compute: Any, results_dir: str | Path | None,
-            wait_seconds: float = 6 * 3600) -> dict[str, Any]:
-    """The stored result of ``config``, else computed once: a run another process is
-    computing (a chapter running in parallel) is waited for, not repeated."""
-    if results_dir is None:
-        return compute(None)
-    cache = ResultCache(results_dir)
-    ck = Path(results_dir) / "p1_checkpoints" / config_hash(config)  # used under the claim
-    out = cache.compute_once(kind, config, lambda: compute(ck), wait_s=wait_seconds)
-    if ck.exists():  # finished: the result is stored, the states are not needed
-        shutil.rmtree(ck, ignore_errors=True)
-    return out
-
-
-def run_al(cfg: ALConfig, *, data_root: str | Path | None = None,
-           results_dir: str | Path | None = None, device: str = "auto",
-           progress: bool = False) -> dict[str, Any]:
-    """One active-learning run, cached by its configuration and the data's fingerprint
-    (device excluded: a GPU result is reused on a CPU). While it runs its state is
-    checkpointed in ``<results_dir>/p1_checkpoints/<hash>/`` after every cycle."""
-    data = _data(cfg, data_root)
-    config = {"version": VERSION, "run": cfg.to_dict(), "data": data.fingerprint}
-    return _cached(KIND_AL, config, lambda ck: run_active_learning(
-        cfg, data_root, ck, progress, device=device, data=data), results_dir)
-
-
-def run_full(cfg: ALConfig, epochs: int, *, data_root: str | Path | None = None,
-             results_dir: str | Path | None = None, device: str = "auto",
-             progress: bool = False) -> dict[str, Any]:
-    """The fully supervised upper bound of ``cfg``'s data and network, cached."""
-    data = _data(cfg, data_root)
-    keys = ("dataset", "split", "model", "model_kwargs", "size", "max_slices", "batch_size",
-            "lr", "patience", "figure_slices", "seed")
-    config = {"version": VERSION, "full": {k: getattr(cfg, k) for k in keys},
-              "epochs": int(epochs), "data": data.fingerprint}
-    return _cached(KIND_FULL, config, lambda ck: train_fully_supervised(
-        cfg, epochs, data_root, ck, progress, device=device, data=data), results_dir)
-
 
 class Runs:
     """The runs of one chapter: ``items`` is a list of ``(labels, result)`` where ``labels``
@@ -234,15 +206,19 @@ class Runs:
         return [r for lab, r in self.items if all(lab.get(k) == v for k, v in labels.items())]
 
 
-def _run_all(runs: Runs, jobs: Sequence[tuple[dict[str, Any], ALConfig]], *,
-             data_root: Any, results_dir: Any, device: str, progress: bool) -> Runs:
+def _run_all(runs: Runs, jobs: Sequence[tuple[dict[str, Any], dict[str, Any]]], *,
+             data_root: Any, results_dir: Any, device: str, progress: bool,
+             overrides: Mapping[str, Any] | None = None) -> Runs:
+    """Each job ``(labels, run fields)`` through :func:`train_p1` (cached, no model kept)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    for labels, cfg in tqdm(jobs, desc=f"P1 runs ({runs.dataset})", unit="run",
-                            disable=not progress):
-        res = run_al(cfg, data_root=data_root, results_dir=results_dir, device=device)
-        runs.items.append((labels, res))
+    for labels, kw in tqdm(jobs, desc=f"P1 runs ({runs.dataset})", unit="run",
+                           disable=not progress):
+        res = train_p1(runs.dataset, labels["split"], profile=runs.profile, overrides=overrides,
+                       keep_model=False, data_root=data_root, results_dir=results_dir,
+                       device=device, **kw)
+        runs.items.append((labels, res.result))
     runs.seconds += time.perf_counter() - t0
     return runs
 
@@ -270,12 +246,11 @@ def entropy_vs_random(dataset: str, splits: Sequence[str], *, profile: str = "cp
                 ch = {"n_regions": int(n_regions or s["n_regions"])}
                 if cycles is not None:
                     ch["cycles"] = int(cycles)
-                cfg = al_config(dataset, split, s, heuristic=h, seed=seed,
-                                supervision=supervision, **ch)
-                jobs.append(({"split": split, "heuristic": h, "n_regions": cfg.n_regions,
-                              "supervision": supervision, "seed": seed}, cfg))
+                jobs.append(({"split": split, "heuristic": h, "n_regions": ch["n_regions"],
+                              "supervision": supervision, "seed": seed},
+                             {"heuristic": h, "seed": seed, "supervision": supervision, **ch}))
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
-                    progress=progress)
+                    progress=progress, overrides=overrides)
 
 
 def region_size(dataset: str, split: str, *, profile: str = "cpu",
@@ -293,12 +268,12 @@ def region_size(dataset: str, split: str, *, profile: str = "cpu",
                   "initial_images": fig6_initial_images(int(k), int(s["fig6_initial_regions"]))}
             if cycles is not None:
                 ch["cycles"] = int(cycles)
-            cfg = al_config(dataset, split, s, heuristic=heuristic, seed=seed,
-                            supervision=supervision, **ch)
             jobs.append(({"split": split, "heuristic": heuristic, "n_regions": int(k),
-                          "supervision": supervision, "seed": seed}, cfg))
+                          "supervision": supervision, "seed": seed},
+                         {"heuristic": heuristic, "seed": seed, "supervision": supervision,
+                          **ch}))
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
-                    progress=progress)
+                    progress=progress, overrides=overrides)
 
 
 def point_vs_pixel(dataset: str, split: str, *, profile: str = "cpu",
@@ -316,12 +291,11 @@ def point_vs_pixel(dataset: str, split: str, *, profile: str = "cpu",
             ch = {"n_regions": int(n_regions or s["n_regions"])}
             if cycles is not None:
                 ch["cycles"] = int(cycles)
-            cfg = al_config(dataset, split, s, heuristic=heuristic, seed=seed,
-                            supervision=sup, **ch)
-            jobs.append(({"split": split, "heuristic": heuristic, "n_regions": cfg.n_regions,
-                          "supervision": sup, "seed": seed}, cfg))
+            jobs.append(({"split": split, "heuristic": heuristic, "n_regions": ch["n_regions"],
+                          "supervision": sup, "seed": seed},
+                         {"heuristic": heuristic, "seed": seed, "supervision": sup, **ch}))
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
-                    progress=progress)
+                    progress=progress, overrides=overrides)
 
 
 def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
@@ -347,10 +321,11 @@ def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
                        results_dir=results_dir, device=device)
         runs.full.append(({"split": split, "seed": seed}, res))
     # the upper-bound check's end point: one seed (the first), a ceiling, not a curve
-    first = _full_config(dataset, split, runs.settings, _check_seeds(seeds)[0])
-    runs.ceiling.append(({"split": split, "seed": first.seed}, run_al(
-        ceiling_config(first, runs.settings, data_root), data_root=data_root,
-        results_dir=results_dir, device=device)))
+    first = _check_seeds(seeds)[0]
+    runs.ceiling.append(({"split": split, "seed": first}, train_p1(
+        dataset, split, profile=profile, overrides=overrides, seed=first, keep_model=False,
+        data_root=data_root, results_dir=results_dir, device=device,
+        **ceiling_changes(dataset, split, runs.settings, data_root)).result))
     runs.seconds += time.perf_counter() - t0
     return runs
 
@@ -359,6 +334,14 @@ def _full_config(dataset: str, split: str, s: Mapping[str, Any], seed: int) -> A
     """The run settings of the fully supervised baseline: the AL run's, with the baseline's
     early stopping (``full_patience``)."""
     return al_config(dataset, split, s, seed=seed, patience=s.get("full_patience"))
+
+
+def ceiling_changes(dataset: str, split: str, s: Mapping[str, Any], data_root: Any = None
+                    ) -> dict[str, Any]:
+    """The run fields of the upper-bound check's run (see :func:`ceiling_config`)."""
+    n = len(load_data(dataset, split, s, data_root).train)
+    return {"patience": s.get("full_patience"), "initial_images": n, "cycles": 0,
+            "epochs": int(s["full_epochs"]), "epoch_items": None}
 
 
 def ceiling_config(cfg: ALConfig, s: Mapping[str, Any], data_root: Any = None) -> ALConfig:

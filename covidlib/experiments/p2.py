@@ -35,8 +35,6 @@ code through :func:`run_p2` (cached by config) and :func:`run_table`.
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +53,7 @@ from covidlib.data.manifest import load_manifest, locate
 from covidlib.data.torch_datasets import SliceDataset
 from covidlib.data.types import Case
 from covidlib.engine import fit, set_determinism, supervised_loss
+from covidlib.experiments import p2_settings
 from covidlib.experiments.p2_data import (
     lung_views,
     open_cached,
@@ -71,13 +70,13 @@ from covidlib.experiments.p2_scoring import (
     figure_refs,
     score_slices,
 )
+from covidlib.experiments.p2_settings import *  # noqa: F403 (re-exported, see __all__)
 from covidlib.experiments.p2_settings import (
-    COUNTING_LOSSES,
     LOSSES,
-    PROFILES,
-    SEGMENTATION_LOSSES,
+    RUN_KEYS,
     TABLES,
-    TableSpec,
+    P2Settings,
+    SettingsError,
     Task,
     settings,
     table_settings,
@@ -85,17 +84,12 @@ from covidlib.experiments.p2_settings import (
 from covidlib.losses import ConsistencyLoss, LCFCNLoss, PointLoss, structure_loss
 from covidlib.losses.batch import ConsistencyBatchLoss, PointBatchLoss
 from covidlib.metrics import counting_scores
-from covidlib.models import build_model
+from covidlib.models.registry import build_segmenter
 
-__all__ = [
-    "COUNTING_LOSSES",
-    "LOSSES",
-    "PROFILES",
-    "SEGMENTATION_LOSSES",
-    "TABLES",
+__all__ = [  # with the settings' names (p2.settings, p2.PROFILES, ...), re-exported
+    *p2_settings.__all__,
     "P2Run",
     "TableRuns",
-    "TableSpec",
     "TestSet",
     "TrainedP2",
     "cache_config",
@@ -109,8 +103,6 @@ __all__ = [
     "run_p2",
     "run_table",
     "score_slices",
-    "settings",
-    "table_settings",
     "train_p2",
     "train_run",
 ]
@@ -150,49 +142,27 @@ class P2Run:
             raise ValueError(f"P2Run.loss={self.loss!r}: choose one of {LOSSES}")
         if self.task not in ("segmentation", "counting"):
             raise ValueError(f"P2Run.task={self.task!r}: 'segmentation' or 'counting'")
-        for name in ("size", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"P2Run.{name}={value!r}: expected an integer >= 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"P2Run.seed={self.seed!r}: expected an integer >= 0")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"P2Run.lr={self.lr!r}: expected a finite number > 0")
-        if not (isinstance(self.crop, int | float) and 0 < self.crop <= 1):
-            raise ValueError(f"P2Run.crop={self.crop!r}: expected a fraction in (0, 1]")
-        if not (isinstance(self.lam, int | float) and math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"P2Run.lam={self.lam!r}: expected a finite number >= 0")
-        if set(self.max_slices) != {"train", "val", "test"}:
-            raise ValueError(f"P2Run.max_slices={self.max_slices!r}: needs exactly the keys "
-                             "'train', 'val' and 'test' (an integer >= 1 or None each)")
-        for part, n in self.max_slices.items():
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-                raise ValueError(f"P2Run.max_slices[{part!r}]={n!r}: an integer >= 1 or None")
-        if self.n_background != "match" and (
-                isinstance(self.n_background, bool) or not isinstance(self.n_background, int)
-                or self.n_background < 0):
-            raise ValueError(f"P2Run.n_background={self.n_background!r}: 'match' or an "
-                             "integer >= 0")
-        if self.placement not in ("distance", "uniform"):
-            raise ValueError(f"P2Run.placement={self.placement!r}: 'distance' or 'uniform'")
+        try:  # the settings' own checks (P2Settings): one place validates P2's values
+            P2Settings(**{k: getattr(self, k) for k in RUN_KEYS}, checkpoints=False,
+                       stand_in_seeds=None)
+        except SettingsError as exc:
+            raise SettingsError(str(exc).replace("p2 setting ", "P2Run.", 1)) from None
 
     def config(self) -> dict[str, Any]:
         """JSON form (the cache key, with the data fingerprint added by :func:`run_p2`)."""
         return {"version": VERSION, **asdict(self)}
 
 
-_RUN_KEYS = ("model", "model_kwargs", "size", "crop", "epochs", "batch_size", "lr", "lam",
-             "patience", "max_slices", "n_background", "placement", "figure_slices")
-
-
-def make_run(dataset: str, split: str, loss: str, seed: int, s: Mapping[str, Any],
+def make_run(dataset: str, split: str, loss: str, seed: int, s: P2Settings,
              task: Task = "segmentation") -> P2Run:
     """A :class:`P2Run` from profile settings ``s`` (see :func:`settings`)."""
-    missing = [k for k in _RUN_KEYS if k not in s]
-    if missing:
-        raise ValueError(f"p2: settings lack {missing}")
+    if not isinstance(s, P2Settings):
+        raise TypeError(f"p2.make_run: settings must be a P2Settings (p2.settings(profile, "
+                        f"overrides)), not {type(s).__name__}")
     return P2Run(dataset=dataset, split=split, loss=loss, seed=int(seed), task=task,
-                 **copy.deepcopy({k: s[k] for k in _RUN_KEYS}))
+                 **s.run_fields())
 
 
 def resolve_data(artifact: str, dataset: str = "auto", data_root: str | Path | None = None
@@ -260,13 +230,9 @@ def _build_data(run: P2Run, ds: Dataset, split: str | Mapping[str, Any] | None =
 
 def make_model(run: P2Run) -> nn.Module:
     """The run's two-class network (background, infection)."""
-    kw = dict(run.model_kwargs)
-    if run.model == "unet2d":
-        return build_model("unet2d", out_channels=2, **kw)
-    if run.model == "fcn8_vgg16":
-        kw.setdefault("progress", False)
-        return build_model("fcn8_vgg16", n_classes=2, **kw)
-    raise ValueError(f"P2Run.model={run.model!r}: P2 runs use 'unet2d' or 'fcn8_vgg16'")
+    if run.model not in ("unet2d", "fcn8_vgg16"):
+        raise ValueError(f"P2Run.model={run.model!r}: P2 runs use 'unet2d' or 'fcn8_vgg16'")
+    return build_segmenter(run.model, 2, **run.model_kwargs)
 
 
 def make_loss(loss: str, lam: float = 1.0, seed: int = 0) -> nn.Module:
@@ -503,7 +469,7 @@ class TableRuns:
     split: str
     real: bool
     profile: str
-    settings: dict[str, Any]
+    settings: P2Settings
     runs: list[dict[str, Any]]  # {"loss", "seed", "result", "config", "cached"}
 
     @property
@@ -538,8 +504,8 @@ def run_table(artifact: str, dataset: str = "auto", profile: str = "cpu",
         raise ValueError(f"p2: {artifact} has rows {spec.losses}; unknown loss(es) {bad}")
     if not seeds:
         raise ValueError("p2: seeds is empty; give at least one seed")
-    if not real and s.get("stand_in_seeds"):  # the profile's cap for synthetic stand-ins
-        seeds = list(seeds)[: int(s["stand_in_seeds"])]
+    if not real and s.stand_in_seeds:  # the profile's cap for synthetic stand-ins
+        seeds = list(seeds)[: s.stand_in_seeds]
     jobs = [(loss, int(seed)) for loss in losses for seed in seeds]
     runs = []
     cache = ResultCache(results_dir) if results_dir is not None else None
@@ -550,7 +516,7 @@ def run_table(artifact: str, dataset: str = "auto", profile: str = "cpu",
         hit = cache is not None and cache.get(
             KIND, cache_config(run, open_cached(name, data_root))) is not None
         result = run_p2(run, data_root, results_dir, device,
-                        checkpoints=bool(s.get("checkpoints")))
+                        checkpoints=s.checkpoints)
         runs.append({"loss": loss, "seed": seed, "result": result, "config": run.config(),
                      "cached": hit})
     return TableRuns(artifact, name, split, real, profile, s, runs)

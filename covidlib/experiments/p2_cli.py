@@ -83,7 +83,7 @@ def add_train_parser(sub: Any) -> None:
     tr.add_argument("dataset", help="manifest name or path to a manifest YAML")
     tr.add_argument("split", help="one of the manifest's splits")
     tr.add_argument("loss", help="fully, pl, cb_flip, cb_flip_rot, lcfcn or cb_lcfcn")
-    tr.add_argument("--profile", default="cpu", help="cpu, gpu or paper")
+    tr.add_argument("--profile", default="cpu", help="cpu, reference, gpu or paper")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a profile setting, e.g. --set epochs=3 (repeatable)")
     tr.add_argument("--seed", type=int, default=0)

@@ -11,8 +11,9 @@
 * :func:`lung_frame`: the mechanism check of P2 Sec. 4.3.1, the share of predicted infection
   pixels inside the lungs per loss (PL vs CB), where the data has lung masks.
 * :func:`claim_verdicts`: every claim of the table as reproduced / not reproduced with a
-  converged baseline (mechanism present or absent) / inconclusive
-  (:func:`covidlib.verdict.three_way_verdict`).
+  converged baseline (mechanism present or absent) / inconclusive (baseline not converged,
+  or the run too small: one seed, or a difference inside the seeds' spread;
+  :func:`covidlib.verdict.three_way_verdict`).
 
 Paper values come from ``covidlib/report/paper_values/p2.yaml``, never from this code.
 """
@@ -64,7 +65,7 @@ from covidlib.experiments.p2_verdicts import (
 from covidlib.metrics import confusion, scores
 from covidlib.report import paper_values
 from covidlib.report.figures import display_view
-from covidlib.verdict import Convergence, Verdict
+from covidlib.verdict import INCONCLUSIVE, TOO_SMALL, Convergence, Verdict
 
 __all__ = [
     "BASELINE",
@@ -114,9 +115,14 @@ class TableReport:
         return self.runs.artifact
 
     def headline(self) -> str:
-        """The one-line verdict of the table (its scorecard entry's): the first claim's label,
-        then :func:`verdict_summary`."""
-        head = f"{self.claims[0].label}: " if self.claims else ""
+        """The one-line verdict of the table (its scorecard entry's): the first claim's label
+        (with "(run too small)" when that is why it is inconclusive), then
+        :func:`verdict_summary`."""
+        head = ""
+        if self.claims:
+            v = self.claims[0]
+            small = v.label == INCONCLUSIVE and v.text.startswith(f"{INCONCLUSIVE} ({TOO_SMALL}")
+            head = f"{v.label} ({TOO_SMALL}): " if small else f"{v.label}: "
         return head + verdict_summary(self.frame, self.artifact)
 
     def timing(self) -> str:
@@ -155,12 +161,14 @@ class TableReport:
                 f"in P2; here `{tr.dataset}` split `{tr.split}` ({data}); "
                 f"{self.frame['n_seeds'].max()} seed(s), profile `{tr.profile}`.")
 
-    def show(self) -> None:
-        """Display heading, table (paper beside ours), verdicts, timing and provenance."""
+    def show(self, table: Any = None) -> None:
+        """Display heading, table (paper beside ours; ``table(self)`` instead when given, e.g.
+        ``covidlib.report.reference.p2_table`` adds the reference run), verdicts, timing and
+        provenance."""
         from IPython.display import Markdown, display
 
         display(Markdown(self.heading()))
-        display(display_table(self.frame))
+        display(display_table(self.frame) if table is None else table(self))
         display(Markdown("\n".join(f"- {v}" for v in self.verdicts)))
         display(Markdown(self.evidence()))
         if self.lungs is not None:
@@ -239,7 +247,7 @@ def _figure_data(tr: TableRuns, seed: int | None, data_root: str | Path | None
     if [(str(c), int(z)) for c, z in res["cb"]["figure"]["refs"]] != refs:
         raise ValueError(f"{tr.artifact}: PL and CB runs kept different Figure 3 slices")
     size = int(fig["size"])
-    views = slice_views(tr.dataset, refs, size, tr.settings.get("crop", 1.0), data_root)
+    views = slice_views(tr.dataset, refs, size, tr.settings.crop, data_root)
     out = []
     for i, (ref, (img, gt, case)) in enumerate(zip(refs, views, strict=True)):
         out.append({"ref": ref, "image": img, "gt": gt, "case": case,

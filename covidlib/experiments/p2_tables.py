@@ -16,7 +16,7 @@ import pandas as pd
 
 from covidlib.cache import atomic_write_text
 from covidlib.data.manifest import load_manifest
-from covidlib.experiments.p2 import TABLES, TableRuns, resolve_data
+from covidlib.experiments.p2 import TABLES, P2Settings, TableRuns, resolve_data
 from covidlib.experiments.p2_data import STAND_INS, open_cached, prepared_cases, split_refs
 from covidlib.report import paper_values
 
@@ -137,17 +137,17 @@ def write_results(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def settings_comparison(s: Mapping[str, Any]) -> pd.DataFrame:
+def settings_comparison(s: P2Settings) -> pd.DataFrame:
     """P2's settings (paper values ``P2-S``) beside the profile's."""
     paper = paper_values.artifact("P2-S")["values"]
     ours = {
-        "model": f"{s['model']} {s['model_kwargs']}",
-        "image_size": s["size"],
-        "batch_size": s["batch_size"],
-        "epochs": s["epochs"],
-        "learning_rate": s["lr"],
+        "model": f"{s.model} {s.model_kwargs}",
+        "image_size": s.size,
+        "batch_size": s.batch_size,
+        "epochs": s.epochs,
+        "learning_rate": s.lr,
         "model_selection": "best validation epoch"
-        + (f" (stop after {s['patience']} epochs without gain)" if s.get("patience") else ""),
+        + (f" (stop after {s.patience} epochs without gain)" if s.patience else ""),
     }
     rows = [{"setting": k, "paper": str(paper[k]), "ours": str(v)} for k, v in ours.items()]
     return pd.DataFrame(rows).set_index("setting")
@@ -200,7 +200,7 @@ def data_sources(tables: Sequence[str], dataset: str = "auto",
     return pd.DataFrame(rows).set_index("table")
 
 
-def record_settings(results_dir: str | Path, s: Mapping[str, Any], provenance: Mapping[str, str]
+def record_settings(results_dir: str | Path, s: P2Settings, provenance: Mapping[str, str]
                     ) -> Path:
     """Scorecard entry ``P2-S``: the profile's settings against P2's, differences in words."""
     from covidlib.report import scorecard

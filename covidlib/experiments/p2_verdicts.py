@@ -87,7 +87,7 @@ def _compare(frame: pd.DataFrame, a: str, b: str, metric: str) -> str:
         verdict = "our runs tie them, so the ordering does not hold"
     elif one_seed:
         verdict = (f"the ordering {'holds' if _better(ma, mb, metric) else 'is reversed'} "
-                   "(one seed: no spread to compare the difference with)")
+                   "(one seed, no spread to compare the difference with)")
     elif _better(ma, mb, metric):
         verdict = ("the ordering holds, by more than the seeds' spread" if gap > noise else
                    f"the ordering holds on the means but within the seeds' spread {spread}")
@@ -224,9 +224,12 @@ def _mechanism(lungs: pd.DataFrame | None, a: str, b: str) -> bool | None:
 def claim_verdicts(frame: pd.DataFrame, tr: TableRuns, lungs: pd.DataFrame | None = None,
                    convergence: Convergence | None = None) -> list[Verdict]:
     """One three-way verdict per claim of P2's text about this table (see
-    :func:`ordering_verdicts` for the claims): the claim holds when our means order the two
-    rows as the paper does; otherwise "inconclusive" unless the baseline converged, and for
-    CB vs PL the lung-containment mechanism is reported present or absent."""
+    :func:`ordering_verdicts` for the claims): "inconclusive (run too small)" when either row
+    has fewer than two seeds or the difference of the means is inside the seeds' spread (sum
+    of the two standard deviations; :func:`covidlib.verdict.run_too_small`); otherwise the
+    claim holds when our means order the two rows as the paper does, else "inconclusive"
+    unless the baseline converged. For CB vs PL the lung-containment mechanism is reported
+    present or absent."""
     conv = convergence if convergence is not None else baseline_convergence(tr)
     out = []
     for a, b, metric in _CLAIMS[tr.task]:
@@ -238,9 +241,13 @@ def claim_verdicts(frame: pd.DataFrame, tr: TableRuns, lungs: pd.DataFrame | Non
             continue
         holds = ma != mb and _better(ma, mb, metric) == _better(pa, pb, metric)
         detail = _compare(frame, a, b, metric)
+        n = (int(min(frame.loc[a, "n_seeds"], frame.loc[b, "n_seeds"]))
+             if "n_seeds" in frame.columns else None)
+        spread = frame.loc[a, f"{metric}_std"] + frame.loc[b, f"{metric}_std"]
         v = three_way_verdict(holds, conv if conv is not None else False,
                               _mechanism(lungs, a, b), detail=detail,
-                              mechanism="lung containment (CB inside the lungs more than PL)")
+                              mechanism="lung containment (CB inside the lungs more than PL)",
+                              n_seeds=n, gap=abs(ma - mb), spread=float(spread))
         if tr.task == "counting":  # the counting tables' baseline is LCFCN (BASELINE)
             v = Verdict(v.label, v.text.replace("the fully supervised baseline",
                                                 "the LCFCN baseline"))

@@ -16,13 +16,20 @@ The pipeline of P4 Fig. 1 / Sec. 2, run per fold and seed:
    grid and spacing; :func:`covidlib.metrics.hausdorff`), mean +- std per fold and the
    fold average as P4 Tables 2-3 print them.
 
+Public entry point: :func:`train_p4` trains one method on a fold of any P4 dataset and
+scores it on any number of test sets (:mod:`~covidlib.experiments.p4_method`); the chapters'
+:func:`run` trains through the same path and caches the results; ``covidlib train`` runs it
+from the command line (:mod:`~covidlib.experiments.p4_cli`).
+
 Code: constants, profiles and the typed settings in :mod:`~covidlib.experiments.p4_settings`;
-fold data and patches in :mod:`~covidlib.experiments.p4_data`; networks, training, inference
-and evaluation in :mod:`~covidlib.experiments.p4_train`; this module caches and runs them
-(and re-exports their public names). Tables, verdicts and figures of the chapters are in
+fold data and patches in :mod:`~covidlib.experiments.p4_data`; training (the engine's step
+loop :func:`covidlib.engine.train_steps` with Alg. 1 as a step function), inference and
+evaluation in :mod:`~covidlib.experiments.p4_train`; this module caches and runs them (and
+re-exports their public names). Tables, verdicts and figures of the chapters are in
 :mod:`covidlib.experiments.p4_report`. The algorithms live in their concept modules: the
-network in :mod:`covidlib.models`, resampling in :mod:`covidlib.data.preprocess`, flips and
-crops in :mod:`covidlib.data.augment`, Alg. 1 in :mod:`covidlib.reweight`.
+network in :mod:`covidlib.models`, resampling in :mod:`covidlib.data.preprocess`, flips,
+crops and patch sampling in :mod:`covidlib.data.augment`, Alg. 1 and its weights in
+:mod:`covidlib.reweight`, Dice and HD/HD95 in :mod:`covidlib.metrics`.
 
 Data (:func:`fold_data`):
 
@@ -89,6 +96,8 @@ Choices where P4 is silent or ambiguous (stated in the chapters):
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -120,6 +129,7 @@ from covidlib.experiments.p4_data import (
     pool_volume,
     sample_patch,
 )
+from covidlib.experiments.p4_method import P4TestSet, TrainedP4, train_in_context
 from covidlib.experiments.p4_settings import (
     AUTO_BENCHMARK,
     DATASETS,
@@ -174,8 +184,10 @@ __all__ = [
     "Item",
     "P4Results",
     "P4Settings",
+    "P4TestSet",
     "SettingsError",
     "TestItem",
+    "TrainedP4",
     "curve_items",
     "decode_mask",
     "encode_mask",
@@ -196,6 +208,7 @@ __all__ = [
     "run",
     "sample_patch",
     "settings",
+    "train_p4",
     "train_student",
     "train_supervised",
 ]
@@ -354,34 +367,46 @@ class _Context:
 
         return _once(self.cache, "p4_mechanism", cfg, compute)
 
+    def train(self, method: str) -> tuple[torch.nn.Module, dict[str, list]]:
+        """Train ``method`` on this fold (the teacher first, cached): the network and its
+        training history (:func:`train_supervised` for ``fully``, Alg. 1 by
+        :func:`train_student` for the others)."""
+        cfg = _run_config(self.tcfg, self.s, method, self.diag)
+        data = self.data
+        art = self._teacher_artifact()
+        set_determinism(self.seed)
+        model = make_model(data.dims)
+        if self.s.init == "teacher":
+            model.load_state_dict(art["model"])
+        ck = self.cache.root / "p4_ckpt" / f"{config_hash(cfg)}.pt"
+        desc = f"p4 {method} fold {self.fold + 1}"
+        if method == "fully":
+            curve = cfg.get("curve", [0, 0])
+            hist = train_supervised(model, data.train + data.val, self.s,
+                                    int(self.s.student_steps), self.seed, data.dims,
+                                    self.device, stream=1, checkpoint=ck, desc=desc,
+                                    progress=self.progress,
+                                    monitor=curve_items(data.test, curve[1]),
+                                    monitor_points=curve[0])
+        else:
+            pool = self.pool_with_pseudo(art["pseudo"])
+            hist = train_student(model, method, data.val, pool, self.s, self.seed,
+                                 data.dims, self.device, stream=1, checkpoint=ck,
+                                 desc=desc, progress=self.progress)
+        return model, hist
+
     def run(self, method: str) -> dict[str, Any]:
+        """One row of the chapters' tables (cached): ``method`` trained by the public entry
+        point's path (:func:`~covidlib.experiments.p4_method.train_in_context`) and scored on
+        the fold's ``X_t`` with the figure masks."""
         cfg = _run_config(self.tcfg, self.s, method, self.diag)
 
         def compute() -> dict[str, Any]:
             t0 = time.perf_counter()
-            data = self.data
-            art = self._teacher_artifact()
-            set_determinism(self.seed)
-            model = make_model(data.dims)
-            if self.s.init == "teacher":
-                model.load_state_dict(art["model"])
-            ck = self.cache.root / "p4_ckpt" / f"{config_hash(cfg)}.pt"
-            desc = f"p4 {method} fold {self.fold + 1}"
-            if method == "fully":
-                curve = cfg.get("curve", [0, 0])
-                hist = train_supervised(model, data.train + data.val, self.s,
-                                        int(self.s.student_steps), self.seed, data.dims,
-                                        self.device, stream=1, checkpoint=ck, desc=desc,
-                                        progress=self.progress,
-                                        monitor=curve_items(data.test, curve[1]),
-                                        monitor_points=curve[0])
-            else:
-                pool = self.pool_with_pseudo(art["pseudo"])
-                hist = train_student(model, method, data.val, pool, self.s, self.seed,
-                                     data.dims, self.device, stream=1, checkpoint=ck,
-                                     desc=desc, progress=self.progress)
-            out = evaluate(model, data.test, self.s, self.device, self.figure_ids)
-            out.update(history=hist, seconds=round(time.perf_counter() - t0, 2))
+            trained = train_in_context(self, method, {"test": self.data.test},
+                                       figure_ids=self.figure_ids)
+            out = dict(trained.results["test"])
+            out.update(history=trained.history, seconds=round(time.perf_counter() - t0, 2))
             return out
 
         return _once(self.cache, "p4_run", cfg, compute)
@@ -465,23 +490,12 @@ def run(dataset: str | Dataset = "synthetic", methods: Sequence[str] = TABLE2_ME
     see :func:`resolve_dataset`; ``diagnostics`` (default: the profile's
     :data:`DIAGNOSTICS`) adds the baseline's learning curve and the mechanism probe."""
     t0 = time.perf_counter()
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"p4: unknown method(s) {unknown}; choose from {METHODS}")
-    if teacher not in ("ours", "provided"):
-        raise ValueError(f"p4: teacher={teacher!r}: 'ours' (trained on X_tr) or 'provided'")
+    _check_methods(methods)
     if not seeds or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
         raise ValueError(f"p4: seeds={seeds!r}: a non-empty list of integers >= 0")
     s = settings(profile, overrides)
     diag = DIAGNOSTICS[profile] if diagnostics is None else diagnostics
-    ds = resolve_dataset(dataset, data_root)
-    if ds.name not in DATASETS:
-        raise ValueError(f"p4: dataset {dataset!r} is not supported; choose one of "
-                         f"{sorted(DATASETS)}")
-    if teacher == "provided" and DATASETS[ds.name]["pool"] not in ("pseudo-label",
-                                                                    "covid-semiseg"):
-        raise ValueError("p4: teacher='provided' exists only for a COVID-SemiSeg pool "
-                         "(covid-semiseg, ma20-slices)")
+    ds = _open_checked(dataset, data_root, teacher)
     dev = resolve_device(device)
     cache = ResultCache(results_dir)
     rows, runs, teachers, cases, mech = [], {}, {}, {}, {}
@@ -509,6 +523,70 @@ def run(dataset: str | Dataset = "synthetic", methods: Sequence[str] = TABLE2_ME
     return P4Results(ds.name, ds.is_real, DATASETS[ds.name]["dims"], tuple(methods), s,
                      tuple(seeds), teacher, frame, runs, teachers, cases,
                      round(time.perf_counter() - t0, 1), mech, diag, _data_kind(ds))
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"p4: unknown method(s) {unknown}; choose from {METHODS}")
+
+
+def _open_checked(dataset: str | Dataset, data_root: str | Path | None, teacher: str
+                  ) -> Dataset:
+    """The dataset (:func:`resolve_dataset`), checked to be a P4 dataset with a pool that
+    ``teacher`` can label."""
+    if teacher not in ("ours", "provided"):
+        raise ValueError(f"p4: teacher={teacher!r}: 'ours' (trained on X_tr) or 'provided'")
+    ds = resolve_dataset(dataset, data_root)
+    if ds.name not in DATASETS:
+        raise ValueError(f"p4: dataset {dataset!r} is not supported; choose one of "
+                         f"{sorted(DATASETS)}")
+    if teacher == "provided" and DATASETS[ds.name]["pool"] not in ("pseudo-label",
+                                                                    "covid-semiseg"):
+        raise ValueError("p4: teacher='provided' exists only for a COVID-SemiSeg pool "
+                         "(covid-semiseg, ma20-slices)")
+    return ds
+
+
+_NO_DIAGNOSTICS = Diagnostics(curve_points=0, curve_items=0, probe_batches=0)
+
+
+def train_p4(dataset: str | Dataset, method: str, *, fold: int = 0, seed: int = 0,
+             profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
+             teacher: str = "ours",
+             test_sets: Mapping[str, P4TestSet | str | Sequence[TestItem]] | None = None,
+             device: str = "auto", data_root: str | Path | None = None,
+             results_dir: str | Path | None = None, progress: bool = True,
+             diagnostics: Diagnostics | None = None) -> TrainedP4:
+    """Train P4 method ``method`` (:data:`METHODS`: ``fully`` supervised, ``semi`` uniform
+    pseudo-labels, ``rgs``, ``rgm``, ``rgsm``, ``rgs_al``, ``rgsm_al``) once on fold ``fold``
+    of ``dataset`` and score it on every test set.
+
+    ``dataset``: a P4 dataset name (:data:`DATASETS`), ``"auto"`` or an opened one; the
+    fold's ``X_tr`` trains the teacher (cached in ``results_dir``, shared with the chapters;
+    None: a temporary folder), whose pseudo-labels of the pool train the student by Alg. 1
+    from ``X_v``. Settings: ``profile`` (:data:`PROFILES`) with ``overrides``. ``test_sets``:
+    name -> :class:`P4TestSet`, its text (``"test"``, ``"test@2"``,
+    ``"covid-semiseg:test"``) or a list of test items (default ``{"test": "test"}``: the
+    fold's ``X_t``). ``diagnostics``: the baseline's learning curve (default none). Returns
+    a :class:`TrainedP4`: ``.model``, ``.history``, ``.scores[name]``, ``.results[name]``;
+    ``.score(...)`` scores more test sets without training again.
+    """
+    _check_methods([method])
+    s = settings(profile, overrides)
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+        raise ValueError(f"p4: fold={fold!r}: a fold index >= 0")
+    ds = _open_checked(dataset, data_root, teacher)
+    with contextlib.ExitStack() as stack:
+        root = (Path(results_dir) if results_dir is not None else
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidlib-p4-"))))
+        ctx = _Context(ds, s, int(fold), int(seed), teacher, ResultCache(root),
+                       resolve_device(device), progress, {},
+                       _NO_DIAGNOSTICS if diagnostics is None else diagnostics)
+        trained = train_in_context(ctx, method, dict(test_sets or {"test": "test"}))
+    if results_dir is None:
+        trained.store = None  # the temporary folder is gone: other folds prepare anew
+    return trained
 
 
 def _figure_source_cases(ds: Dataset, ids: set[str]) -> dict[str, Case]:

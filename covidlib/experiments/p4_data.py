@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from covidlib.cache import config_hash
 from covidlib.data.api import Dataset, open_dataset
-from covidlib.data.augment import crop_padded, flip_lr_ud
+from covidlib.data.augment import crop_padded, flip_lr_ud, sample_crop
 from covidlib.data.errors import DataError
 from covidlib.data.ma20 import pool_cases_outside, semiseg_pool_volume
 from covidlib.data.manifest import natural_key
@@ -366,16 +366,8 @@ def sample_patch(item: Item, patch: Sequence[int], rng: np.random.Generator,
     label = getattr(item, label_key)
     if label is None:
         raise ValueError(f"sample_patch: item {item.case_id} has no {label_key!r} labels")
-    fg = item.foreground(label_key)
-    if fg.size and rng.random() < pos_fraction:
-        centre = np.unravel_index(int(fg[rng.integers(fg.size)]), shape)
-        start = [int(c) - p // 2 for c, p in zip(centre, patch, strict=True)]
-    else:
-        start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(shape, patch,
-                                                                           strict=True)]
-    start = [min(max(st, 0), max(n - p, 0)) for st, n, p in zip(start, shape, patch,
-                                                                 strict=True)]
-    code = int(rng.integers(4)) if flip else 0
+    start, code = sample_crop(shape, patch, rng, item.foreground(label_key), pos_fraction,
+                              flip)
 
     def crop(arr: np.ndarray, dtype: Any) -> np.ndarray:
         part = np.asarray(crop_padded(arr, start, patch), dtype=dtype)

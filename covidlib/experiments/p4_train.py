@@ -1,25 +1,36 @@
 """P4 networks, training (teacher and students, Alg. 1), inference, evaluation and the
-mechanism probe (see :mod:`covidlib.experiments.p4` for the protocol)."""
+mechanism probe (see :mod:`covidlib.experiments.p4` for the protocol).
+
+Training runs on the engine's step loop (:func:`covidlib.engine.train_steps`): the teacher
+and ``fully`` with the engine's :func:`~covidlib.engine.train_step` on P4's combo loss
+(:func:`p4_mean_loss`), the students with :class:`ReweightedStep` (one iteration of Alg. 1)
+plugged in as the step function; batches come from one random stream per step
+(:func:`covidlib.runtime.stream_rng`), checkpoints from :mod:`covidlib.checkpoint`."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from covidlib import checkpoint as _ckpt
 from covidlib import reweight as rw
 from covidlib.data.manifest import natural_key
-from covidlib.engine import amp_settings, autocast
+from covidlib.data.preprocess import resize_probabilities
+from covidlib.engine import (
+    StepState,
+    Validation,
+    amp_settings,
+    autocast,
+    supervised_loss,
+    train_steps,
+)
 from covidlib.experiments.p4_data import (
     Item,
     TestItem,
@@ -29,9 +40,10 @@ from covidlib.experiments.p4_data import (
 from covidlib.experiments.p4_settings import (
     P4Settings,
 )
-from covidlib.metrics import confusion, example_dice, hausdorff, scores, surface_distances
+from covidlib.metrics import confusion, example_dice, hausdorff_hd95, scores
 from covidlib.models import resunet2d_p4, resunet3d_p4
 from covidlib.report.masks import encode_mask
+from covidlib.runtime import stream_rng
 
 # --------------------------------------------------------------------------------------------
 # Models
@@ -55,12 +67,8 @@ def _optimizer(model: nn.Module, s: P4Settings) -> torch.optim.Optimizer:
 
 
 # --------------------------------------------------------------------------------------------
-# Training
+# Training: the engine's step loop (covidlib.engine_steps.train_steps) with P4's batches
 # --------------------------------------------------------------------------------------------
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), *[int(v) for v in stream]])
 
 
 def _patch_shape(dims: int, s: P4Settings) -> list[int]:
@@ -71,36 +79,48 @@ def _keep_steps(steps: int, n: int) -> set[int]:
     return set(np.linspace(0, steps - 1, min(steps, n)).round().astype(int).tolist())
 
 
-@contextlib.contextmanager
-def _checkpointing(path: Path | None, every: int, model: nn.Module,
-                   opt: torch.optim.Optimizer, history: dict[str, list]) -> Iterator[Any]:
-    """Resume from ``path`` if it exists; yields ``save(step)``; deletes it at the end.
+def p4_mean_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """P4 Eq. 1 (the combo loss of every sample, :data:`covidlib.reweight.p4_loss`) averaged
+    over the batch: the loss of the fully supervised networks (Sec. 2.3)."""
+    return rw.p4_loss(logits, target).mean()
 
-    Checkpoints go through :mod:`covidlib.checkpoint` (atomic, sha256-verified on load); a
-    damaged one is moved aside with a warning and training starts again from step 0."""
-    start = 0
-    if path is not None and every and path.exists():
-        try:
-            ck = _ckpt.load(path)
-        except _ckpt.CorruptCheckpointError as exc:
-            moved = _ckpt.move_aside(path)
-            warnings.warn(f"{exc}; moved aside to {moved.name}, training restarts from step 0",
-                          stacklevel=3)
-        else:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            history.update(ck["history"])
-            start = int(ck["step"])
 
-    def save(step: int) -> None:
-        if path is not None and every and step % every == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "history": history, "step": step}, path)
+@dataclass(frozen=True)
+class ReweightedStep:
+    """One iteration of P4 Alg. 1 as a step function of :func:`covidlib.engine.train_steps`:
+    the weights of the pseudo batch (lines 4-16, :func:`covidlib.reweight.compute_weights`;
+    ``lam=None``: uniform ``1 / C_p``), then the update of Eq. 9 (lines 17-20,
+    :func:`covidlib.reweight.weighted_update`), plus the expert batch's mean loss when
+    ``expert_term``. The batch is ``{"pseudo": ..., "expert": ...}``; the parts returned hold
+    the loss terms and the weights ``w_star`` / ``w_com``."""
 
-    yield start, save
-    if path is not None and path.exists():
-        path.unlink()
+    lam: float | None
+    rectify: bool
+    alpha: float
+    norm: Literal["l2", "mean_abs"] = "l2"
+    rgs_method: rw.RGSMethod = "meta"
+    expert_term: bool = True
+
+    @classmethod
+    def for_mode(cls, mode: str, s: P4Settings) -> ReweightedStep:
+        """The step of method ``mode`` (:data:`covidlib.reweight.MODES`) with ``s``."""
+        lam, rectify = rw.mode_settings(mode, float(s.lam))
+        return cls(lam, rectify, float(s.meta_lr), s.gem_norm, s.rgs_method,
+                   bool(s.expert_term))
+
+    def __call__(self, state: StepState, batch: Mapping[str, Any], where: str
+                 ) -> tuple[float, dict[str, Any]]:
+        dev = state.device
+        x_p, y_p = batch["pseudo"]["image"].to(dev), batch["pseudo"]["label"].to(dev)
+        x_v, y_v = batch["expert"]["image"].to(dev), batch["expert"]["label"].to(dev)
+        with autocast(dev, state.amp_dtype):
+            res = rw.compute_weights(state.model, x_p, y_p, x_v, y_v, lam=self.lam,
+                                     rectify=self.rectify, alpha=self.alpha, norm=self.norm,
+                                     rgs_method=self.rgs_method)
+            parts = rw.weighted_update(
+                state.model, state.optimizer, x_p, y_p, res.w_star,
+                x_e=x_v if self.expert_term else None, y_e=y_v if self.expert_term else None)
+        return parts["loss"], {**parts, "w_star": res.w_star, "w_com": res.w_com}
 
 
 def monitor_dice(model: nn.Module, items: Sequence[Item], s: P4Settings,
@@ -139,37 +159,36 @@ def train_supervised(model: nn.Module, items: Sequence[Item], s: P4Settings, ste
                      progress: bool = True, monitor: Sequence[Item] = (),
                      monitor_points: int = 0) -> dict[str, list]:
     """Combo-loss training on expert items (the teacher ``Phi_sl`` and ``fully``): Adam,
-    ``steps`` mini-batches of ``batch`` flipped patches (P4 Sec. 2.3, 4). With ``monitor``
-    items, their Dice is measured after ``monitor_points`` evenly spaced steps (the learning
-    curve of ``curve_step`` / ``curve_dice``; never used to choose a model)."""
+    ``steps`` mini-batches of ``batch`` flipped patches (P4 Sec. 2.3, 4), through the
+    engine's :func:`~covidlib.engine.train_step`. With ``monitor`` items, their Dice is
+    measured after ``monitor_points`` evenly spaced steps (the engine's validate step: the
+    learning curve ``curve_step`` / ``curve_dice``; never used to choose a model)."""
     model.to(device).train()
-    opt = _optimizer(model, s)
     dtype, _ = amp_settings(device, dims)
+    state = StepState(model, _optimizer(model, s), device, amp_dtype=dtype,
+                      loss_fn=supervised_loss(p4_mean_loss, target_key="label"))
     history: dict[str, list] = {"step": [], "loss": []}
-    at = set()
+    validation = None
     if monitor and monitor_points > 0:
         history.update(curve_step=[], curve_dice=[])
         at = set(np.linspace(0, steps, monitor_points + 1)[1:].round().astype(int).tolist())
+        validation = Validation(lambda m: {"dice": monitor_dice(m, monitor, s, device)}, at,
+                                key="curve")
     keep = _keep_steps(steps, int(s.history_max))
     patch = _patch_shape(dims, s)
-    with _checkpointing(checkpoint, int(s.checkpoint_every), model, opt, history) as (
-            start, save):
-        for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
-            b = _batch(items, int(s.batch), patch, _rng(seed, stream, step), "label",
-                       float(s.pos_fraction), flip=True)
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, dtype):
-                loss = rw.p4_loss(model(b["image"].to(device)), b["label"].to(device)).mean()
-            loss.backward()
-            opt.step()
-            if step in keep:
-                history["step"].append(step)
-                history["loss"].append(float(loss.detach()))
-            if step + 1 in at:
-                history["curve_step"].append(step + 1)
-                history["curve_dice"].append(monitor_dice(model, monitor, s, device))
-            save(step + 1)
-    return history
+
+    def batch(step: int) -> dict[str, Any]:
+        return _batch(items, int(s.batch), patch, stream_rng(seed, stream, step), "label",
+                      float(s.pos_fraction), flip=True)
+
+    def log(step: int, _b: Any, value: float, _parts: Mapping[str, Any]) -> None:
+        if step in keep:
+            history["step"].append(step)
+            history["loss"].append(value)
+
+    return train_steps(state, batch, steps, on_step=log, validation=validation,
+                       checkpoint=checkpoint, checkpoint_every=int(s.checkpoint_every),
+                       history=history, progress=progress, desc=desc)
 
 
 def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequence[Item],
@@ -177,45 +196,41 @@ def train_student(model: nn.Module, mode: str, val: Sequence[Item], pool: Sequen
                   stream: int = 1, checkpoint: Path | None = None, desc: str = "student",
                   progress: bool = True) -> dict[str, list]:
     """``Phi_ssl`` by Alg. 1: per step a pseudo batch from ``pool`` (labels ``pseudo``) and
-    an expert batch from ``val`` (``X_v``); weights by ``mode`` (:data:`reweight.MODES`),
-    update by Eq. 9 (plus the expert batch's mean loss when ``expert_term``)."""
-    lam, rectify = rw.mode_settings(mode, float(s.lam))
+    an expert batch from ``val`` (``X_v``), one :class:`ReweightedStep` of ``mode``
+    (:data:`reweight.MODES`) in the engine's step loop."""
+    step_fn = ReweightedStep.for_mode(mode, s)
     model.to(device).train()
-    opt = _optimizer(model, s)
     dtype, _ = amp_settings(device, dims)
+    state = StepState(model, _optimizer(model, s), device, amp_dtype=dtype)
     history: dict[str, list] = {"step": [], "loss": [], "w_star": [], "w_com": [],
                                 "quality": []}
     keep = _keep_steps(steps := int(s.student_steps), int(s.history_max))
     patch = _patch_shape(dims, s)
     n = int(s.batch)
     has_truth = all(it.truth is not None for it in pool)
-    with _checkpointing(checkpoint, int(s.checkpoint_every), model, opt, history) as (
-            start, save):
-        for step in tqdm(range(start, steps), desc=desc, disable=not progress, leave=False):
-            rng = _rng(seed, stream, step)
-            bp = _batch(pool, n, patch, rng, "pseudo", float(s.pos_fraction), flip=False,
-                        extra=("truth",) if has_truth else ())
-            bv = _batch(val, n, patch, rng, "label", float(s.pos_fraction), flip=True)
-            x_p, y_p = bp["image"].to(device), bp["label"].to(device)
-            x_v, y_v = bv["image"].to(device), bv["label"].to(device)
-            with autocast(device, dtype):
-                res = rw.compute_weights(model, x_p, y_p, x_v, y_v, lam=lam, rectify=rectify,
-                                         alpha=float(s.meta_lr), norm=s.gem_norm,
-                                         rgs_method=s.rgs_method)
-                parts = rw.weighted_update(
-                    model, opt, x_p, y_p, res.w_star,
-                    x_e=x_v if s.expert_term else None,
-                    y_e=y_v if s.expert_term else None)
-            if step in keep:
-                history["step"].append(step)
-                history["loss"].append(parts["loss"])
-                history["w_star"].append([float(v) for v in res.w_star.cpu()])
-                history["w_com"].append([float(v) for v in res.w_com.cpu()])
-                if has_truth:
-                    history["quality"].append(
-                        [float(q) for q in example_dice(bp["label"].numpy(), bp["truth"])])
-            save(step + 1)
-    return history
+
+    def batch(step: int) -> dict[str, Any]:
+        rng = stream_rng(seed, stream, step)  # one stream per step: pseudo, then expert
+        bp = _batch(pool, n, patch, rng, "pseudo", float(s.pos_fraction), flip=False,
+                    extra=("truth",) if has_truth else ())
+        bv = _batch(val, n, patch, rng, "label", float(s.pos_fraction), flip=True)
+        return {"pseudo": bp, "expert": bv}
+
+    def log(step: int, b: Mapping[str, Any], value: float, parts: Mapping[str, Any]) -> None:
+        if step not in keep:
+            return
+        history["step"].append(step)
+        history["loss"].append(value)
+        history["w_star"].append([float(v) for v in parts["w_star"].cpu()])
+        history["w_com"].append([float(v) for v in parts["w_com"].cpu()])
+        if has_truth:
+            history["quality"].append(
+                [float(q) for q in example_dice(b["pseudo"]["label"].numpy(),
+                                                b["pseudo"]["truth"])])
+
+    return train_steps(state, batch, steps, step_fn=step_fn, on_step=log,
+                       checkpoint=checkpoint, checkpoint_every=int(s.checkpoint_every),
+                       history=history, progress=progress, desc=desc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,12 +282,6 @@ def predict_slices(model: nn.Module, images: Sequence[np.ndarray] | np.ndarray,
     return np.concatenate(out) if out else np.zeros((0, *stack.shape[1:]), np.float32)
 
 
-def _to_original(prob: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(prob))[None, None]
-    mode = "trilinear" if prob.ndim == 3 else "bilinear"
-    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
-
-
 def _figure_slice(mask: np.ndarray) -> int | None:
     """Axial slice with the most infection (3-D), None for a 2-D mask."""
     return int(mask.reshape(mask.shape[0], -1).sum(1).argmax()) if mask.ndim == 3 else None
@@ -293,18 +302,6 @@ def _nan_none(v: float) -> float | None:
     return None if not math.isfinite(v) else float(v)
 
 
-def _hausdorff(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None
-               ) -> tuple[float, float]:
-    """``(HD, HD95)`` in mm (pixels without spacing) from one distance computation, with the
-    conventions of :func:`covidlib.metrics.hausdorff` (both empty 0, one empty inf)."""
-    if not pred.any() or not truth.any():
-        v = hausdorff(pred, truth, spacing)
-        return v, v
-    d_pt, d_tp = surface_distances(pred, truth, spacing)
-    return (float(max(d_pt.max(), d_tp.max())),
-            float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))))
-
-
 def evaluate(model: nn.Module, test: Sequence[TestItem], s: P4Settings,
              device: torch.device, figure_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Dice and Hausdorff distance per test case at its original grid and spacing (P4
@@ -315,10 +312,10 @@ def evaluate(model: nn.Module, test: Sequence[TestItem], s: P4Settings,
             prob = predict_slices(model, t.item.image, s, device)
         else:
             prob = predict_foreground(model, t.item.image, s, device)
-        prob = _to_original(prob, t.mask.shape)
+        prob = resize_probabilities(prob, t.mask.shape)
         pred = prob > 0.5
         sc = scores(confusion(pred, t.mask))
-        hd, hd95 = _hausdorff(pred, t.mask, t.spacing)
+        hd, hd95 = hausdorff_hd95(pred, t.mask, t.spacing)  # P4 Tables 2-3
         rows.append({"case_id": t.item.case_id, "dice": float(sc["dice"]),
                      "hd": _nan_none(hd), "hd95": _nan_none(hd95),
                      "empty_truth": not bool(t.mask.any()), "empty_pred": not bool(pred.any()),
@@ -358,7 +355,7 @@ def probe_weights(model: nn.Module, val: Sequence[Item], s: P4Settings, n_batche
     (:func:`covidlib.metrics.example_dice`), one list entry per example."""
     probe, expert = probe_split(val)
     n = int(s.batch)
-    rng = _rng(seed, 7)
+    rng = stream_rng(seed, 7)
     pick = rng.choice(len(probe), size=n * n_batches, replace=len(probe) < n * n_batches)
     patch = _patch_shape(dims, s)
     labelled: dict[int, Item] = {}

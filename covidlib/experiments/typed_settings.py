@@ -1,8 +1,9 @@
 """Typed, validated experiment settings: a frozen dataclass per paper, profiles as instances.
 
 A paper module declares ``@dataclass(frozen=True) class P3Settings`` with type hints, calls
-:func:`check_fields` from its ``__post_init__`` (types; lists become tuples) and declares its
-profiles as instances. :func:`from_profile` is its ``settings(profile, overrides)``: unknown
+:func:`check_fields` from its ``__post_init__`` (types; lists become tuples, mappings
+(``dict[K, V]`` hints) new dicts with checked keys and values) and declares its profiles as
+instances. :func:`from_profile` is its ``settings(profile, overrides)``: unknown
 profile or key -> :class:`SettingsError` naming it and the valid ones; a value of the wrong
 type or range -> :class:`SettingsError` naming the setting and the value.
 """
@@ -30,6 +31,11 @@ def _type_text(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
         return " or ".join(_type_text(a) for a in typing.get_args(hint))
+    if origin is dict:
+        k, v = typing.get_args(hint) or (Any, Any)
+        return f"a mapping of {_type_text(k)} to {_type_text(v)}"
+    if hint is Any:
+        return "any value"
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -51,6 +57,20 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             if ok:
                 return True, out
         return False, None
+    if hint is Any:
+        return True, value
+    if origin is dict:  # stored as a new dict (a profile's dict is never shared)
+        if not isinstance(value, Mapping):
+            return False, None
+        kh, vh = typing.get_args(hint) or (Any, Any)
+        out_d = {}
+        for k, v in value.items():
+            ok_k, ck = _coerce(k, kh)
+            ok_v, cv = _coerce(v, vh)
+            if not (ok_k and ok_v):
+                return False, None
+            out_d[ck] = cv
+        return True, out_d
     if origin is tuple:
         if not isinstance(value, list | tuple):
             return False, None

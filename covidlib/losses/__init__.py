@@ -7,6 +7,7 @@
 * :mod:`~covidlib.losses.structure`: weighted BCE + IoU (F3Net; P1 Sec 5.3, P2 Sec 4.2).
 * :mod:`~covidlib.losses.combo`: sample-weighted combo loss (P4 Eq. 1).
 * :mod:`~covidlib.losses.dice_ce`: soft Dice + cross-entropy on volumes (P3's training loss).
+* :mod:`~covidlib.losses.region`: P1 Eq. 1 on region labels, balanced per region or class.
 
 Conventions: logits ``(B, C, H, W)`` with ``C >= 2`` (0 = background, 1 = infection); point
 labels ``(B, H, W)`` integers with :data:`IGNORE` (255) on unlabelled pixels.

@@ -28,6 +28,7 @@ Two layouts, same parameter shapes (so the same ImageNet weights load into both)
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -261,8 +262,9 @@ class FCN8VGG16(nn.Module):
         """``n_samples`` MC-dropout passes of :meth:`head` at once: logits ``(I, B, C, H, W)``.
 
         Sample i's masks are drawn as :meth:`head` draws them (drop6 then drop7, same shapes,
-        after ``torch.manual_seed(seed + i)`` when ``seed`` is given), so the result equals I
-        calls of ``head`` (P1 Eq. 2's I predictions). fc7, score_fr and the up-sampling then
+        the numbers ``torch.manual_seed(seed + i)`` gives when ``seed`` is given; see
+        :meth:`draw_masks`), so the result equals I calls of ``head`` (P1 Eq. 2's I
+        predictions). fc7, score_fr and the up-sampling then
         run on up to ``max_batch`` maps per call (one larger GEMM instead of I small ones),
         and the skip scores of pool3 / pool4, which no dropout precedes, are computed once.
         """
@@ -271,23 +273,48 @@ class FCN8VGG16(nn.Module):
         b = int(feats.fc6.shape[0])
         chunk = max(1, int(max_batch) // max(1, b))
         sp4, sp3 = self.score_pool4(feats.pool4), self.score_pool3(feats.pool3)
-        ones = torch.ones_like(feats.fc6)  # fc7 is 1x1: its output has fc6's shape
         out = []
         for start in range(0, n_samples, chunk):
-            idx = range(start, min(n_samples, start + chunk))
-            m6, m7 = [], []
-            for i in idx:
-                if seed is not None:
-                    torch.manual_seed(seed + i)
-                m6.append(self.drop6(ones))
-                m7.append(self.drop7(ones))
-            c = len(m6)
-            h = (feats.fc6.unsqueeze(0) * torch.stack(m6)).flatten(0, 1)  # (c * B, F, h, w)
-            h = self.relu7(self.fc7(h)) * torch.stack(m7).flatten(0, 1)
+            c = min(n_samples, start + chunk) - start
+            # the masks of the chunk's samples, drawn in place (fc7 is 1x1: its output has
+            # fc6's shape): no per-sample tensors to stack, no multiplication by ones
+            m6 = feats.fc6.new_empty((c, *feats.fc6.shape))
+            m7 = torch.empty_like(m6)
+            self.draw_masks(m6, m7, seed, start)
+            h = m6.mul_(feats.fc6.unsqueeze(0)).flatten(0, 1)  # (c * B, F, h, w)
+            h = self.relu7(self.fc7(h)).mul_(m7.flatten(0, 1))
             logits = self._fuse(self.score_fr(h), sp4.repeat(c, 1, 1, 1),
                                 sp3.repeat(c, 1, 1, 1), feats.size)
             out.append(logits.unflatten(0, (c, b)))
-        return torch.cat(out)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def draw_masks(self, m6: torch.Tensor, m7: torch.Tensor, seed: int | None,
+                    start: int) -> None:
+        """Fill ``m6[j]``, ``m7[j]`` with sample ``start + j``'s drop6 and drop7 masks.
+
+        With a ``seed`` on a CPU, sample i draws from its own generator seeded ``seed + i``
+        (the numbers ``torch.manual_seed(seed + i)`` gives the global one; the global state is
+        left alone) and, with more than one torch thread, the samples are drawn in parallel:
+        ATen draws Bernoulli numbers on one thread, so they would otherwise leave the other
+        cores idle. Else in sequence from the global generator, as :meth:`head` draws them.
+        """
+        own = (seed is not None and m6.device.type == "cpu"
+               and all(isinstance(d, nn.Dropout) for d in (self.drop6, self.drop7)))
+
+        def draw(j: int) -> None:
+            gen = torch.Generator().manual_seed(seed + start + j) if own else None
+            if seed is not None and not own:
+                torch.manual_seed(seed + start + j)
+            _dropout_mask_(self.drop6, m6[j], gen)
+            _dropout_mask_(self.drop7, m7[j], gen)
+
+        workers = min(torch.get_num_threads(), m6.shape[0]) if own else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(draw, range(m6.shape[0])))
+        else:
+            for j in range(m6.shape[0]):
+                draw(j)
 
     def _fuse(self, score_fr: torch.Tensor, score_pool4: torch.Tensor,
               score_pool3: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -306,6 +333,24 @@ class FCN8VGG16(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, H, W)`` for images ``(B, in_channels, H, W)``."""
         return self.head(self.backbone_features(x))
+
+
+def _dropout_mask_(layer: nn.Module, out: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill ``out`` with the scaled mask ``layer`` (an ``nn.Dropout``) would multiply an input
+    of ``out``'s shape by: what ``layer(torch.ones_like(out))`` returns, drawing the same
+    random numbers. On a CPU, ATen's dropout is ``bernoulli_(1 - p)`` then ``div_(1 - p)``
+    (none when the layer is off or p is 0 or 1), done here in place; other devices have a
+    fused kernel with its own draws, so the layer itself runs on ones there (global
+    generator). ``generator``: the CPU generator to draw from (default: the global one)."""
+    if out.device.type != "cpu" or not isinstance(layer, nn.Dropout):
+        return out.copy_(layer(torch.ones_like(out)))
+    p = float(layer.p)
+    if not layer.training or p == 0.0:
+        return out.fill_(1.0)
+    if p == 1.0:
+        return out.fill_(0.0)
+    return out.bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
 
 
 def _crop_at(x: torch.Tensor, offset: int, size: tuple[int, ...] | torch.Size) -> torch.Tensor:

@@ -33,3 +33,15 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             f"build_model({name!r}): unknown argument(s) {unknown}; accepted: {sorted(params)}"
         )
     return factory(**kwargs)
+
+
+def build_segmenter(name: str, n_classes: int, **kwargs: Any) -> nn.Module:
+    """A 2-D segmentation network of P1 / P2 with ``n_classes`` output channels:
+    ``"unet2d"`` (``out_channels``) or ``"fcn8_vgg16"`` (``n_classes``; no download progress
+    bar unless ``progress=True``)."""
+    if name == "unet2d":
+        return build_model("unet2d", out_channels=n_classes, **kwargs)
+    if name == "fcn8_vgg16":
+        return build_model("fcn8_vgg16", n_classes=n_classes, **{"progress": False, **kwargs})
+    raise ValueError(f"build_segmenter: model {name!r} is not a 2-D segmentation network of "
+                     "P1 / P2; use 'unet2d' or 'fcn8_vgg16'")

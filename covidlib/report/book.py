@@ -72,6 +72,7 @@ from covidlib.report.book_cache import (
 from covidlib.report.book_pages import (  # noqa: F401  (_html_fresh: tests)
     API_PAGE,
     PLUMBING_TAG,
+    HtmlPrebuild,
     _html_fresh,
     api_page_text,
     build_html,
@@ -80,6 +81,7 @@ from covidlib.report.book_pages import (  # noqa: F401  (_html_fresh: tests)
     package_own_members,
     plumbing_kind,
     public_modules,
+    start_html_prebuild,
     unresolved_glue,
     write_api_page,
 )
@@ -93,6 +95,7 @@ __all__ = [
     "PROFILES",
     "SCHEDULER_ENV",
     "BookError",
+    "HtmlPrebuild",
     "PlanEntry",
     "RunOutcome",
     "api_page_text",
@@ -119,6 +122,7 @@ __all__ = [
     "scorecard_digest",
     "source_digest",
     "stale_reason",
+    "start_html_prebuild",
     "unresolved_glue",
     "worker_env",
     "write_api_page",
@@ -322,7 +326,7 @@ def _dask_failure(entry: PlanEntry, exc: BaseException, seconds: float) -> RunOu
 def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "auto",
                  only: list[str] | None = None, log: Callable[[str], None] = print, *,
                  workers: int | None = None, scheduler: str | None = None,
-                 force: bool = False) -> list[RunOutcome]:
+                 force: bool = False, prebuild_html: bool = False) -> list[RunOutcome]:
     """Run the plan's chapters that changed (all with ``force``, the ``only`` ones when given);
     never stops at a failure.
 
@@ -331,7 +335,10 @@ def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "aut
     core). ``scheduler``: address of an existing Dask scheduler (default:
     ``$COVIDLIB_SCHEDULER``). Outcomes come back in plan order;
     ``<results_dir>/book_timings_<profile>.json`` records each executed notebook's status,
-    seconds and worker (the next run starts the longest first).
+    seconds and worker (the next run starts the longest first). ``prebuild_html``: when
+    chapters run and the next HTML build would be a full one, start it in the background
+    now and wait for it at the end (:func:`start_html_prebuild`), so that the
+    :func:`build_html` after the notebooks is incremental.
     """
     if profile not in PROFILES:
         raise BookError(f"profile {profile!r} is not one of {PROFILES}")
@@ -354,16 +361,21 @@ def execute_plan(repo: Path, profile: str, results_dir: Path, device: str = "aut
             done[e.output] = run_entry(e, repo, profile, results_dir, device, log)
         elif plan[e.output] in ("reused", "skip"):
             done[e.output] = RunOutcome(e, "reused", 0.0)
-    scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
-    n_default, n_gpus = default_workers(device)
-    n_workers = max(1, min(workers or n_default, len(kernels)))
-    if kernels and scheduler is None and n_workers <= 1:
-        done.update((e.output, run_entry(e, repo, profile, results_dir, device, log))
-                    for e in kernels)
-    elif kernels:
-        ran = _execute_dask(kernels, Path(repo).resolve(), profile, results_dir, device,
-                            scheduler, n_workers, n_gpus, log)
-        done.update((o.entry.output, o) for o in ran)
+    prebuild = start_html_prebuild(Path(repo), log) if prebuild_html and kernels else None
+    try:
+        scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
+        n_default, n_gpus = default_workers(device)
+        n_workers = max(1, min(workers or n_default, len(kernels)))
+        if kernels and scheduler is None and n_workers <= 1:
+            done.update((e.output, run_entry(e, repo, profile, results_dir, device, log))
+                        for e in kernels)
+        elif kernels:
+            ran = _execute_dask(kernels, Path(repo).resolve(), profile, results_dir, device,
+                                scheduler, n_workers, n_gpus, log)
+            done.update((o.entry.output, o) for o in ran)
+    finally:
+        if prebuild is not None:
+            prebuild.finish(Path(repo), log)
     outcomes = [done[e.output] for e in entries if not (only and plan[e.output] == "skip")]
     _update_cache(entries, done, plan, Path(repo), profile, device, results_dir)
     executed = [o for o in outcomes if o.status != "reused"]

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,79 @@ def _html_fresh(book: Path, stamp: Path) -> bool:
     return True
 
 
+def _jupyter_book() -> str | None:
+    return shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which(
+        "jupyter-book")
+
+
+def _layout(repo: Path) -> tuple[str, bool]:
+    """The digest of what makes every page stale (navigation, configuration, the covidlib
+    sources: the API page's docstrings) and whether the last HTML build had another one."""
+    html = repo / "book" / "_build" / "html"
+    stamp = repo / "book" / "_build" / ".covidlib-layout"
+    layout = hashlib.sha256("".join(
+        [*(_sha(repo / "book" / n) or "" for n in ("_toc.yml", "_config.yml")),
+         source_digest()]).encode()).hexdigest()
+    same_layout = stamp.exists() and stamp.read_text() == layout
+    return layout, not (html / "index.html").exists() or not same_layout
+
+
+class HtmlPrebuild:
+    """A whole HTML build run in the background while the notebooks execute (see
+    :func:`start_html_prebuild`); :meth:`finish` waits for it."""
+
+    def __init__(self, proc: subprocess.Popen, layout: str, started_ns: int, log_path: Path):
+        self.proc, self.layout, self.started_ns, self.log_path = proc, layout, started_ns, log_path
+
+    def finish(self, repo: Path, log: Callable[[str], None] = print) -> bool:
+        """Wait for the build. On success, record its layout (the final :func:`build_html` is
+        then incremental) and mark every executed copy written since the prebuild started as
+        changed, so Sphinx reads it again even if it replaced a page while Sphinx read it."""
+        code = self.proc.wait()
+        if code != 0:
+            log(f"[book] background HTML build failed (exit {code}, see {self.log_path}); "
+                "the HTML is built in full after the notebooks")
+            return False
+        stamp = repo / "book" / "_build" / ".covidlib-layout"
+        atomic_write_text(stamp, self.layout)
+        now = max(time.time(), stamp.stat().st_mtime + 0.01)  # newer than the stamp
+        for nb in (repo / "book" / "_generated").glob("*.ipynb"):
+            if nb.stat().st_mtime_ns >= self.started_ns:
+                os.utime(nb, (now, now))
+        return True
+
+
+def start_html_prebuild(repo: Path, log: Callable[[str], None] = print) -> HtmlPrebuild | None:
+    """Start the whole HTML build now, in the background, when the next one would be a full
+    build (the covidlib sources, the navigation or the configuration changed); else None.
+
+    The full build's cost is the API page (autodoc of every module: most of it, on one core);
+    done while the notebooks execute, the build after them reads only the chapters that
+    changed (:func:`build_html`). Pages of chapters not yet executed are built from their
+    last executed copy, or left out with a warning when there is none.
+    """
+    exe = _jupyter_book()
+    if exe is None:
+        return None
+    try:
+        ensure_offline_assets(repo, log)
+    except BookError:
+        return None  # build_html reports it
+    write_api_page(repo)
+    layout, full = _layout(repo)
+    if not full:
+        return None
+    build = repo / "book" / "_build"
+    build.mkdir(parents=True, exist_ok=True)
+    log_path = build / ".prebuild.log"
+    started_ns = time.time_ns()
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([exe, "build", "--all", str(repo / "book"), "--builder", "html"],
+                                cwd=repo, stdout=out, stderr=subprocess.STDOUT)
+    log(f"[book] HTML build started in the background (log: {log_path})")
+    return HtmlPrebuild(proc, layout, started_ns, log_path)
+
+
 def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     """``jupyter-book build book`` (Sphinx, offline); returns the HTML folder.
 
@@ -192,8 +266,7 @@ def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     """
     from covidlib.report.offline import external_references
 
-    exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which(
-        "jupyter-book")
+    exe = _jupyter_book()
     if exe is None:
         raise BookError("jupyter-book is not installed: run `make book` (installs the book extra)")
     ensure_offline_assets(repo, log)
@@ -204,11 +277,7 @@ def build_html(repo: Path, log: Callable[[str], None] = print) -> Path:
     # the pages whose executed copy changed
     html = repo / "book" / "_build" / "html"
     stamp = repo / "book" / "_build" / ".covidlib-layout"
-    layout = hashlib.sha256("".join(
-        [*(_sha(repo / "book" / n) or "" for n in ("_toc.yml", "_config.yml")),
-         source_digest()]).encode()).hexdigest()
-    same_layout = stamp.exists() and stamp.read_text() == layout
-    full = not (html / "index.html").exists() or not same_layout
+    layout, full = _layout(repo)
     if not full and _html_fresh(repo / "book", stamp):
         log("[book] HTML up to date: no page changed since the last build")
         return html

@@ -54,8 +54,10 @@ __all__ = [
 FORMAT = "covidlib.scorecard/1"
 NOT_RUN = "not run"
 PROVENANCE_KEYS = ("profile", "dataset", "hardware", "date")
-COLUMNS = ["artifact", "title", "paper", "ours", "verdict", "dataset", "data", "profile",
-           "hardware", "date"]
+COLUMNS = ["artifact", "title", "paper", "reference", "reference verdict", "ours", "verdict",
+           "dataset", "data", "profile", "hardware", "date"]
+"""``reference`` and ``reference verdict``: the published reference run's entry
+(``reference/scorecard/<artifact>.json``, :mod:`covidlib.report.reference`)."""
 
 DATA_KINDS = ("real", "real 2-D derivative", "phantom")
 """What an artifact's data can be; the first two count as real data on the page."""
@@ -256,8 +258,21 @@ def _headline_alias(known: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return alias
 
 
-def table(results_dir: str | Path, digits: int = 3):
+def _reference_cells(entry: Mapping[str, Any] | None, digits: int) -> dict[str, str]:
+    from covidlib.report.reference import MISSING
+
+    if entry is None:
+        return {"reference": MISSING, "reference verdict": MISSING}
+    return {"reference": format_value(entry.get("ours"), digits),
+            "reference verdict": str(entry.get("verdict", ""))}
+
+
+def table(results_dir: str | Path, digits: int = 3, reference: str | Path | None = None):
     """The scorecard page as a ``pandas.DataFrame`` with :data:`COLUMNS`.
+
+    ``reference``: the published reference run's folder (default:
+    :func:`covidlib.report.reference.reference_dir`); its entries fill the ``reference`` and
+    ``reference verdict`` columns ("not in the reference run" where it has none).
 
     Rows: every artifact of the paper-values files plus :data:`EXPECTED_ARTIFACTS`. An
     artifact no chapter recorded shows "not run" in ``ours`` and ``verdict`` and empty run
@@ -267,9 +282,12 @@ def table(results_dir: str | Path, digits: int = 3):
     """
     import pandas as pd
 
+    from covidlib.report.reference import reference_dir
+
     known = _known_ids()
     alias = _headline_alias(known)
     done = entries(results_dir)
+    ref = entries(reference_dir(reference))
     kinds: dict[str, str] = {}  # dataset name -> data kind, looked up once per table
     ids = (set(known) | set(EXPECTED_ARTIFACTS) | set(done)) - set(alias)
     rows = []
@@ -277,6 +295,7 @@ def table(results_dir: str | Path, digits: int = 3):
         art = known.get(aid) or known.get(alias.get(aid, ""), {})
         entry = done.get(aid) or done.get(alias.get(aid, ""))
         title = art.get("title", "")
+        ref_cells = _reference_cells(ref.get(aid) or ref.get(alias.get(aid, "")), digits)
         if entry is None:
             paper = format_value(art.get("values"), digits)
             if (not paper or len(paper) > _SHORT) and "source" in art:
@@ -286,7 +305,7 @@ def table(results_dir: str | Path, digits: int = 3):
                     f"(`covidlib data fetch {needs[0]}`, then a 00_datasets entry in "
                     "book/plan.yml)" if needs else NOT_RUN)
             rows.append({"artifact": aid, "title": title,
-                         "paper": paper if art else "(no paper values)",
+                         "paper": paper if art else "(no paper values)", **ref_cells,
                          "ours": ours, "verdict": NOT_RUN,
                          "dataset": "", "data": "", "profile": "",
                          "hardware": "", "date": ""})
@@ -297,7 +316,7 @@ def table(results_dir: str | Path, digits: int = 3):
             key = f"{prov.get('dataset', '')}|{prov.get('data', '')}"
             kind = kinds[key] = kinds.get(key) or data_kind(prov)
         rows.append({"artifact": aid, "title": title,
-                     "paper": format_value(entry.get("paper"), digits),
+                     "paper": format_value(entry.get("paper"), digits), **ref_cells,
                      "ours": format_value(entry.get("ours"), digits),
                      "verdict": entry["verdict"],
                      "dataset": str(prov.get("dataset", "")), "data": kind,
@@ -318,12 +337,15 @@ def summary(frame) -> dict[str, int]:
 
 
 def display_frame(frame):
-    """The page's columns: artifact, what, paper, ours, verdict, data (real / phantom / real
-    2-D derivative) and one "run" column (dataset · profile · hardware · date)."""
+    """The page's columns: artifact, what, paper, reference run, reference verdict, this
+    build, verdict, data (real / phantom / real 2-D derivative) and one "run" column (dataset
+    · profile · hardware · date of this build)."""
     run_cols = ["dataset", "profile", "hardware", "date"]
-    out = frame[["artifact", "title", "paper", "ours", "verdict", "data"]].copy()
+    out = frame[["artifact", "title", "paper", "reference", "reference verdict", "ours",
+                 "verdict", "data"]].copy()
     out["run"] = [" · ".join(str(v) for v in row if v) for row in frame[run_cols].values]
-    return out.rename(columns={"title": "what"})
+    return out.rename(columns={"title": "what", "reference": "reference run",
+                               "ours": "this build"})
 
 
 def styled(frame):

@@ -1,11 +1,13 @@
 """The point-labelling widget of P1's region-based active learning loop.
 
-* :class:`LabelSession` (headless): the pool, the model's proposals, click / background /
-  undo / next, ``train_cycle()``; every answer saved at once to a JSON-lines file.
+* :class:`LabelSession` (headless): P1's loop on the active-learning core
+  (:class:`covidlib.active_loop.ActiveLoop`, step mode, the person as the oracle): the pool,
+  the model's proposals, click / background / undo / next, ``train_cycle()``; every answer
+  saved at once to a JSON-lines file, the loop's state (model, cycles) optionally too.
 * :class:`LabelWidget` (``covidlib.widgets.view``, needs ``anywidget``): the session on a
   canvas in Jupyter, with the uncertainty heat-map, zoom and keyboard shortcuts.
 * :func:`simulate` with :class:`MaskOracle`: the same loop answered by P1's simulated
-  annotator.
+  annotator (the core's ground-truth oracle).
 """
 
 from covidlib.widgets.annotations import Annotation, AnnotationStore

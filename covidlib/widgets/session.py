@@ -1,16 +1,21 @@
 """Headless region-based active-learning session of P1, driven by a person or by the oracle.
 
-A :class:`LabelSession` holds a pool of CT slices, each cut into ``n_regions`` equal
-rectangles (P1 Sec. 3, Fig. 4). The model (a small U-Net with dropout) scores every region
-by the MC-dropout entropy of its pixels (P1 Eq. 2 and the entropy of the mean estimator), and
-P1's selection rule turns the scores into a queue of regions to ask about (all three from
-:mod:`covidlib.acquisition`, the code of the P1 chapters); each answer is
-a click on the infection (a point label) or a "background" tag for the whole region, 3 s of
-annotator time either way (P1 Sec. 5.3). :meth:`LabelSession.train_cycle` retrains on every
-answer so far with the point loss (P2 Eq. 2, unlabelled pixels ignored) and proposes the next
-regions. Answers go to an annotations file at once (:mod:`covidlib.widgets.annotations`);
-opening a session on an existing file restores them (the proposals are recomputed: the model
-is retrained by the next :meth:`~LabelSession.train_cycle`, not stored).
+A :class:`LabelSession` runs P1's region active learning (Sec. 3, Fig. 4) on the one
+active-learning core (:class:`covidlib.active_loop.ActiveLoop`) in *step mode*, the person
+being the oracle. Its parts (:mod:`covidlib.widgets.session_loop`): the pool is the K equal
+rectangles of every CT slice, the answers living in an annotations file
+(:mod:`covidlib.widgets.annotations`, written at once); the heuristic is the MC-dropout
+entropy of every region (P1 Eq. 2, :mod:`covidlib.acquisition`) and P1's one-region-per-image
+rule; each answer is a click on the infection (a point label) or a "background" tag for the
+whole region, 3 s of annotator time either way (P1 Sec. 5.3). :meth:`LabelSession.train_cycle`
+is one step of the loop: retrain on every answer so far with the point loss (P2 Eq. 2), score
+the pool, propose the next regions. What is left here is the person's side: the question on
+screen, skip, undo, a cycle in a background thread, the model's view of a slice.
+
+With ``state_dir`` the loop's state (the model, the cycle records, the questions) is saved
+after every cycle (:meth:`covidlib.active_loop.ActiveLoop.save`) and a session opened again on
+it resumes there; without it, opening a session on an existing file restores the answers and
+the proposals come from the initial model again.
 
 :class:`covidlib.widgets.view.LabelWidget` is the same session with a canvas;
 :func:`simulate` answers the queue with :class:`MaskOracle` (P1's simulated annotator,
@@ -19,33 +24,38 @@ is retrained by the next :meth:`~LabelSession.train_cycle`, not stored).
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import json
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from covidlib import acquisition as acq
+from covidlib.active_loop import STATE_NAME, ActiveLoop, Pool, Selection, Trained
+from covidlib.active_loop import Query as LoopQuery
 from covidlib.data.errors import DataError
-from covidlib.data.oracle import (
-    IGNORE,
-    POINT_SECONDS,
-    LabelCostLedger,
-    RegionLabel,
-    apply_region_label,
-    region_grid,
-    unlabelled_map,
-)
-from covidlib.data.preprocess import LUNG_WINDOW, resize_image, to_uint8
+from covidlib.data.oracle import IGNORE, LabelCostLedger, RegionLabel, region_grid
+from covidlib.data.preprocess import LUNG_WINDOW
 from covidlib.data.types import Case
-from covidlib.models import mc_predict
 from covidlib.widgets.annotations import Annotation, AnnotationStore, now
-from covidlib.widgets.session_model import choose_pool, pretrain, small_unet
+from covidlib.widgets.session_loop import (
+    AnnotationPool,
+    RegionScorer,
+    SessionLearner,
+    pick_regions,
+    torch_threads,
+)
+from covidlib.widgets.session_model import (
+    check_settings,
+    choose_pool,
+    gray_slices,
+    pretrain,
+    small_unet,
+)
 from covidlib.widgets.session_sim import MaskOracle, simulate
 from covidlib.widgets.session_types import (
     REGION_MODES,
@@ -70,6 +80,9 @@ __all__ = [
     "simulate",
     "small_unet",
 ]
+
+OPEN_ENDED = 10**9
+"""The loop's last cycle: a person decides when to stop."""
 
 
 class LabelSession:
@@ -108,7 +121,14 @@ class LabelSession:
             a click one pixel).
         init_state: weights to start from (a warm start, e.g. :func:`pretrain` on other
             volumes), so the first questions are already informed; ``None``: untrained.
+        state_dir: folder of the loop's saved state (model, cycle records, questions),
+            written after every cycle and resumed when the session opens; ``None``: none.
+
+    Attributes: ``loop`` (the :class:`~covidlib.active_loop.ActiveLoop`), ``pool``,
+    ``learner``, ``model`` (the last cycle's), ``cycle`` (its number; 0: the initial model),
+    ``uncertainty`` and ``scores`` (per slice, from that model), ``records`` (one per cycle).
     """
+
 
     def __init__(self, cases: Sequence[Case] | Mapping[str, Case],
                  annotations_path: str | Path,
@@ -122,65 +142,94 @@ class LabelSession:
                  window: tuple[float, float] = LUNG_WINDOW, threads: int | None = 1,
                  progress: bool = False, regions: str = "body", strategy: str = "entropy",
                  init_state: Mapping[str, torch.Tensor] | None = None,
-                 body_fraction: float = 0.05, point_weight: float = 1.0):
+                 body_fraction: float = 0.05, point_weight: float = 1.0,
+                 state_dir: str | Path | None = None):
         from covidlib.data.torch_datasets import SliceDataset
+        from covidlib.engine import resolve_device
 
         self.cases = dict(cases) if isinstance(cases, Mapping) else {c.case_id: c for c in cases}
         if not self.cases:
             raise ValueError("LabelSession: no cases given")
-        for name, value, lo in (("n_mc", n_mc, 1), ("size", size, 8),
-                                ("regions_per_cycle", regions_per_cycle, 1),
-                                ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"LabelSession: {name}={value!r} must be an integer >= {lo}")
+        check_settings(n_mc=n_mc, size=size, regions_per_cycle=regions_per_cycle,
+                        epochs=epochs, batch_size=batch_size, reduce=reduce, regions=regions,
+                        strategy=strategy, point_weight=point_weight)
         if slices is None:
             slices = [(c, z) for c, case in self.cases.items() for z in range(case.n_slices)]
         self.refs: list[Ref] = [(str(c), int(z)) for c, z in slices]
         if not self.refs:
             raise ValueError("LabelSession: the pool of slices is empty")
-        self.model_factory = model_factory or small_unet
         self.n_regions, self.n_mc, self.size = n_regions, n_mc, size
         self.regions_per_cycle, self.epochs, self.lr = regions_per_cycle, epochs, float(lr)
-        from covidlib.engine import resolve_device
-
         self.batch_size, self.seed = batch_size, int(seed)
         self.device = str(resolve_device(device))  # "auto": CUDA when present
-        self.progress = progress
-        self.threads = threads
-        self.warm_start = warm_start
-        if reduce not in acq.REDUCTIONS:
-            raise ValueError(f"LabelSession: reduce={reduce!r}; choose one of {acq.REDUCTIONS}")
-        self.reduce = reduce
-        if regions not in REGION_MODES:
-            raise ValueError(f"LabelSession: regions={regions!r}; choose one of {REGION_MODES}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"LabelSession: strategy={strategy!r}; choose one of {STRATEGIES}")
-        self.regions, self.strategy, self.body_fraction = regions, strategy, float(body_fraction)
-        if not float(point_weight) > 0:
-            raise ValueError(f"LabelSession: point_weight={point_weight!r} must be > 0")
-        self.point_weight = float(point_weight)
-        self._rng = np.random.default_rng(self.seed)
+        self.progress, self.threads, self.warm_start = progress, threads, warm_start
+        self.reduce, self.regions, self.strategy = reduce, regions, strategy
+        self.body_fraction, self.point_weight = float(body_fraction), float(point_weight)
+        self.eval_refs = [(str(c), int(z)) for c, z in (eval_slices or [])]
+        self.warm = init_state is not None
+        self._rng = np.random.default_rng(self.seed)  # the random strategy's draws
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self.progress_fraction = 0.0
         self.last_error: BaseException | None = None
-        self.eval_refs = [(str(c), int(z)) for c, z in (eval_slices or [])]
 
-        self._pool = SliceDataset(self.cases, self.refs, size=size, window=window,
-                                  progress=False)  # checks every reference
-        self._gray: dict[Ref, np.ndarray] = {}
-        for cid in dict.fromkeys(c for c, _ in self.refs):
-            u8 = to_uint8(self.cases[cid], window=window)
-            for c, z in self.refs:
-                if c == cid:
-                    self._gray[(c, z)] = u8[z]
+        images = SliceDataset(self.cases, self.refs, size=size, window=window,
+                              progress=False)  # checks every reference
+        self._gray = gray_slices(self.cases, self.refs, window)
         self._boxes: dict[tuple[int, int], list[Box]] = {}
-        self.allowed: dict[Ref, np.ndarray] = {}
-        for ref in self.refs:
-            self.allowed[ref] = self._allowed(ref)  # also checks that the grid fits
-
+        self.allowed: dict[Ref, np.ndarray] = {ref: self._allowed(ref) for ref in self.refs}
         self.store = AnnotationStore(annotations_path, {"dataset": dataset,
                                                         "n_regions": n_regions})
+        self._check_restored()
+        self.restored = len(self.store)
+
+        self.pool = AnnotationPool(self.store, self.refs, self.boxes, self._shape, self._lock)
+        self.learner = SessionLearner(
+            self.cases, self.pool, model_factory=model_factory or small_unet, size=size,
+            epochs=epochs, lr=self.lr, batch_size=batch_size, seed=self.seed,
+            device=self.device, warm_start=warm_start, point_weight=self.point_weight,
+            init_state=init_state, eval_refs=self.eval_refs, threads=threads,
+            progress=progress)
+        self.learner.extra_state = self._extra_state
+        self.learner.load_extra = self._load_extra_state
+        self.scorer = RegionScorer(images, self.refs, self._shape, self.boxes, n_mc=n_mc,
+                                   seed=self.seed, reduce=reduce, device=self.device,
+                                   threads=threads, progress=progress)
+        config = self._identity(dataset, model_factory or small_unet, window)
+        self.loop = ActiveLoop(self.pool, self.learner, self._propose, None,
+                               per_cycle=regions_per_cycle, cycles=OPEN_ENDED, config=config,
+                               checkpoint_dir=state_dir)
+        self.cycle = 0
+        self.model: nn.Module
+        self.uncertainty: dict[Ref, np.ndarray] = {}
+        self.scores: dict[Ref, np.ndarray] = {}
+        self._skipped: set[tuple[Ref, Box]] = set()
+        self._queue: list[Query] = []
+        self._keep_current = False
+        self._on_scores: Callable[[float], None] | None = None
+        if state_dir is not None and (Path(state_dir) / STATE_NAME).exists():
+            self._resume()
+        else:
+            self.loop.step()  # cycle 0: the initial model proposes the first regions
+            self.model = self.loop.trained.model  # type: ignore[union-attr,assignment]
+            if not self.scores:  # every region answered: no proposal, the maps still shown
+                self.uncertainty, self.scores = self.scorer(self.model, 0)
+
+    def _identity(self, dataset: str, factory: Callable[[], nn.Module],
+                  window: tuple[float, float]) -> dict[str, Any]:
+        """What a saved loop state must have been made with (else it is refused)."""
+        return {"format": "covidlib.widgets.session/1", "dataset": dataset,
+                "pool": [list(r) for r in self.refs], "n_regions": self.n_regions,
+                "size": self.size, "n_mc": self.n_mc, "window": list(window),
+                "regions_per_cycle": self.regions_per_cycle, "epochs": self.epochs,
+                "lr": self.lr, "batch_size": self.batch_size, "seed": self.seed,
+                "reduce": self.reduce, "regions": self.regions,
+                "body_fraction": self.body_fraction, "strategy": self.strategy,
+                "point_weight": self.point_weight, "warm_start": self.warm_start,
+                "warm": self.warm, "model": getattr(factory, "__qualname__", repr(factory))}
+
+    def _check_restored(self) -> None:
+        """Every answer of an existing annotations file is a region of this pool."""
         pool = set(self.refs)
         for i, ann in enumerate(self.store):
             where = f"{self.store.path}: label {i + 1}"
@@ -188,25 +237,7 @@ class LabelSession:
                 raise DataError(where, f"slice {ann.ref} is not in this session's pool")
             if ann.box not in self.boxes(ann.ref):
                 raise DataError(where, f"box {list(ann.box)} is not a region of the "
-                                f"{n_regions}-region grid of slice {ann.ref}")
-        self.restored = len(self.store)
-        self.cycle = 0
-        self.history: list[CycleResult] = []
-        self._skipped: set[tuple[Ref, Box]] = set()
-        self._queue: list[Query] = []
-        torch.manual_seed(self.seed)
-        self.model = self.model_factory()
-        self.warm = init_state is not None
-        if init_state is not None:
-            try:
-                self.model.load_state_dict(init_state)
-            except RuntimeError as exc:
-                raise ValueError(f"LabelSession: init_state does not fit the model: {exc}"
-                                 ) from exc
-        self.model.eval()
-        with self._threads():
-            self._score_pool()
-        self._refill()
+                                f"{self.n_regions}-region grid of slice {ann.ref}")
 
     def _allowed(self, ref: Ref) -> np.ndarray:
         """Regions of slice ``ref`` the session may ask about (see ``regions``)."""
@@ -222,15 +253,8 @@ class LabelSession:
         ok = body_regions(mask, boxes, self.body_fraction)
         return ok if ok.any() else body_regions(mask, boxes, 0.0)
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        before = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+    def _shape(self, ref: Ref) -> tuple[int, int]:
+        return self._gray[ref].shape  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- bookkeeping
     def boxes(self, ref: Ref) -> list[Box]:
@@ -253,68 +277,50 @@ class LabelSession:
         return tuple(a for a in self.store if a.ref == tuple(ref))
 
     def label_map(self, ref: Ref) -> np.ndarray:
-        """P1's label map of a slice (uint8, original pixels): 1 at clicked points, 0 on
-        regions tagged background, :data:`~covidlib.data.oracle.IGNORE` elsewhere."""
-        out = unlabelled_map(self._gray[ref].shape)
-        for a in self.labels_on(ref):
-            if a.kind == "background":
-                apply_region_label(out, a.box, RegionLabel("background"))
-        for a in self.labels_on(ref):  # a click wins over an overlapping background tag
-            if a.kind == "point":
-                out[a.y, a.x] = a.label
-        return out
+        """P1's label map of a slice (:meth:`AnnotationPool.label_map`)."""
+        return self.pool.label_map(ref)
 
     def ledger(self) -> LabelCostLedger:
         """Annotator seconds: 3 s per point or background tag (P1 Sec. 5.3)."""
-        led = LabelCostLedger()
-        for a in self.store:
-            led.add(a.kind, POINT_SECONDS)
-        return led
+        return self.pool.ledger()
 
-    # ------------------------------------------------------------------ scoring
-    def _score_pool(self) -> None:
-        """MC-dropout entropy of every pool slice and the score of each of its regions."""
-        self.uncertainty, self.scores = self._score(self.model, self.cycle)
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One record per cycle of the loop (cycle 0: the initial model, before any
+        training), as :meth:`CycleResult.to_dict` writes it."""
+        return copy.deepcopy(self.loop.records)
 
-    def _score(self, model: nn.Module, cycle: int,
-               on_progress: Callable[[float], None] | None = None
-               ) -> tuple[dict[Ref, np.ndarray], dict[Ref, np.ndarray]]:
-        uncertainty: dict[Ref, np.ndarray] = {}
-        scores: dict[Ref, np.ndarray] = {}
-        model.to(self.device)
-        bs = 16
-        seed = self.seed + 7919 * cycle
-        for start in tqdm(range(0, len(self.refs), bs), desc="uncertainty", unit="batch",
-                          disable=not self.progress):
-            idx = range(start, min(start + bs, len(self.refs)))
-            x = torch.stack([self._pool[i]["image"] for i in idx]).to(self.device)
-            samples = mc_predict(model, x, self.n_mc, seed=seed + start)
-            ent = acq.entropy_of_mean(samples).float().cpu().numpy()
-            for i, e in zip(idx, ent, strict=True):
-                ref = self.refs[i]
-                full = resize_image(e, self._gray[ref].shape).clip(min=0)
-                uncertainty[ref] = full.astype(np.float32)
-                scores[ref] = acq.region_scores(full, self.boxes(ref),
-                                                reduce=self.reduce).numpy()
-            if on_progress is not None:
-                on_progress(min(1.0, (start + bs) / len(self.refs)))
-        return uncertainty, scores
+    @property
+    def history(self) -> list[CycleResult]:
+        """The training cycles so far (cycle 1 on)."""
+        return [CycleResult.from_dict(r) for r in self.loop.records if r["cycle"] > 0]
 
-    def _answered(self) -> set[tuple[Ref, Box]]:
-        return {(a.ref, a.box) for a in self.store}
+    # ------------------------------------------------------------- the heuristic
+    def _propose(self, trained: Trained, pool: Pool, n: int, cycle: int) -> Selection:
+        """The loop's heuristic: score the pool with the cycle's model, then (under the lock:
+        answers may arrive meanwhile) queue ``n`` regions by P1's rule. The question on
+        screen stays first while a background cycle runs (``keep_current``)."""
+        assert trained.model is not None
+        unc, scores = self.scorer(trained.model, cycle, self._on_scores)
+        with self._lock:
+            self.model, self.uncertainty, self.scores = trained.model, unc, scores
+            self.cycle = cycle
+            head = self._queue[0] if self._keep_current and self._queue else None
+            self._skipped.clear()
+            keep = head is not None and head.unit not in self.pool.answered()
+            self._queue = [head] if keep else []  # type: ignore[list-item]
+            self._refill(n)
+            return Selection([LoopQuery(q.unit, q.score) for q in self._queue])
 
-    def _refill(self) -> None:
-        """Queue the next ``regions_per_cycle`` regions by P1's rule (skipped ones last)."""
-        taken = self._answered() | {(q.ref, q.box) for q in self._queue}
+    def _refill(self, n: int) -> None:
+        """Queue ``n`` more regions by P1's rule (:func:`pick_regions`; skipped ones last)."""
+        taken = self.pool.answered() | {q.unit for q in self._queue}
         scores = np.stack([self.scores[ref] for ref in self.refs])
         outside = np.stack([~self.allowed[ref] for ref in self.refs])
         for exclude in (taken | self._skipped, taken):
-            labelled = outside | np.array([[(ref, b) in exclude for b in self.boxes(ref)]
+            excluded = outside | np.array([[(ref, b) in exclude for b in self.boxes(ref)]
                                            for ref in self.refs], dtype=bool)
-            if self.strategy == "random":
-                picks = acq.select_random_regions(labelled, self.regions_per_cycle, self._rng)
-            else:
-                picks = acq.select_regions(scores, self.regions_per_cycle, labelled)
+            picks = pick_regions(scores, excluded, n, self.strategy, self._rng)
             if picks:
                 if exclude is taken:  # every region left was skipped: ask them again
                     self._skipped.clear()
@@ -327,10 +333,17 @@ class LabelSession:
     def _advance(self) -> None:
         if self._queue:
             self._queue.pop(0)
-        if not self._queue:
-            self._refill()
+        if not self._queue:  # the proposals are used up: more from the same model
+            self._refill(self.regions_per_cycle)
 
-    # --------------------------------------------------------------- the loop
+    def _extra_state(self) -> dict[str, Any]:
+        return {"session_rng": json.dumps(self._rng.bit_generator.state)}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if "session_rng" in state:
+            self._rng.bit_generator.state = json.loads(state["session_rng"])
+
+    # --------------------------------------------------------------- questions
     @property
     def queue(self) -> list[Query]:
         """The regions proposed, the current one first."""
@@ -366,7 +379,7 @@ class LabelSession:
             if not 0 < label < IGNORE:
                 raise ValueError(f"click: label {label} must be in 1..{IGNORE - 1}")
             ann = Annotation("point", q.case_id, q.z, q.box, y, x, label, now())
-            self.store.append(ann)
+            self.loop.answer(q.unit, ann)
             self._advance()
             return ann
 
@@ -375,42 +388,36 @@ class LabelSession:
         with self._lock:
             q = self._need_current("background")
             ann = Annotation("background", q.case_id, q.z, q.box, label=0, time=now())
-            self.store.append(ann)
+            self.loop.answer(q.unit, ann)
             self._advance()
             return ann
+
+    def answer(self, answer: RegionLabel) -> Annotation:
+        """Answer the current region with the oracle's ``answer``: a point (a click on
+        infection, label 1 as the widget's) or a background tag."""
+        if answer.kind == "background":
+            return self.background()
+        if answer.kind == "point" and answer.point is not None:
+            return self.click(int(answer.point[0]), int(answer.point[1]))
+        raise ValueError(f"answer: the widget takes points and background tags, not "
+                         f"{answer.kind!r}")
 
     def label_region(self, ref: Ref, box: Box, answer: RegionLabel) -> Annotation:
         """Record ``answer`` (a point or "background") for any region of the pool, e.g. the
         fully labelled images of P1's first cycle; the queue skips answered regions."""
         with self._lock:
-            ref = (str(ref[0]), int(ref[1]))
-            if ref not in self._gray:
-                raise ValueError(f"label_region: slice {ref} is not in the pool")
-            box = tuple(int(v) for v in box)
-            if box not in self.boxes(ref):
-                raise ValueError(f"label_region: box {list(box)} is not a region of slice {ref}")
-            if (ref, box) in self._answered():
-                raise ValueError(f"label_region: region {list(box)} of slice {ref} is answered")
-            if answer.kind == "background":
-                ann = Annotation("background", ref[0], ref[1], box, label=0, time=now())
-            elif answer.kind == "point" and answer.point is not None:
-                y, x, label = answer.point
-                ann = Annotation("point", ref[0], ref[1], box, int(y), int(x), int(label) or 1,
-                                 now())
-                Annotation.from_json(ann.to_json(), "label_region")  # point inside its box
-            else:
-                raise ValueError(f"label_region: answers are points or background tags, not "
-                                 f"{answer.kind!r}")
-            self.store.append(ann)
-            self._queue = [q for q in self._queue if (q.ref, q.box) != (ref, box)]
+            unit = ((str(ref[0]), int(ref[1])), tuple(int(v) for v in box))
+            ann = self.pool.annotation(unit, answer)  # type: ignore[arg-type]
+            self.loop.answer(unit, ann)
+            self._queue = [q for q in self._queue if q.unit != unit]
             if not self._queue:
-                self._refill()
+                self._refill(self.regions_per_cycle)
             return ann
 
     def undo(self) -> Annotation | None:
         """Remove the last answer (from the file too) and ask about its region again."""
         with self._lock:
-            ann = self.store.pop()
+            ann = self.pool.undo()
             if ann is not None:
                 score = float(self.scores[ann.ref][self.boxes(ann.ref).index(ann.box)])
                 self._queue.insert(0, Query(ann.case_id, ann.z, ann.box, score))
@@ -420,8 +427,7 @@ class LabelSession:
         """Skip the current region (it is asked again once nothing else is left)."""
         with self._lock:
             if self._queue:
-                q = self._queue[0]
-                self._skipped.add((q.ref, q.box))
+                self._skipped.add(self._queue[0].unit)
             self._advance()
             return self._queue[0] if self._queue else None
 
@@ -433,71 +439,62 @@ class LabelSession:
 
     def train_cycle(self, keep_current: bool = False,
                     on_progress: Callable[[float], None] | None = None) -> CycleResult:
-        """Train on every answer so far (P2 Eq. 2 point loss), re-score the pool and propose
-        the next regions. CPU seconds with :func:`small_unet` at 64 px. The result depends
-        only on the labels, the settings and the previous cycles (deterministic on CPU).
+        """One step of the loop (:meth:`covidlib.active_loop.ActiveLoop.step`): train on
+        every answer so far (P2 Eq. 2 point loss), re-score the pool and propose the next
+        regions; the loop's state is saved when the session has a ``state_dir``. CPU seconds
+        with :func:`small_unet` at 64 px. The result depends only on the labels, the settings
+        and the previous cycles (deterministic on CPU).
 
         Answers given while it trains (from another thread) are kept: training uses the
         labels as they were at its start and the new ones count in the next cycle.
         ``keep_current``: the region shown now stays the current question (the widget's
         background cycle); ``on_progress(fraction)`` reports 0..1.
         """
-        from covidlib.data.torch_datasets import SliceDataset
-        from covidlib.engine import fit
-
         report = on_progress or (lambda _f: None)
+        if self.loop.done and self.pool.unlabelled():
+            self.loop.done = False  # an undo after the last cycle: the loop goes on
+        if self.loop.done:
+            raise ValueError("train_cycle: every region of the pool is answered and the model "
+                             "was trained on all of them")
+        self.learner.report, self._keep_current = report, keep_current
+        self._on_scores = lambda f: report(0.8 + 0.2 * f)
+        try:
+            self.loop.step()
+        finally:
+            self.learner.report, self._keep_current, self._on_scores = (
+                lambda _f: None), False, None
+        model = self.loop.trained.model  # type: ignore[union-attr]
+        assert model is not None
+        if self.loop.done:  # the last cycle proposes nothing; its maps are still shown
+            unc, scores = self.scorer(model, self.loop.cycle - 1)
         with self._lock:
-            refs = sorted({a.ref for a in self.store})
-            if not refs:
-                raise ValueError("train_cycle: no labels yet; click on infection or tag a "
-                                 "region background first")
-            points = {r: self.label_map(r) for r in refs}
-            kinds = [a.kind for a in self.store]
-            cost, cycle = self.ledger().total, self.cycle
-            start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        data = SliceDataset(self.cases, refs, size=self.size, points=points, progress=False)
-        torch.manual_seed(self.seed)
-        model = self.model_factory()
-        if self.warm_start and (cycle > 0 or self.warm):
-            model.load_state_dict(start)
-        report(0.0)
-        t0 = time.perf_counter()
-        with self._threads():
-            res = fit(model, self._loss(), data, None, epochs=self.epochs, lr=self.lr,
-                      batch_size=min(self.batch_size, len(data)), device=self.device,
-                      seed=self.seed, progress=self.progress,
-                      on_epoch_end=lambda e, _m: report(0.8 * min(e, self.epochs)
-                                                        / self.epochs))
-            seconds = time.perf_counter() - t0
-            model.eval()
-            unc, scores = self._score(model, cycle + 1, lambda f: report(0.8 + 0.2 * f))
-        result = CycleResult(cycle + 1, len(kinds), kinds.count("point"),
-                             kinds.count("background"), len(refs), cost, seconds,
-                             float(res.history[-1]["train_loss"]))
-        with self._lock:
-            self.model, self.uncertainty, self.scores = model, unc, scores
-            self.cycle = cycle + 1
-            answered = self._answered()
-            head = self._queue[0] if keep_current and self._queue else None
-            self._skipped.clear()
-            self._queue = [] if head is None or (head.ref, head.box) in answered else [head]
-            self._refill()
-        if self.eval_refs:
-            result.scores = self.evaluate(self.eval_refs)
-        self.history.append(result)
+            self.model, self.cycle = model, self.loop.cycle - 1
+            if self.loop.done:
+                self.uncertainty, self.scores, self._queue = unc, scores, []
+            self.save()
         report(1.0)
-        return result
+        return CycleResult.from_dict(self.loop.records[-1])
 
-    def _loss(self) -> nn.Module:
-        """P2 Eq. 2 (mean over labelled pixels); clicks weighted by ``point_weight``."""
-        from covidlib.engine import supervised_loss
-        from covidlib.losses.batch import PointBatchLoss
+    def save(self) -> None:
+        """Write the loop's state to ``state_dir`` (nothing without one): the model, the
+        records and the questions now queued (answers are in the annotations file)."""
+        with self._lock:
+            self.loop.pending = [LoopQuery(q.unit, q.score) for q in self._queue]
+            self.loop.save()
 
-        if self.point_weight == 1.0:
-            return PointBatchLoss()
-        weight = torch.tensor([1.0, self.point_weight], device=self.device)
-        return supervised_loss(nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE),
-                               target_key="points")
+    def _resume(self) -> None:
+        """Continue from the saved state: its model, cycle, records and questions."""
+        self.loop.resume()
+        assert self.loop.weights is not None
+        model = self.learner.new_model(self.loop.weights)
+        self.loop.trained = Trained(model, self.loop.weights)
+        self.model, self.cycle = model, self.loop.cycle - 1
+        self.uncertainty, self.scores = self.scorer(model, self.cycle)
+        answered = self.pool.answered()
+        self._queue = [Query.from_unit(q.unit, q.score) for q in self.loop.pending
+                       if q.unit not in answered]
+        if not self._queue:
+            self._refill(self.regions_per_cycle)
 
     def start_cycle(self, on_progress: Callable[[float], None] | None = None,
                     on_done: Callable[[CycleResult | None, BaseException | None], None]
@@ -545,16 +542,14 @@ class LabelSession:
         pool and propose regions exactly as that run did at its end."""
         if isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 0:
             raise ValueError(f"restore_model: cycle={cycle!r} must be an integer >= 0")
-        torch.manual_seed(self.seed)
-        model = self.model_factory()
-        model.load_state_dict(state)
-        self.model = model.eval()
-        self.cycle = cycle
-        with self._threads():
-            self._score_pool()
-        self._skipped.clear()
-        self._queue.clear()
-        self._refill()
+        model = self.learner.new_model(state)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        trained = Trained(model, weights)
+        with self._lock:
+            self.loop.weights, self.loop.trained, self.loop.cycle = weights, trained, cycle + 1
+            self._queue = []
+        self.loop.pending = self._propose(trained, self.pool, self.regions_per_cycle,
+                                          cycle).queries
 
     def predict(self, ref: Ref) -> np.ndarray:
         """The current model's infection probability on slice ``ref`` (any slice of the
@@ -562,17 +557,12 @@ class LabelSession:
         from covidlib.data.torch_datasets import SliceDataset
 
         item = SliceDataset(self.cases, [ref], size=self.size, progress=False)[0]
-        with self._threads(), torch.no_grad():
+        with torch_threads(self.threads), torch.no_grad():
             model = self.model.to(self.device).eval()
             logits = model(item["image"][None].to(self.device))
         return torch.softmax(logits.float(), 1)[0, 1].cpu().numpy().astype(np.float32)
 
     def evaluate(self, refs: Iterable[Ref]) -> dict[str, float]:
         """Dice, IoU, PPV, sensitivity, specificity of the current model on ``refs``."""
-        from covidlib.data.torch_datasets import SliceDataset
-        from covidlib.engine import evaluate
+        return self.learner.scores(self.model, list(refs))
 
-        data = SliceDataset(self.cases, list(refs), size=self.size, progress=False)
-        with self._threads():
-            scores = evaluate(self.model, data, self.device)
-        return {k: float(scores[k]) for k in ("dice", "iou", "ppv", "sens", "spec")}

@@ -1,4 +1,5 @@
-"""The labelling widget's model and warm start: the small U-Net, pretraining, the slice pool.
+"""The labelling widget's model and warm start: the small U-Net, pretraining, the slice pool
+and its checks.
 
 See :class:`covidlib.widgets.session.LabelSession` (``init_state=`` takes :func:`pretrain`'s
 weights).
@@ -12,11 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidlib import acquisition as acq
 from covidlib.data.errors import DataError
+from covidlib.data.preprocess import to_uint8
 from covidlib.data.types import Case
-from covidlib.widgets.session_types import Ref
+from covidlib.widgets.session_loop import torch_threads
+from covidlib.widgets.session_types import REGION_MODES, STRATEGIES, Ref
 
-__all__ = ["choose_pool", "pretrain", "small_unet"]
+__all__ = ["check_settings", "choose_pool", "gray_slices", "pretrain", "small_unet"]
 
 
 def small_unet(dropout: float = 0.5) -> nn.Module:
@@ -48,17 +52,12 @@ def pretrain(cases: Sequence[Case] | Mapping[str, Case], refs: Iterable[Ref], *,
         raise DataError(refs[0][0], "pretrain needs infection masks on its slices")
     torch.manual_seed(seed)
     model = (model_factory or small_unet)()
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         weight = torch.tensor([1.0, float(infection_weight)])
         fit(model, supervised_loss(nn.CrossEntropyLoss(weight=weight)), data, None,
             epochs=epochs, lr=lr,
             batch_size=min(batch_size, len(data)), device=device, seed=seed,
             progress=progress)
-    finally:
-        torch.set_num_threads(before)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
@@ -82,3 +81,33 @@ def choose_pool(cases: Sequence[Case], refs: Iterable[Ref] | None = None, n: int
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
     return sorted(usable[i] for i in pick)
+
+
+def check_settings(*, n_mc: int, size: int, regions_per_cycle: int, epochs: int,
+                    batch_size: int, reduce: str, regions: str, strategy: str,
+                    point_weight: float) -> None:
+    """A clear ``ValueError`` for a bad setting of a labelling session."""
+    for name, value, lo in (("n_mc", n_mc, 1), ("size", size, 8),
+                            ("regions_per_cycle", regions_per_cycle, 1),
+                            ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"LabelSession: {name}={value!r} must be an integer >= {lo}")
+    for name, value, allowed in (("reduce", reduce, acq.REDUCTIONS),
+                                 ("regions", regions, REGION_MODES),
+                                 ("strategy", strategy, STRATEGIES)):
+        if value not in allowed:
+            raise ValueError(f"LabelSession: {name}={value!r}; choose one of {allowed}")
+    if not float(point_weight) > 0:
+        raise ValueError(f"LabelSession: point_weight={point_weight!r} must be > 0")
+
+
+def gray_slices(cases: Mapping[str, Case], refs: Sequence[Ref],
+                 window: tuple[float, float]) -> dict[Ref, np.ndarray]:
+    """The pool's slices in the lung window, uint8, original pixels (what the person sees)."""
+    out: dict[Ref, np.ndarray] = {}
+    for cid in dict.fromkeys(c for c, _ in refs):
+        u8 = to_uint8(cases[cid], window=window)
+        for c, z in refs:
+            if c == cid:
+                out[(c, z)] = u8[z]
+    return out

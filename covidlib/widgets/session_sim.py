@@ -1,7 +1,10 @@
 """A labelling session driven headless by P1's simulated annotator (:class:`MaskOracle`).
 
-:func:`simulate` answers the queue of a :class:`covidlib.widgets.session.LabelSession` so
-experiments and tests run without a person.
+:class:`MaskOracle` answers a region from the dataset's masks; it is the ground-truth oracle
+of the active-learning core (:meth:`MaskOracle.answers`, :data:`covidlib.active_loop.Oracle`).
+:func:`simulate` lets it answer the questions of a
+:class:`covidlib.widgets.session.LabelSession` (the loop in step mode) so experiments and
+tests run without a person.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from covidlib.active_loop import Oracle, Query
 from covidlib.data.errors import DataError
 from covidlib.data.oracle import RegionLabel, region_label
 from covidlib.data.types import Case
@@ -20,7 +24,7 @@ from covidlib.widgets.session_types import Box, CycleResult
 if TYPE_CHECKING:
     from covidlib.widgets.session import LabelSession
 
-__all__ = ["MaskOracle", "simulate"]
+__all__ = ["MaskOracle", "loop_oracle", "simulate"]
 
 
 class MaskOracle:
@@ -40,12 +44,30 @@ class MaskOracle:
         labels = self.infection_labels or case.meta.get("infection_labels")
         return region_label(case.mask[z], box, self.rng, labels)
 
+    def answers(self, queries: Sequence[Query], cycle: int) -> list[RegionLabel]:
+        """The oracle of the active-learning core (:data:`covidlib.active_loop.Oracle`):
+        the answers to queries on units ``((case_id, z), box)``, in their order (one draw
+        of the generator per infected region, whatever the cycle)."""
+        return [self(str(q.unit[0][0]), int(q.unit[0][1]), tuple(q.unit[1]))
+                for q in queries]
+
+
+def loop_oracle(oracle: Callable[[str, int, Box], RegionLabel] | MaskOracle) -> Oracle:
+    """``oracle`` as the core's :data:`~covidlib.active_loop.Oracle` (a :class:`MaskOracle`'s
+    :meth:`~MaskOracle.answers`, or any per-region annotator ``(case_id, z, box) -> answer``
+    asked query by query)."""
+    if isinstance(oracle, MaskOracle):
+        return oracle.answers
+    return lambda queries, _cycle: [oracle(str(q.unit[0][0]), int(q.unit[0][1]),
+                                           tuple(q.unit[1])) for q in queries]
+
 
 def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabel],
              cycles: int = 3, initial_images: int = 0, seed: int = 0,
              progress: bool = True,
              on_cycle: Callable[[CycleResult], None] | None = None) -> list[CycleResult]:
-    """Drive ``session`` headless with ``oracle`` as the annotator.
+    """Drive ``session``'s loop in step mode with ``oracle`` (P1's simulated annotator, as
+    the core's oracle: :func:`loop_oracle`) answering through the session's API.
 
     First, every region of ``initial_images`` slices drawn at random (``seed``) from the
     pool is answered (P1 Sec. 3: "5 CT images were randomly sampled ... and all their regions
@@ -59,6 +81,7 @@ def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabe
             or not 0 <= initial_images <= len(session.refs):
         raise ValueError(f"simulate: initial_images={initial_images!r} must be an integer in "
                          f"0..{len(session.refs)}")
+    ask = loop_oracle(oracle)
     out = []
     if initial_images:
         rng = np.random.default_rng(seed)
@@ -67,7 +90,8 @@ def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabe
             ref = session.refs[int(i)]
             for box in session.boxes(ref):
                 if (ref, box) not in answered:
-                    session.label_region(ref, box, oracle(ref[0], ref[1], box))
+                    answer, = ask([Query((ref, box))], session.cycle)
+                    session.label_region(ref, box, answer)
         out.append(session.train_cycle())
         if on_cycle is not None:
             on_cycle(out[-1])
@@ -76,14 +100,8 @@ def simulate(session: LabelSession, oracle: Callable[[str, int, Box], RegionLabe
             q = session.current()
             if q is None:
                 break
-            answer = oracle(q.case_id, q.z, q.box)
-            if answer.kind == "background":
-                session.background()
-            elif answer.kind == "point" and answer.point is not None:
-                session.click(answer.point.y, answer.point.x)
-            else:
-                raise ValueError(f"simulate: the oracle answered {answer.kind!r}; the widget "
-                                 "takes points and background tags only")
+            answer, = ask([Query(((q.case_id, q.z), q.box), q.score)], session.cycle)
+            session.answer(answer)
         out.append(session.train_cycle())
         if on_cycle is not None:
             on_cycle(out[-1])

@@ -5,7 +5,8 @@ Used by :class:`covidlib.widgets.session.LabelSession` and its widget.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,9 @@ from covidlib.widgets.annotations import Annotation
 
 Box = tuple[int, int, int, int]
 Ref = tuple[str, int]
+Unit = tuple[Ref, Box]
 
-__all__ = ["REGION_MODES", "STRATEGIES", "Current", "CycleResult", "Query"]
+__all__ = ["REGION_MODES", "STRATEGIES", "Current", "CycleResult", "Query", "Unit"]
 
 REGION_MODES = ("body", "grid")
 STRATEGIES = ("entropy", "random")
@@ -33,6 +35,18 @@ class Query:
     @property
     def ref(self) -> Ref:
         return self.case_id, self.z
+
+    @property
+    def unit(self) -> Unit:
+        """The labelling unit of the active-learning core: ``((case_id, z), box)``."""
+        return self.ref, self.box
+
+    @classmethod
+    def from_unit(cls, unit: Unit, score: float | None) -> Query:
+        """The query of unit ``((case_id, z), box)`` (a score of None counts as 0)."""
+        (case_id, z), box = unit
+        return cls(str(case_id), int(z), tuple(int(v) for v in box),  # type: ignore[arg-type]
+                   float(score or 0.0))
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,14 @@ class CycleResult:
     scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The cycle as one flat record (scores as ``test_<name>``)."""
         out = asdict(self)
         out.update({f"test_{k}": v for k, v in out.pop("scores").items()})
         return out
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> CycleResult:
+        """Inverse of :meth:`to_dict`."""
+        names = [f.name for f in fields(cls) if f.name != "scores"]
+        scores = {k[5:]: float(v) for k, v in record.items() if k.startswith("test_")}
+        return cls(**{k: record[k] for k in names}, scores=scores)

@@ -69,12 +69,12 @@ def measure_responsiveness(clicks: int = 20, threads: int = 2, seed: int = 0,
 
     s = settings("cpu", overrides)
     cases = [generate_case(PhantomConfig(), i) for i in range(2)]
-    pool = choose_pool(cases, n=s["pool"], seed=seed)
+    pool = choose_pool(cases, n=s.pool, seed=seed)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        session = LabelSession(cases, Path(tmp) / "bench.jsonl", n_regions=s["n_regions"],
-                               n_mc=s["n_mc"], slices=pool, size=s["size"],
-                               regions_per_cycle=s["regions_per_cycle"], epochs=s["epochs"],
-                               lr=s["lr"], batch_size=s["batch_size"], seed=seed,
+        session = LabelSession(cases, Path(tmp) / "bench.jsonl", n_regions=s.n_regions,
+                               n_mc=s.n_mc, slices=pool, size=s.size,
+                               regions_per_cycle=s.regions_per_cycle, epochs=s.epochs,
+                               lr=s.lr, batch_size=s.batch_size, seed=seed,
                                threads=threads, dataset="bench")
         try:
             from covidlib.widgets.view import LabelWidget
@@ -84,7 +84,7 @@ def measure_responsiveness(clicks: int = 20, threads: int = 2, seed: int = 0,
             target = session
         oracle = MaskOracle(cases, seed=seed)
         rng = np.random.default_rng(seed)
-        for i in sorted(rng.choice(len(pool), s["initial_images"], replace=False)):
+        for i in sorted(rng.choice(len(pool), s.initial_images, replace=False)):
             ref = pool[int(i)]
             for box in session.boxes(ref):
                 session.label_region(ref, box, oracle(ref[0], ref[1], box))
