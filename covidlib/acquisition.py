@@ -71,15 +71,22 @@ REDUCTIONS: tuple[str, ...] = ("max", "mean")
 # --------------------------------------------------------------------------------------------
 
 
-def _check_samples(samples: torch.Tensor | np.ndarray, who: str) -> torch.Tensor:
+def _as_samples(samples: torch.Tensor | np.ndarray, who: str, kind: str, expected: str
+                ) -> torch.Tensor:
+    """``samples`` as a floating-point tensor (``kind``) of at least 3 axes (passes first);
+    the errors name ``who`` and the ``expected`` layout."""
     x = torch.as_tensor(samples)
     if not x.is_floating_point():
-        raise TypeError(f"{who}: samples must be floating-point probabilities, got {x.dtype}")
+        raise TypeError(f"{who}: samples must be {kind}, got {x.dtype}")
     if x.ndim < 3:
-        raise ValueError(
-            f"{who}: samples of shape {tuple(x.shape)}; expected (I, B, C, *spatial) softmax "
-            "probabilities as covidlib.models.mc_predict returns them"
-        )
+        raise ValueError(f"{who}: samples of shape {tuple(x.shape)}; expected {expected}")
+    return x
+
+
+def _check_samples(samples: torch.Tensor | np.ndarray, who: str) -> torch.Tensor:
+    x = _as_samples(samples, who, "floating-point probabilities",
+                    "(I, B, C, *spatial) softmax probabilities as covidlib.models.mc_predict "
+                    "returns them")
     if x.shape[0] < 1 or x.shape[2] < 2:
         raise ValueError(
             f"{who}: samples of shape {tuple(x.shape)}; need I >= 1 draws and C >= 2 classes"
@@ -455,13 +462,8 @@ def mc_variance_score(
     (divide by T, the default), 1 for the unbiased one; P3 does not say which, the ranking
     of volumes is the same. Returns float64 of ``samples``' shape without pass and class axes.
     """
-    x = torch.as_tensor(samples)
-    if not x.is_floating_point():
-        raise TypeError(f"mc_variance_score: samples must be floating point, got {x.dtype}")
-    if x.ndim < 3:
-        raise ValueError(
-            f"mc_variance_score: samples of shape {tuple(x.shape)}; expected (T, ..., C, ...) "
-            "with at least a pass axis, a class axis and one voxel axis")
+    x = _as_samples(samples, "mc_variance_score", "floating point",
+                    "(T, ..., C, ...) with at least a pass axis, a class axis and one voxel axis")
     if not 1 <= class_axis < x.ndim:
         raise ValueError(f"mc_variance_score: class_axis={class_axis} must lie in "
                          f"1..{x.ndim - 1} (axis 0 holds the T passes)")

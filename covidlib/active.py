@@ -46,33 +46,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidlib import active_data
 from covidlib import checkpoint as _ckpt
 from covidlib.acquisition import (
     score_images,
     select_random_regions,
     select_regions,
 )
+from covidlib.active_data import *  # noqa: F403  (re-exported below)
 from covidlib.active_data import (
-    LOSS_BALANCES,
-    SUPERVISIONS,
     ALConfig,
     ALData,
-    BalancedPointBatchLoss,
     RegionLabelDataset,
     _predictions,
     _rng,
     _seed,
     _test_scores,
-    balanced_point_loss,
-    decode_mask,
-    encode_mask,
-    evenly_spaced,
     figure_indices,
     load_al_data,
     make_loss,
     make_model,
-    region_index_map,
-    training_curve,
 )
 from covidlib.active_loop import (
     STATE_FORMAT,
@@ -100,31 +93,16 @@ from covidlib.engine import (
 )
 
 __all__ = [
-    "LOSS_BALANCES",
+    *active_data.__all__,
     "STATE_FORMAT",
     "STATE_NAME",
-    "SUPERVISIONS",
-    "ALConfig",
-    "ALData",
-    "BalancedPointBatchLoss",
     "RegionHeuristic",
-    "RegionLabelDataset",
     "RegionLearner",
     "RegionOracle",
     "RegionPools",
-    "balanced_point_loss",
-    "decode_mask",
-    "encode_mask",
-    "evenly_spaced",
-    "figure_indices",
-    "load_al_data",
     "load_state",
-    "make_loss",
-    "make_model",
-    "region_index_map",
     "region_loop",
     "run_active_learning",
-    "training_curve",
 ]
 
 _FIT_PREFIX = WORK_PREFIX
@@ -144,8 +122,12 @@ Callback = Callable[[str, dict[str, Any]], None]
 
 
 def _check_data(cfg: ALConfig, data: ALData) -> None:
-    """``data`` must be the slices ``cfg`` asks for (dataset and resolution)."""
-    if data.fingerprint.get("name") != cfg.dataset:
+    """``data`` must be the slices ``cfg`` asks for (dataset and resolution); a dataset given
+    as the path of its manifest YAML is known by the manifest's name."""
+    from covidlib.data.manifest import load_manifest
+
+    name = data.fingerprint.get("name")
+    if name != cfg.dataset and name != load_manifest(cfg.dataset).name:
         raise ValueError(f"run_active_learning: data of {data.fingerprint.get('name')!r} given "
                          f"for a run on {cfg.dataset!r}")
     if tuple(data.masks.shape[1:]) != (cfg.size, cfg.size):

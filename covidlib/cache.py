@@ -40,8 +40,8 @@ from typing import Any
 SCHEMA = 1
 
 __all__ = ["CacheError", "ClaimInfo", "ResultCache", "atomic_write_bytes", "atomic_write_text",
-           "config_hash", "pid_alive", "process_dir", "read_claim", "remove_process_dir",
-           "runtime_key", "tree_digest"]
+           "config_hash", "file_sha256", "pid_alive", "process_dir", "read_claim",
+           "remove_process_dir", "runtime_key", "tree_digest"]
 
 
 class CacheError(ValueError):
@@ -97,10 +97,30 @@ def runtime_key() -> dict[str, Any]:
     return {"covidlib": __version__, "torch_threads": threads}
 
 
+_FILE_SHA256: dict[tuple[str, int, int, int, int], str] = {}
+"""sha256 of files already read by this process, by (path, size, mtime_ns, ctime_ns, inode)."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file's bytes, read once per process while its size, modification and
+    status-change times and inode stay the same (a write changes the status-change time even
+    when the modification time is set back)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _FILE_SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_SHA256[key] = h.hexdigest()
+    return _FILE_SHA256[key]
+
+
 def tree_digest(root: str | Path) -> str:
     """sha256 (16 hex digits) of the data files under ``root``: every regular file's relative
-    path, size and modification time (hidden, ``.tmp`` and ``.lock`` files left out), so an
-    added, removed, replaced or edited file changes it without reading gigabytes."""
+    path and the sha256 of its bytes (hidden, ``.tmp`` and ``.lock`` files left out), so an
+    added, removed, replaced or edited file changes it, while a copy of the same files (other
+    modification times, another machine) keeps it and reuses cached results."""
     root = Path(root)
     rows = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -114,9 +134,7 @@ def tree_digest(root: str | Path) -> str:
                 continue
             path = Path(dirpath) / name
             with contextlib.suppress(FileNotFoundError):
-                st = path.stat()
-                rows.append(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t"
-                            f"{st.st_mtime_ns}")
+                rows.append(f"{path.relative_to(root).as_posix()}\t{file_sha256(path)}")
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 

@@ -195,17 +195,9 @@ def predict(
         yield _probabilities(logits).cpu(), batch
 
 
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    *,
-    num_workers: int = 0,
-    collate_fn: Callable | None = None,
-    progress: bool = False,
-    mask_key: str = "mask",
-) -> dict[str, float]:
+def evaluate(model: nn.Module, dataset: Dataset, device: str | torch.device = "auto",
+             batch_size: int = 8, *, num_workers: int = 0, collate_fn: Callable | None = None,
+             progress: bool = False, mask_key: str = "mask") -> dict[str, float]:
     """Overlap scores of ``model`` on ``dataset`` (P2 Sec. 4.1.2), via :mod:`covidlib.metrics`.
 
     Prediction = ``argmax > 0`` of the logits (``p > 0.5`` for one channel); truth =
@@ -216,15 +208,8 @@ def evaluate(
     the dataset has no case ids) and ``n_volumes``.
     """
     meter = SegmentationMeter()
-    for probs, batch in predict(
-        model,
-        dataset,
-        device,
-        batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        progress=progress,
-    ):
+    for probs, batch in predict(model, dataset, device, batch_size, num_workers=num_workers,
+                                collate_fn=collate_fn, progress=progress):
         if mask_key not in batch:
             raise KeyError(f"evaluate: batch has no {mask_key!r} (keys: {sorted(batch)})")
         pred = binarize(probs)

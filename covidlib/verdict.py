@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "INCONCLUSIVE",
@@ -31,10 +32,12 @@ __all__ = [
     "REPRODUCED",
     "TOO_SMALL",
     "VERDICTS",
+    "Comparison",
     "Convergence",
     "Verdict",
     "baseline_converged",
     "combine_verdicts",
+    "paired_spread",
     "run_too_small",
     "three_way_verdict",
 ]
@@ -115,22 +118,59 @@ class Verdict:
 
 
 def run_too_small(n_seeds: int | None = None, gap: float | None = None,
-                  spread: float | None = None) -> str | None:
+                  spread: float | None = None, *, unit: str = "seed",
+                  spread_name: str = "the seeds' spread") -> str | None:
     """Why a comparison of two means over seeds cannot decide a claim, or ``None`` when it
     can: fewer than :data:`MIN_SEEDS` seeds (``n_seeds``: the smaller of the two sides), or
     a difference of the means ``gap`` that is not larger than the seeds' ``spread`` (e.g.
-    the sum of the two standard deviations). ``None`` arguments are not checked."""
+    the sum of the two standard deviations). ``None`` arguments are not checked. ``unit``
+    and ``spread_name`` name what was counted and what the spread is in the reason (e.g.
+    "training run", "two standard errors")."""
     if n_seeds is not None:
         if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 0:
             raise ValueError(f"run_too_small: n_seeds={n_seeds!r} must be an integer >= 0")
         if n_seeds < MIN_SEEDS:
-            count = "one seed" if n_seeds == 1 else f"{n_seeds} seeds"
+            count = f"one {unit}" if n_seeds == 1 else f"{n_seeds} {unit}s"
             return f"{count}, no spread to compare the difference with"
     if gap is not None and spread is not None:
         gap, spread = abs(float(gap)), float(spread)
         if math.isnan(gap) or math.isnan(spread) or gap <= spread:
-            return f"the difference {gap:.3f} is inside the seeds' spread {spread:.3f}"
+            return f"the difference {gap:.3f} is inside {spread_name} {spread:.3f}"
     return None
+
+
+def paired_spread(diffs: Sequence[float]) -> tuple[int, float, float]:
+    """``(n, mean, std)`` of paired per-seed differences (a - b of the same seed), the
+    inputs of :func:`run_too_small`: the sample standard deviation (ddof 1) is the spread
+    (0 for one difference, nan for none); non-finite differences are left out."""
+    d = [float(x) for x in diffs if x is not None and math.isfinite(float(x))]
+    if not d:
+        return 0, math.nan, math.nan
+    mean = math.fsum(d) / len(d)
+    if len(d) == 1:
+        return 1, mean, 0.0
+    return len(d), mean, math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (len(d) - 1))
+
+
+class Comparison(str):
+    """A comparison's sentence (a ``str``, e.g. "holds: ...") that also carries the numbers
+    :func:`run_too_small` needs: ``n_seeds`` (fewest seeds behind either side), ``gap``
+    (the difference the claim is about) and ``spread`` (the seeds' spread); None when not
+    known. Paper modules return it so a verdict can be drawn from the sentence alone."""
+
+    n_seeds: int | None
+    gap: float | None
+    spread: float | None
+
+    def __new__(cls, text: str, n_seeds: int | None = None, gap: float | None = None,
+                spread: float | None = None) -> Comparison:
+        obj = super().__new__(cls, text)
+        obj.n_seeds, obj.gap, obj.spread = n_seeds, gap, spread
+        return obj
+
+    def stats(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`three_way_verdict` this comparison carries."""
+        return {"n_seeds": self.n_seeds, "gap": self.gap, "spread": self.spread}
 
 
 def three_way_verdict(claim_holds: bool, converged: bool | Convergence,

@@ -173,18 +173,10 @@ def _derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % 2**31)
 
 
-def _train_round(
-    cfg: Mapping[str, Any],
-    labelled: Sequence[str],
-    volumes: Mapping[str, Volume],
-    split: Mapping[str, Sequence[str]],
-    make_model: Callable[[], nn.Module],
-    init_state: Mapping[str, torch.Tensor] | None,
-    ck_dir: Path,
-    device: Any,
-    seed: int,
-    progress: bool,
-) -> dict[str, Any]:
+def _train_round(cfg: Mapping[str, Any], labelled: Sequence[str], volumes: Mapping[str, Volume],
+                 split: Mapping[str, Sequence[str]], make_model: Callable[[], nn.Module],
+                 init_state: Mapping[str, torch.Tensor] | None, ck_dir: Path, device: Any,
+                 seed: int, progress: bool) -> dict[str, Any]:
     """One training on ``labelled`` (P3 "Network Training"), scored on val and test."""
     torch.manual_seed(seed)
     model = make_model()

@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from covidlib import active_loop as al
 from covidlib import checkpoint as ckpt
-from covidlib.active_loop import (
-    STATE_NAME,
-    ActiveLoop,
-    Learner,
-    Pool,
-    Query,
-    Selection,
-    Trained,
-    load_state,
-)
+from covidlib.active_loop import STATE_NAME, ActiveLoop, Query, Selection, load_state
 from covidlib.active_pools import RegionOracle, RegionPools
 from covidlib.volume_al import VolumeOracle, VolumePool
 
@@ -30,7 +22,7 @@ from covidlib.volume_al import VolumeOracle, VolumePool
 UNCERTAINTY = {0: 0.1, 1: 0.9, 2: 0.5, 3: 0.9, 4: 0.2, 5: 0.7}
 
 
-class ListPool(Pool):
+class ListPool(al.Pool):
     def __init__(self, units: Sequence[int], initial: Sequence[int] = ()) -> None:
         self.units = list(units)
         self.answers: dict[int, Any] = {u: 10 * u for u in initial}
@@ -51,21 +43,21 @@ class ListPool(Pool):
         self.answers = {int(u): a for u, a in state["answers"]}
 
 
-class SumLearner(Learner):
+class SumLearner(al.Learner):
     """'Trains' a model whose one weight is the sum of the answers (warm start adds the
     previous weight); counts its trainings."""
 
     def __init__(self) -> None:
         self.trainings: list[int] = []
 
-    def train(self, pool: Pool, cycle: int, previous: Mapping[str, torch.Tensor] | None,
-              work_dir: Path | None) -> Trained:
+    def train(self, pool: al.Pool, cycle: int, previous: Mapping[str, torch.Tensor] | None,
+              work_dir: Path | None) -> al.Trained:
         assert isinstance(pool, ListPool)
         self.trainings.append(cycle)
         w = float(sum(pool.answers.values())) + (float(previous["w"]) if previous else 0.0)
-        return Trained(None, {"w": torch.tensor(w, dtype=torch.float64)})
+        return al.Trained(None, {"w": torch.tensor(w, dtype=torch.float64)})
 
-    def evaluate(self, trained: Trained, pool: Pool, cycle: int) -> dict[str, Any]:
+    def evaluate(self, trained: al.Trained, pool: al.Pool, cycle: int) -> dict[str, Any]:
         assert isinstance(pool, ListPool) and trained.weights is not None
         return {"cycle": cycle, "w": float(trained.weights["w"]),
                 "labelled": sorted(pool.answers), "selected": [], "cost": 0.0}
@@ -76,7 +68,7 @@ class SumLearner(Learner):
         record["cost"] += cost
 
 
-def top_uncertain(trained: Trained, pool: Pool, n: int, cycle: int) -> Selection:
+def top_uncertain(trained: al.Trained, pool: al.Pool, n: int, cycle: int) -> Selection:
     ranked = sorted(pool.unlabelled(), key=lambda u: (-UNCERTAINTY[u], u))
     return Selection([Query(u, UNCERTAINTY[u]) for u in ranked[:n]], {"n_candidates":
                                                                     len(pool.unlabelled())})

@@ -1,9 +1,11 @@
 """The config-hash result cache."""
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -351,17 +353,24 @@ def test_an_edited_split_or_data_file_changes_the_data_key(synthetic_root, tmp_p
     m2 = dataclasses.replace(ds.manifest, splits={**ds.manifest.splits, "sep": edited})
     assert type(ds)(m2, ds.root).fingerprint()["splits"] != fp["splits"]
     assert type(ds)(ds.manifest, ds.root).fingerprint() == fp  # same data, same key
-    # the files: a tree digest of paths, sizes and modification times
+    # the files: a tree digest of paths and contents
     root = tmp_path / "d"
     (root / "a").mkdir(parents=True)
     (root / "a" / "x.nii.gz").write_bytes(b"12345")
     first = tree_digest(root)
+    rows = "a/x.nii.gz\t" + hashlib.sha256(b"12345").hexdigest()
+    assert first == hashlib.sha256(rows.encode()).hexdigest()[:16]  # hand-computed
     (root / ".hidden").write_text("x")
     (root / "a" / ".x.nii.gz.host.1.tmp").write_text("x")
     assert tree_digest(root) == first  # hidden and temporary files do not count
+    os.utime(root / "a" / "x.nii.gz", ns=(1, 1))
+    assert tree_digest(root) == first  # a copy with other times: same data, same key
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert tree_digest(copy) == first  # another folder holding the same files
     (root / "a" / "x.nii.gz").write_bytes(b"54321")
     os.utime(root / "a" / "x.nii.gz", ns=(1, 1))
-    assert tree_digest(root) != first  # same size, other time: replaced
+    assert tree_digest(root) != first  # same size, same time, other bytes: replaced
     (root / "b.png").write_bytes(b"")
     assert len({first, tree_digest(root)}) == 2
 

@@ -374,13 +374,15 @@ def test_converged_and_three_way_verdict():
     assert not report.converged([0.1, 0.3, 0.40, 0.50], tol=0.02)
     assert report.converged([0.2] * 8, tol=0.02) and not report.converged([0.5], tol=0.02)
     hist = {"step": [0], "loss": [1.0], "curve_step": [1, 2], "curve_dice": [0.2, 0.6]}
-    rows = [_row(m, 0, f"c{i}", d + (0.2 if m == "rgsm_al" else 0.0), 1.0)
+    # two folds (two training runs), three cases: +0.2 each, well beyond 2 SE
+    rows = [_row(m, i % 2, f"c{i}", d + (0.2 if m == "rgsm_al" else 0.0), 1.0)
             for m in ("fully", "rgsm_al") for i, d in enumerate([0.3, 0.5, 0.4])]
     res = _fake(rows, ("fully", "rgsm_al"), {("fully", 0, 0): {"history": hist}})
     v = report.claim_verdict(res, "P4-T3")
     assert v["verdict"] == "reproduced" and v["diff"] == pytest.approx(0.2)
-    rows = [_row(m, 0, f"c{i}", d, 1.0) for m in ("fully", "rgsm_al")
-            for i, d in enumerate([0.3, 0.5, 0.4])]
+    # -0.2 each: significantly worse, a finding only once the baseline has converged
+    rows = [_row(m, i % 2, f"c{i}", d - (0.2 if m == "rgsm_al" else 0.0), 1.0)
+            for m in ("fully", "rgsm_al") for i, d in enumerate([0.3, 0.5, 0.4])]
     res = _fake(rows, ("fully", "rgsm_al"), {("fully", 0, 0): {"history": hist}})
     assert report.claim_verdict(res, "P4-T3")["verdict"] == "inconclusive"  # 0.2 -> 0.6
     hist["curve_dice"] = [0.6, 0.6]
@@ -399,7 +401,8 @@ def test_verdict_needs_enough_cases_and_both_table2_baselines():
     # Table 2: better than uniform pseudo-labels but not than fully supervised
     base = {"fully": [0.6, 0.7, 0.65], "semi": [0.3, 0.4, 0.35],
             "rgsm_al": [0.5, 0.61, 0.55]}
-    rows = [_row(m, 0, f"c{i}", d, 1.0) for m, ds in base.items() for i, d in enumerate(ds)]
+    rows = [_row(m, i % 2, f"c{i}", d, 1.0) for m, ds in base.items()
+            for i, d in enumerate(ds)]
     v = report.claim_verdict(_fake(rows, tuple(base), runs), "P4-T2")
     assert not v["holds"] and v["verdict"] == "not reproduced"
     assert "Uniform pseudo-labels" in v["text"] and "Fully Supervised" in v["text"]

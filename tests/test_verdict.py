@@ -12,10 +12,12 @@ from covidlib.verdict import (
     MIN_SEEDS,
     NOT_REPRODUCED,
     REPRODUCED,
+    Comparison,
     Convergence,
     Verdict,
     baseline_converged,
     combine_verdicts,
+    paired_spread,
     run_too_small,
     three_way_verdict,
 )
@@ -129,3 +131,32 @@ def test_too_small_verdicts_are_inconclusive_either_way():
     assert three_way_verdict(True, conv, n_seeds=3, gap=0.1, spread=0.02).label == REPRODUCED
     assert three_way_verdict(False, conv, n_seeds=3, gap=0.1,
                              spread=0.02).label == NOT_REPRODUCED
+
+
+def test_run_too_small_names_the_unit_and_the_spread():
+    assert run_too_small(1, unit="training run") == (
+        "one training run, no spread to compare the difference with")
+    assert run_too_small(0, unit="training run").startswith("0 training runs")
+    assert run_too_small(gap=0.01, spread=0.03, spread_name="two standard errors") == (
+        "the difference 0.010 is inside two standard errors 0.030")
+
+
+def test_paired_spread_by_hand():
+    # differences 0.1 and -0.2: mean -0.05, sample std sqrt(2 x 0.15^2 / 1) = 0.2121
+    n, mean, std = paired_spread([0.1, -0.2])
+    assert n == 2 and math.isclose(mean, -0.05) and math.isclose(std, 0.15 * math.sqrt(2))
+    assert paired_spread([0.3]) == (1, 0.3, 0.0)
+    n, mean, std = paired_spread([float("nan"), None, 0.2, 0.4, 0.6])  # non-finite left out
+    assert n == 3 and math.isclose(mean, 0.4) and math.isclose(std, 0.2)
+    n, mean, std = paired_spread([])
+    assert n == 0 and math.isnan(mean) and math.isnan(std)
+
+
+def test_comparison_is_a_sentence_carrying_the_rules_inputs():
+    c = Comparison("holds: a", n_seeds=2, gap=0.1, spread=0.3)
+    assert c == "holds: a" and c.startswith("holds") and isinstance(c, str)
+    assert f"{c}" == "holds: a" and c.stats() == {"n_seeds": 2, "gap": 0.1, "spread": 0.3}
+    assert Comparison("x").stats() == {"n_seeds": None, "gap": None, "spread": None}
+    v = three_way_verdict(c.startswith("holds"), True, None, c, **c.stats())
+    assert v.text == ("inconclusive (run too small: the difference 0.100 is inside the seeds' "
+                      "spread 0.300): holds: a")

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from covidlib.jsonio import read_json_if_present
+
 GOALS_S = {"cpu": 480.0, "reference": 4 * 3600.0, "gpu": 1200.0}
 """Wall-time goals of the whole book: 8 min (cpu) and 4 h (reference) on the 2-core CPU machine,
 20 min on one GPU."""
@@ -30,12 +32,9 @@ def book_timings(results_dir: str | Path, profile: str) -> dict[str, Any] | None
     recorded; ``None`` when the book has not been run with this profile. A file that is not
     the expected JSON raises ``ValueError`` naming it."""
     path = Path(results_dir) / f"book_timings_{profile}.json"
-    if not path.exists():
+    raw = read_json_if_present(path)
+    if raw is None:
         return None
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of chapter -> timing")
     chapters = []

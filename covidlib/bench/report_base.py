@@ -5,12 +5,12 @@ See :mod:`covidlib.bench.report`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from covidlib.bench import SCHEMA
+from covidlib.jsonio import read_json_if_present
 
 NOT_MEASURED = "not measured"
 MC_GOAL = 10.0  # head-only vs naive at I = 20
@@ -54,12 +54,9 @@ def load_results(path: str | Path) -> dict[str, Any] | None:
     """The results file at ``path``, or ``None`` when it does not exist. A file of another
     format raises ``ValueError`` naming it and the reason."""
     path = Path(path)
-    if not path.exists():
+    res = read_json_if_present(path, hint="; run `make bench` again")
+    if res is None:
         return None
-    try:
-        res = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); run `make bench` again") from exc
     if not isinstance(res, dict) or res.get("schema") != SCHEMA:
         found = res.get("schema") if isinstance(res, dict) else type(res).__name__
         raise ValueError(f"{path}: schema {found!r}, expected {SCHEMA!r}; run `make bench` again")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from covidlib.data import manifest_schema
 from covidlib.data.errors import DataError, missing_reason
 from covidlib.data.manifest_digest import (
     file_sha256,
@@ -64,49 +65,11 @@ from covidlib.data.manifest_parse import (  # noqa: F401  (private names: data/c
     _parse_split,
     _StrictLoader,
 )
-from covidlib.data.manifest_schema import (  # noqa: F401  (INTENSITIES: data/check.py)
-    ACCESS,
-    DATA_KINDS,
-    ENV_DATA_PATH,
-    ENV_MANIFESTS,
-    FORMATS,
-    INTENSITIES,
-    LABEL_KINDS,
-    PAPERS,
-    PARTS,
-    SPLIT_METHODS,
-    TEMPLATE_KEYS,
-    UNPACK,
-    AltMask,
-    FileSpec,
-    Fold,
-    Group,
-    Layout,
-    Manifest,
-    PaperStats,
-    Split,
-    VolumeSpec,
-)
+from covidlib.data.manifest_schema import *  # noqa: F403  (the records, re-exported below)
+from covidlib.data.manifest_schema import ENV_DATA_PATH, ENV_MANIFESTS, Manifest
 
 __all__ = [
-    "ACCESS",
-    "DATA_KINDS",
-    "FORMATS",
-    "LABEL_KINDS",
-    "PAPERS",
-    "PARTS",
-    "SPLIT_METHODS",
-    "TEMPLATE_KEYS",
-    "UNPACK",
-    "AltMask",
-    "FileSpec",
-    "Fold",
-    "Group",
-    "Layout",
-    "Manifest",
-    "PaperStats",
-    "Split",
-    "VolumeSpec",
+    *manifest_schema.__all__,
     "data_search_path",
     "file_sha256",
     "find_manifest",

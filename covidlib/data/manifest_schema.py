@@ -12,6 +12,30 @@ from pathlib import Path
 
 from covidlib.data.errors import DataError
 
+__all__ = [
+    "ACCESS",
+    "DATA_KINDS",
+    "ENV_DATA_PATH",
+    "ENV_MANIFESTS",
+    "FORMATS",
+    "INTENSITIES",
+    "LABEL_KINDS",
+    "PAPERS",
+    "PARTS",
+    "SPLIT_METHODS",
+    "TEMPLATE_KEYS",
+    "UNPACK",
+    "AltMask",
+    "FileSpec",
+    "Fold",
+    "Group",
+    "Layout",
+    "Manifest",
+    "PaperStats",
+    "Split",
+    "VolumeSpec",
+]
+
 ACCESS = ("download", "manual", "generated", "local")
 DATA_KINDS = ("real", "phantom", "real 2-D derivative")
 INTENSITIES = ("hu", "uint8")

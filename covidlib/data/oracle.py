@@ -34,18 +34,14 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from covidlib.data import oracle_base
+from covidlib.data.oracle_base import *  # noqa: F403  (the records, re-exported below)
 from covidlib.data.oracle_base import (
-    DEFAULT_TOLERANCE,
-    FULL_SLICE_SECONDS,
     IGNORE,
-    MIN_POLYGON_VERTICES,
-    POINT_SECONDS,
-    Box,
     Connectivity,
     Placement,
     Point,
     RegionKind,
-    RegionLabel,
     Scheme,
     _as_rng,
     _check_class_value,
@@ -70,16 +66,9 @@ from covidlib.data.oracle_regions import (
 )
 
 __all__ = [
-    "DEFAULT_TOLERANCE",
-    "FULL_SLICE_SECONDS",
-    "IGNORE",
-    "MIN_POLYGON_VERTICES",
-    "POINT_SECONDS",
-    "Box",
+    *oracle_base.__all__,
     "LabelCostLedger",
-    "Point",
     "RegionKind",
-    "RegionLabel",
     "Scheme",
     "apply_region_label",
     "background_points",

@@ -506,14 +506,9 @@ def iter_cases(
                 yield case
 
 
-def load_cases(
-    manifest: Any,
-    root: str | Path,
-    group: str | Sequence[str] | None = None,
-    cases: Iterable[str] | None = None,
-    progress: bool = True,
-    alt_mask: str | None = None,
-) -> list[Case]:
+def load_cases(manifest: Any, root: str | Path, group: str | Sequence[str] | None = None,
+               cases: Iterable[str] | None = None, progress: bool = True,
+               alt_mask: str | None = None) -> list[Case]:
     """Read the cases a manifest describes (all groups, or ``group``; all cases or ``cases``).
 
     Layouts: ``nifti-volumes`` (one Case per file), ``nifti-stack`` (each z-slice of each

@@ -40,6 +40,7 @@ from typing import Any
 import pandas as pd
 
 from covidlib.active import ALConfig
+from covidlib.experiments import p1_report
 from covidlib.experiments.p1_mechanism import (
     MECHANISMS,
     baseline_convergence,
@@ -58,30 +59,8 @@ from covidlib.experiments.p1_mechanism import (
     upper_bound_check,
     upper_bound_table,
 )
-from covidlib.experiments.p1_report import (
-    CURVE_COLUMNS,
-    curves_frame,
-    describe,
-    effort_arithmetic,
-    effort_table,
-    fig5_paper_table,
-    fig5_scorecard,
-    fig5_summary,
-    fig5_verdict,
-    fig6_scorecard,
-    fig6_summary,
-    fig6_verdict,
-    fig7_scorecard,
-    fig7_summary,
-    fig7_verdict,
-    headline_numbers,
-    headline_scorecard,
-    headline_table,
-    headline_verdict,
-    random_specificity_range,
-    whole_image_costs,
-    write_csv,
-)
+from covidlib.experiments.p1_report import *  # noqa: F403  (re-exported below)
+from covidlib.experiments.p1_report import curves_frame
 from covidlib.experiments.p1_settings import (
     DATASET_NAMES,
     HEURISTIC_LABELS,
@@ -114,7 +93,7 @@ from covidlib.experiments.p1_train import (
 )
 
 __all__ = [
-    "CURVE_COLUMNS",
+    *p1_report.__all__,
     "DATASET_NAMES",
     "HEURISTIC_LABELS",
     "KIND_AL",
@@ -133,33 +112,15 @@ __all__ = [
     "ceiling_changes",
     "ceiling_config",
     "chapter_verdict",
-    "curves_frame",
     "data_note",
-    "describe",
-    "effort_arithmetic",
-    "effort_table",
     "entropy_vs_random",
-    "fig5_paper_table",
-    "fig5_scorecard",
-    "fig5_summary",
-    "fig5_verdict",
     "fig5_verdicts",
     "fig6_initial_images",
-    "fig6_scorecard",
-    "fig6_summary",
-    "fig6_verdict",
-    "fig7_scorecard",
-    "fig7_summary",
-    "fig7_verdict",
     "figure2",
     "figure5",
     "figure6",
     "figure7",
     "figure_baseline",
-    "headline_numbers",
-    "headline_scorecard",
-    "headline_table",
-    "headline_verdict",
     "load_data",
     "load_test_set",
     "mechanism_present",
@@ -167,7 +128,6 @@ __all__ = [
     "model_path",
     "point_vs_pixel",
     "pool_infected_share",
-    "random_specificity_range",
     "records_scorecard",
     "region_size",
     "resolve_dataset",
@@ -180,8 +140,6 @@ __all__ = [
     "upper_bound",
     "upper_bound_check",
     "upper_bound_table",
-    "whole_image_costs",
-    "write_csv",
 ]
 
 class Runs:
@@ -229,6 +187,18 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def _job(split: str, heuristic: str, supervision: str, seed: int, n_regions: int,
+         cycles: int | None, **changes: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run of a figure for :func:`_run_all`: its labels, and its run fields (K,
+    ``changes``, ``cycles`` when given) for :func:`train_p1`."""
+    ch: dict[str, Any] = {"n_regions": int(n_regions), **changes}
+    if cycles is not None:
+        ch["cycles"] = int(cycles)
+    return ({"split": split, "heuristic": heuristic, "n_regions": ch["n_regions"],
+             "supervision": supervision, "seed": seed},
+            {"heuristic": heuristic, "seed": seed, "supervision": supervision, **ch})
+
+
 def entropy_vs_random(dataset: str, splits: Sequence[str], *, profile: str = "cpu",
                       overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] = (0, 1),
                       heuristics: Sequence[str] = ("random", "entropy"),
@@ -239,16 +209,8 @@ def entropy_vs_random(dataset: str, splits: Sequence[str], *, profile: str = "cp
     """P1 Fig. 5: every (split, heuristic, seed) run at K (default: the profile's, 64)."""
     s = settings(profile, overrides)
     runs = Runs(profile, dataset, s)
-    jobs = []
-    for split in splits:
-        for h in heuristics:
-            for seed in _check_seeds(seeds):
-                ch = {"n_regions": int(n_regions or s["n_regions"])}
-                if cycles is not None:
-                    ch["cycles"] = int(cycles)
-                jobs.append(({"split": split, "heuristic": h, "n_regions": ch["n_regions"],
-                              "supervision": supervision, "seed": seed},
-                             {"heuristic": h, "seed": seed, "supervision": supervision, **ch}))
+    jobs = [_job(split, h, supervision, seed, n_regions or s["n_regions"], cycles)
+            for split in splits for h in heuristics for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
                     progress=progress, overrides=overrides)
 
@@ -261,17 +223,9 @@ def region_size(dataset: str, split: str, *, profile: str = "cpu",
     """P1 Fig. 6: one run per K and seed, initial set of ``round(192 / K)`` images."""
     s = settings(profile, overrides)
     runs = Runs(profile, dataset, s)
-    jobs = []
-    for k in (region_counts or s["fig6_regions"]):
-        for seed in _check_seeds(seeds):
-            ch = {"n_regions": int(k),
-                  "initial_images": fig6_initial_images(int(k), int(s["fig6_initial_regions"]))}
-            if cycles is not None:
-                ch["cycles"] = int(cycles)
-            jobs.append(({"split": split, "heuristic": heuristic, "n_regions": int(k),
-                          "supervision": supervision, "seed": seed},
-                         {"heuristic": heuristic, "seed": seed, "supervision": supervision,
-                          **ch}))
+    jobs = [_job(split, heuristic, supervision, seed, k, cycles,
+                 initial_images=fig6_initial_images(int(k), int(s["fig6_initial_regions"])))
+            for k in (region_counts or s["fig6_regions"]) for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
                     progress=progress, overrides=overrides)
 
@@ -285,15 +239,8 @@ def point_vs_pixel(dataset: str, split: str, *, profile: str = "cpu",
     """P1 Fig. 7: the same loop with point-level and with per-pixel region labels."""
     s = settings(profile, overrides)
     runs = Runs(profile, dataset, s)
-    jobs = []
-    for sup in supervisions:
-        for seed in _check_seeds(seeds):
-            ch = {"n_regions": int(n_regions or s["n_regions"])}
-            if cycles is not None:
-                ch["cycles"] = int(cycles)
-            jobs.append(({"split": split, "heuristic": heuristic, "n_regions": ch["n_regions"],
-                          "supervision": sup, "seed": seed},
-                         {"heuristic": heuristic, "seed": seed, "supervision": sup, **ch}))
+    jobs = [_job(split, heuristic, sup, seed, n_regions or s["n_regions"], cycles)
+            for sup in supervisions for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
                     progress=progress, overrides=overrides)
 

@@ -26,21 +26,15 @@ __all__ = ["add_train_p1_parser", "run_train_p1"]
 
 def add_train_p1_parser(sub: Any) -> None:
     """Add ``train-p1`` to the ``covidlib`` command's subparsers."""
+    from covidlib.experiments.p2_cli import add_run_options
+
     tr = sub.add_parser("train-p1", help="P1's region active learning (point labels) on any "
                                          "dataset")
     tr.add_argument("dataset", help="manifest name or path to a manifest YAML")
     tr.add_argument("split", help="one of the manifest's splits")
     tr.add_argument("--heuristic", default="entropy", help="entropy, bald or random")
     tr.add_argument("--supervision", default="point", help="point or pixel region labels")
-    tr.add_argument("--profile", default="cpu", help="cpu, reference, gpu or paper")
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a profile setting, e.g. --set cycles=2 (repeatable)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--test", action="append", metavar="NAME=[SPLIT:]PART",
-                    help="a test set to score (repeatable; default test=test)")
-    tr.add_argument("--out", help="results folder (default: p1-DATASET-SPLIT-HEURISTIC)")
-    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    tr.add_argument("--root", help="data root (default: search COVIDLIB_DATA_PATH)")
+    add_run_options(tr, set_example="cycles=2", out_default="p1-DATASET-SPLIT-HEURISTIC")
     tr.set_defaults(func=run_train_p1)
 
 

@@ -30,6 +30,7 @@ from covidlib.experiments.p1_settings import _COLOURS, HEURISTIC_LABELS, _data
 from covidlib.report.figures import display_view
 from covidlib.verdict import (
     INCONCLUSIVE,
+    Comparison,
     Convergence,
     Verdict,
     baseline_converged,
@@ -192,17 +193,28 @@ MECHANISMS = {
 }
 
 
+def _seed_count(runs: Runs, split: str) -> int | None:
+    """Seeds of ``split``'s active-learning runs (None without any)."""
+    seeds = {lab["seed"] for lab, _r in runs.items if lab.get("split") == split}
+    return len(seeds) if seeds else None
+
+
 def chapter_verdict(runs: Runs, split: str, comparison: str,
                     mechanism_present: bool | None = None, mechanism: str = "mechanism"
                     ) -> Verdict:
     """The three-way verdict (:func:`covidlib.verdict.three_way_verdict`) of one claim on
     ``split``: it holds when ``comparison`` (the sentence of :func:`fig5_verdict`,
     :func:`fig6_verdict`, :func:`fig7_verdict` or :func:`headline_verdict`) starts with
-    "holds"; the baseline's convergence is :func:`baseline_convergence` of ``split``."""
+    "holds"; the baseline's convergence is :func:`baseline_convergence` of ``split``. The
+    seeds, gap and spread the comparison carries (:class:`covidlib.verdict.Comparison`; for
+    a plain sentence the seeds of ``split``'s runs) make a one-seed comparison, or one
+    inside the seeds' spread, "inconclusive (run too small: ...)"."""
     if comparison.startswith("no comparison"):
         return Verdict(INCONCLUSIVE, f"{INCONCLUSIVE}, no comparison possible: {comparison}")
+    stats = (comparison.stats() if isinstance(comparison, Comparison)
+             else {"n_seeds": _seed_count(runs, split)})
     return three_way_verdict(comparison.startswith("holds"), baseline_convergence(runs, split),
-                             mechanism_present, comparison, mechanism)
+                             mechanism_present, comparison, mechanism, **stats)
 
 
 def fig5_verdicts(runs: Runs, shares: pd.DataFrame, splits: Sequence[str]

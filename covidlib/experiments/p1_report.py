@@ -27,8 +27,10 @@ from covidlib.data.oracle import (
 )
 from covidlib.experiments.p1_settings import PROFILES
 from covidlib.verdict import (
+    Comparison,
     Verdict,
     combine_verdicts,
+    paired_spread,
 )
 
 if TYPE_CHECKING:
@@ -136,25 +138,31 @@ def _curve_means(g: pd.DataFrame) -> pd.Series:
 
 
 def fig5_verdict(frame: pd.DataFrame, split: str, better: str = "entropy",
-                 baseline: str = "random") -> str:
+                 baseline: str = "random") -> Comparison:
     """Does ``better`` beat ``baseline`` on ``split`` (mean Dice over the cycles after the
     first, per seed)? "holds" when it is higher on average and for every seed, "not
-    reproduced" when it is higher for no seed, "mixed" otherwise."""
+    reproduced" when it is higher for no seed, "mixed" otherwise. The sentence carries the
+    seeds, the mean paired difference and its spread (sample std of the per-seed
+    differences, :func:`covidlib.verdict.paired_spread`) for the verdict rule."""
     g = frame[frame["split"] == split]
     a, b = _curve_means(g[g["heuristic"] == better]), _curve_means(g[g["heuristic"] == baseline])
     common = sorted(set(a.index) & set(b.index))
     if not common:
-        return f"{split}: no paired runs of {better} and {baseline}"
+        return Comparison(f"no comparison: split {split} has no paired runs of {better} and "
+                          f"{baseline}", n_seeds=0)
     diff = a[common] - b[common]
     wins = int((diff > 0).sum())
-    d = float(diff.mean())
+    n, d, spread = paired_spread(diff.tolist())
+    sd = f"; std of the differences {spread:.3f}" if n > 1 else ""
     text = (f"split {split}: {better} - {baseline} = {d:+.3f} mean Dice over cycles >= 1 "
-            f"({wins}/{len(common)} seeds higher)")
+            f"({wins}/{len(common)} seeds higher{sd})")
     if d > 0 and wins == len(common):
-        return f"holds, {text}"
-    if wins == 0:
-        return f"not reproduced, {text}"
-    return f"mixed result, {text}"
+        text = f"holds, {text}"
+    elif wins == 0:
+        text = f"not reproduced, {text}"
+    else:
+        text = f"mixed result, {text}"
+    return Comparison(text, n_seeds=len(common), gap=d, spread=spread)
 
 
 def random_specificity_range(frame: pd.DataFrame) -> tuple[float, float]:
@@ -189,46 +197,83 @@ def fig5_scorecard(frame: pd.DataFrame, verdicts: Mapping[str, Verdict],
     }
 
 
+def _sample_std(values: pd.Series) -> float:
+    """Sample standard deviation (ddof 1) of the finite values; 0 for one, nan for none."""
+    v = values.dropna()
+    return float(v.std(ddof=1)) if len(v) > 1 else 0.0 if len(v) else float("nan")
+
+
 def fig6_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per K: initial images, labelling seconds and Dice at the last cycle."""
+    """Per K: initial images, labelling seconds and Dice at the last cycle; ``seeds``,
+    ``dice_mean`` and ``dice_std`` (sample std over seeds) for :func:`fig6_verdict`."""
     rows = []
     for k, g in frame.groupby("n_regions"):
         fin = _final(g)
         first = g[g["cycle"] == 0]
         rows.append({
             "K (regions per image)": int(k),
+            "seeds": int(fin["seed"].nunique()),
             "initial labelled regions": int(first["n_labelled_regions"].iloc[0]),
             "labelling seconds (last)": float(fin["seconds"].mean()),
             "Dice (last cycle)": _mean_std(fin["dice"]),
             "dice_mean": float(fin["dice"].mean()),
+            "dice_std": _sample_std(fin["dice"]),
         })
     return pd.DataFrame(rows)
 
 
-def fig6_verdict(summary: pd.DataFrame) -> str:
+def fig6_verdict(summary: pd.DataFrame) -> Comparison:
     """P1: "bigger region sizes led to significantly worse performance": holds when the
-    smallest K (biggest regions) has the lowest mean final Dice."""
+    smallest K (biggest regions) has the lowest mean final Dice. With the ``seeds`` and
+    ``dice_std`` columns of :func:`fig6_summary` the sentence carries the fewest seeds,
+    the gap to the next-lowest K and the sum of the two stds (the verdict rule)."""
     if len(summary) < 2:
-        return "only one region count: no comparison"
+        return Comparison("no comparison: only one region count", n_seeds=0)
     s = summary.sort_values("K (regions per image)")
     ks, d = s["K (regions per image)"].tolist(), s["dice_mean"].tolist()
     order = ", ".join(f"K={k}: {v:.3f}" for k, v in zip(ks, d, strict=True))
+    n_seeds = int(s["seeds"].min()) if "seeds" in s.columns else None
+    runner = 1 + int(np.argmin(d[1:]))
+    gap = d[runner] - d[0]
+    spread = (float(s["dice_std"].iloc[0] + s["dice_std"].iloc[runner])
+              if "dice_std" in s.columns else None)
+    stats = {"n_seeds": n_seeds, "gap": gap, "spread": spread}
     if d[0] < min(d[1:]):
         mono = all(x <= y for x, y in itertools.pairwise(d))
-        return (f"holds{' (Dice rises with K throughout)' if mono else ''}: the biggest "
-                f"regions give the lowest Dice ({order})")
-    return f"not reproduced: the biggest regions are not the worst ({order})"
+        return Comparison(f"holds{' (Dice rises with K throughout)' if mono else ''}: the "
+                          f"biggest regions give the lowest Dice ({order})", **stats)
+    return Comparison(f"not reproduced: the biggest regions are not the worst ({order})",
+                      **stats)
 
 
-def _dice_at_cost(g: pd.DataFrame, cost: float) -> float:
-    """Mean over seeds of the Dice of the last cycle whose cost is <= ``cost``."""
+def _seed_dice_at_cost(g: pd.DataFrame, cost: float) -> list[float]:
+    """Per seed: the Dice of the last cycle whose cost is <= ``cost`` (seeds without one
+    are left out)."""
     vals = []
     for _seed, r in g.groupby("seed"):
         r = r.sort_values("seconds")
         ok = r[r["seconds"] <= cost + 1e-9]
         if not ok.empty:
             vals.append(float(ok["dice"].iloc[-1]))
+    return vals
+
+
+def _dice_at_cost(g: pd.DataFrame, cost: float) -> float:
+    """Mean over seeds of the Dice of the last cycle whose cost is <= ``cost``."""
+    vals = _seed_dice_at_cost(g, cost)
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def _cost_stats(a: pd.DataFrame, a_cost: float, b: pd.DataFrame, b_cost: float
+                ) -> dict[str, Any]:
+    """The verdict rule's inputs for Dice at cost of ``a`` minus that of ``b``: the fewest
+    seeds, the difference of the means and the sum of the two sample stds."""
+    va, vb = _seed_dice_at_cost(a, a_cost), _seed_dice_at_cost(b, b_cost)
+    if not va or not vb:
+        return {"n_seeds": min(len(va), len(vb))}
+    sa, sb = (_sample_std(pd.Series(v, dtype=float)) for v in (va, vb))
+    return {"n_seeds": min(len(va), len(vb)), "gap": float(np.mean(va) - np.mean(vb)),
+            "spread": sa + sb}
 
 
 def fig7_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -250,29 +295,31 @@ def fig7_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fig7_verdict(frame: pd.DataFrame) -> str:
+def fig7_verdict(frame: pd.DataFrame) -> Comparison:
     """P1: point-level labels give a higher Dice than per-pixel labels for the same cost.
     Compared at the largest cost both schemes reach (Dice of each run's last cycle within
-    it, mean over seeds)."""
+    it, mean over seeds); the sentence carries the fewest seeds, the difference and the sum
+    of the two stds over seeds (the verdict rule)."""
     sups = set(frame["supervision"])
     if not {"point", "pixel"} <= sups:
-        return "needs both point and pixel runs"
+        return Comparison("no comparison: needs both point and pixel runs", n_seeds=0)
     common = float(frame.groupby("supervision")["seconds"].max().min())
-    p = _dice_at_cost(frame[frame["supervision"] == "point"], common)
-    q = _dice_at_cost(frame[frame["supervision"] == "pixel"], common)
+    pt, px = frame[frame["supervision"] == "point"], frame[frame["supervision"] == "pixel"]
+    p, q = _dice_at_cost(pt, common), _dice_at_cost(px, common)
     text = f"at <= {common:.0f} s: point {p:.3f} vs per-pixel {q:.3f} Dice"
     if not math.isnan(p) and not math.isnan(q):
-        return ("holds: " if p > q else "not reproduced: ") + text
+        return Comparison(("holds: " if p > q else "not reproduced: ") + text,
+                          **_cost_stats(pt, common, px, common))
     # the costs do not overlap: point labels hold when, cheaper, they still score higher
-    pt, px = frame[frame["supervision"] == "point"], frame[frame["supervision"] == "pixel"]
     p_cost, q_cost = float(pt["seconds"].max()), float(px["seconds"].min())
     if p_cost < q_cost:
         p, q = _dice_at_cost(pt, p_cost), _dice_at_cost(px, q_cost)
         text = (f"point {p:.3f} Dice at <= {p_cost:.0f} s vs per-pixel {q:.3f} at its "
                 f"cheapest, {q_cost:.0f} s")
         if p >= q:
-            return f"holds (cheaper and higher): {text}"
-    return f"no comparison at equal cost: {text}"
+            return Comparison(f"holds (cheaper and higher): {text}",
+                              **_cost_stats(pt, p_cost, px, q_cost))
+    return Comparison(f"no comparison at equal cost: {text}")
 
 
 def headline_table(runs: Runs, paper: Mapping[str, Any]) -> pd.DataFrame:
@@ -360,22 +407,37 @@ def headline_numbers(runs: Runs) -> dict[str, float]:
             "full_effort_seconds": effort}
 
 
-def headline_verdict(runs: Runs, paper: Mapping[str, Any]) -> str:
-    """Whether our AL run reaches P1's share of the fully supervised Dice (~90 %) and at what
-    share of the full effort (P1: ~7 %)."""
+def _seed_dice_fractions(runs: Runs) -> list[float]:
+    """Per seed with both runs: entropy AL's last-cycle Dice / the fully supervised Dice."""
+    fin = _final(runs.curves)
+    ent = fin[fin["heuristic"] == "entropy"].set_index("seed")["dice"]
+    full = {lab["seed"]: r["test"]["dice"] for lab, r in runs.full}
+    return [float(ent.loc[s]) / float(full[s]) for s in sorted(set(ent.index) & set(full))
+            if full[s] is not None and float(full[s]) > 0]
+
+
+def headline_verdict(runs: Runs, paper: Mapping[str, Any]) -> Comparison:
+    """Whether our AL run reaches P1's share of the fully supervised Dice (~90 %, within
+    0.05) and at what share of the full effort (P1: ~7 %, within twice that). The sentence
+    carries the seeds, the Dice share's distance to the target and the sample std of the
+    per-seed shares (the verdict rule; the effort share does not vary with the seed)."""
     n = headline_numbers(runs)
     v = paper.get("values", {})
     target_d, target_e = float(v.get("dice_fraction", 0.9)), float(v.get("effort_fraction", 0.07))
     if math.isnan(n["dice_fraction"]):
-        return "no comparison: the fully supervised network has Dice 0"
+        return Comparison("no comparison: the fully supervised network has Dice 0")
     text = (f"{n['dice_fraction']:.0%} of the fully supervised Dice with "
             f"{n['effort_fraction']:.0%} of the full labelling effort (P1: "
             f"{target_d:.0%} with {target_e:.0%})")
+    n_seeds, _mean, spread = paired_spread(_seed_dice_fractions(runs))
+    stats = {"n_seeds": n_seeds, "gap": n["dice_fraction"] - (target_d - 0.05),
+             "spread": spread}
     if n["dice_fraction"] >= target_d - 0.05 and n["effort_fraction"] <= 2 * target_e:
-        return f"holds: {text}"
+        return Comparison(f"holds: {text}", **stats)
     if n["dice_fraction"] >= target_d - 0.05:
-        return f"Dice share reached at a larger effort share: {text}"
-    return f"not reproduced: {text}"
+        return Comparison(f"Dice share reached at a larger effort share: {text}",
+                          n_seeds=n_seeds)
+    return Comparison(f"not reproduced: {text}", **stats)
 
 
 def describe(s: Mapping[str, Any], data: ALData, paper_profile: Mapping[str, Any] | None = None

@@ -47,59 +47,55 @@ _COMMON: dict[str, Any] = {
     "figure_slices": 3,  # test slices of the qualitative figure (P1 Fig. 2)
 }
 
+
+def _variant(base: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of profile ``base`` with ``changes`` (existing keys only: a profile's keys
+    stay in the same order)."""
+    unknown = sorted(set(changes) - set(base))
+    if unknown:
+        raise KeyError(f"p1: profile variant changes unknown key(s) {unknown}")
+    out = copy.deepcopy(dict(base))
+    out.update(copy.deepcopy(changes))
+    return out
+
+
+# Minutes on 2 CPU cores for the four P1 chapters: 64 x 64 slices, a U-Net (8 channels at
+# the first of 3 levels, MC dropout p = 0.5 after the bottleneck and each decoder block)
+# trained from scratch at lr 1e-3, 4 epochs of at least 24 images per cycle, 3 cycles of 10
+# regions after the 5 initial images, I = 8 MC draws; a pool of 40 slices, 8 validation and
+# 40 test slices spread over the split.
+_CPU: dict[str, Any] = {
+    **_COMMON,
+    "model": "unet2d",
+    "model_kwargs": {"base_width": 8, "depth": 3, "dropout": 0.5},
+    "size": 64,
+    "max_slices": {"train": 40, "val": 8, "test": 40},
+    "batch_size": 4,
+    "lr": 1e-3,
+    "epochs": 4,
+    "epoch_items": 24,
+    "patience": None,
+    "n_samples": 8,
+    "score_batch_size": 16,
+    "loss_balance": "class",
+    "per_cycle": 10,
+    "cycles": 3,
+    "fig6_regions": [16, 64, 256],
+    # the fully supervised baseline and the every-region run: 30 epochs, best
+    # validation epoch kept (early stopping cut noisy curves short; none here)
+    "full_epochs": 30,
+    "full_patience": None,
+}
+
 PROFILES: dict[str, dict[str, Any]] = {
-    # Minutes on 2 CPU cores for the four P1 chapters: 64 x 64 slices, a U-Net (8 channels
-    # at the first of 3 levels, MC dropout p = 0.5 after the bottleneck and each decoder
-    # block) trained from scratch at lr 1e-3, 4 epochs of at least 24 images per cycle,
-    # 3 cycles of 10 regions after the 5 initial images, I = 8 MC draws; a pool of 40
-    # slices, 8 validation and 40 test slices spread over the split.
-    "cpu": {
-        **_COMMON,
-        "model": "unet2d",
-        "model_kwargs": {"base_width": 8, "depth": 3, "dropout": 0.5},
-        "size": 64,
-        "max_slices": {"train": 40, "val": 8, "test": 40},
-        "batch_size": 4,
-        "lr": 1e-3,
-        "epochs": 4,
-        "epoch_items": 24,
-        "patience": None,
-        "n_samples": 8,
-        "score_batch_size": 16,
-        "loss_balance": "class",
-        "per_cycle": 10,
-        "cycles": 3,
-        "fig6_regions": [16, 64, 256],
-        # the fully supervised baseline and the every-region run: 30 epochs, best
-        # validation epoch kept (early stopping cut noisy curves short; none here)
-        "full_epochs": 30,
-        "full_patience": None,
-    },
+    "cpu": _CPU,
     # The published reference run (hours on 2 CPU cores for the whole book): 96 x 96 slices,
     # the cpu profile's U-Net, a pool of 96 slices (64 regions each: 16 regions per cycle x 6
     # cycles after the 5 initial images is about P1's 7 % of the regions), 5 epochs of 32
     # images per cycle, and a fully supervised baseline of 40 epochs whose validation curve
     # shows whether it has flattened; three seeds (book/plan.yml).
-    "reference": {
-        **_COMMON,
-        "model": "unet2d",
-        "model_kwargs": {"base_width": 8, "depth": 3, "dropout": 0.5},
-        "size": 96,
-        "max_slices": {"train": 96, "val": 16, "test": 80},
-        "batch_size": 4,
-        "lr": 1e-3,
-        "epochs": 5,
-        "epoch_items": 32,
-        "patience": None,
-        "n_samples": 8,
-        "score_batch_size": 16,
-        "loss_balance": "class",
-        "per_cycle": 16,
-        "cycles": 6,
-        "fig6_regions": [16, 64, 256],
-        "full_epochs": 40,
-        "full_patience": None,
-    },
+    "reference": _variant(_CPU, size=96, max_slices={"train": 96, "val": 16, "test": 80},
+                          epochs=5, epoch_items=32, per_cycle=16, cycles=6, full_epochs=40),
     # One H100 (about 5 of the book's 20 GPU minutes): P1's network (ImageNet FCN8-VGG16,
     # dropout 0.5 after fc6 and fc7) at 352 px, I = 20, K = 64, 5 regions per cycle; 10
     # cycles of at most 5 epochs of 64 images, batch 8, lr 1e-4, on a pool of 160 slices.

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_parser", "parse_sets", "parse_tests", "run_train"]
+__all__ = ["add_run_options", "add_train_parser", "parse_sets", "parse_tests", "run_train"]
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -83,13 +83,19 @@ def add_train_parser(sub: Any) -> None:
     tr.add_argument("dataset", help="manifest name or path to a manifest YAML")
     tr.add_argument("split", help="one of the manifest's splits")
     tr.add_argument("loss", help="fully, pl, cb_flip, cb_flip_rot, lcfcn or cb_lcfcn")
+    add_run_options(tr, set_example="epochs=3", out_default="p2-DATASET-SPLIT-LOSS")
+    tr.set_defaults(func=run_train)
+
+
+def add_run_options(tr: argparse.ArgumentParser, set_example: str, out_default: str) -> None:
+    """The options every training command shares (``train``, ``train-p1``): ``--profile``,
+    ``--set``, ``--seed``, ``--test``, ``--out``, ``--device`` and ``--root``."""
     tr.add_argument("--profile", default="cpu", help="cpu, reference, gpu or paper")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a profile setting, e.g. --set epochs=3 (repeatable)")
+                    help=f"override a profile setting, e.g. --set {set_example} (repeatable)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--test", action="append", metavar="NAME=[SPLIT:]PART",
                     help="a test set to score (repeatable; default test=test)")
-    tr.add_argument("--out", help="results folder (default: p2-DATASET-SPLIT-LOSS)")
+    tr.add_argument("--out", help=f"results folder (default: {out_default})")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     tr.add_argument("--root", help="data root (default: search COVIDLIB_DATA_PATH)")
-    tr.set_defaults(func=run_train)

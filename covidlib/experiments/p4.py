@@ -16,8 +16,8 @@ The pipeline of P4 Fig. 1 / Sec. 2, run per fold and seed:
    grid and spacing; :func:`covidlib.metrics.hausdorff`), mean +- std per fold and the
    fold average as P4 Tables 2-3 print them.
 
-Public entry point: :func:`train_p4` trains one method on a fold of any P4 dataset and
-scores it on any number of test sets (:mod:`~covidlib.experiments.p4_method`); the chapters'
+Public entry point: :func:`train_p4` trains one method on a fold of a P4 dataset or of your
+own (:mod:`~.p4_user`), scored on any number of test sets (:mod:`~.p4_method`); the chapters'
 :func:`run` trains through the same path and caches the results; ``covidlib train`` runs it
 from the command line (:mod:`~covidlib.experiments.p4_cli`).
 
@@ -149,7 +149,7 @@ from covidlib.experiments.p4_settings import (
     settings,
 )
 from covidlib.experiments.p4_train import (
-    _nan_none,
+    _pool_agreement,
     curve_items,
     evaluate,
     figure_cases,
@@ -162,8 +162,8 @@ from covidlib.experiments.p4_train import (
     train_student,
     train_supervised,
 )
+from covidlib.experiments.p4_user import UserSpec, p4_spec, user_fold_data
 from covidlib.experiments.typed_settings import SettingsError
-from covidlib.metrics import confusion, scores
 from covidlib.report.masks import decode_mask, encode_mask
 
 __all__ = [
@@ -225,14 +225,20 @@ _TRAIN_KEYS = ("batch", "lr", "optimizer", "pos_fraction")
 _STUDENT_KEYS = ("lam", "meta_lr", "expert_term", "gem_norm", "rgs_method")
 
 
-def _teacher_config(ds: Dataset, s: P4Settings, fold: int, seed: int, teacher: str
-                    ) -> dict[str, Any]:
-    return {"version": VERSION, "kind": "teacher", "data": ds.fingerprint(),
-            "split": DATASETS[ds.name]["split"], "fold": fold, "seed": seed,
-            "teacher_data": DATASETS[ds.name].get("teacher_data"),
-            "pseudo_labels": teacher, "overlap": s.overlap,
-            "figure_cases": s.figure_cases, "teacher_steps": s.teacher_steps,
-            "history_max": s.history_max, **{k: getattr(s, k) for k in _DATA_KEYS + _TRAIN_KEYS}}
+def _teacher_config(ds: Dataset, s: P4Settings, fold: int, seed: int, teacher: str,
+                    user: UserSpec | None = None) -> dict[str, Any]:
+    """The teacher's cache key; on your own dataset (``user``) its split, pool and
+    dimension instead of P4's (the shipped datasets' keys are unchanged)."""
+    spec = DATASETS[ds.name] if user is None else {"split": user.split}
+    cfg = {"version": VERSION, "kind": "teacher", "data": ds.fingerprint(),
+           "split": spec["split"], "fold": fold, "seed": seed,
+           "teacher_data": spec.get("teacher_data"),
+           "pseudo_labels": teacher, "overlap": s.overlap,
+           "figure_cases": s.figure_cases, "teacher_steps": s.teacher_steps,
+           "history_max": s.history_max, **{k: getattr(s, k) for k in _DATA_KEYS + _TRAIN_KEYS}}
+    if user is not None:
+        cfg.update(user.config(ds))
+    return cfg
 
 
 def _run_config(tcfg: Mapping[str, Any], s: P4Settings, method: str,
@@ -259,18 +265,22 @@ class _Context:
 
     def __init__(self, ds: Dataset, s: P4Settings, fold: int, seed: int, teacher: str,
                  cache: ResultCache, device: torch.device, progress: bool,
-                 shared: dict[int, FoldData], diag: Diagnostics | None = None) -> None:
+                 shared: dict[int, FoldData], diag: Diagnostics | None = None,
+                 user: UserSpec | None = None) -> None:
         self.ds, self.s, self.fold, self.seed, self.teacher = ds, s, fold, seed, teacher
         self.cache, self.device, self.progress = cache, device, progress
         self.shared = shared
         self.diag = diag
-        self.tcfg = _teacher_config(ds, s, fold, seed, teacher)
+        self.user = user  # your own dataset's split and pool (None: one of P4's datasets)
+        self.tcfg = _teacher_config(ds, s, fold, seed, teacher, user)
 
     @property
     def data(self) -> FoldData:
         if self.fold not in self.shared:
-            self.shared[self.fold] = fold_data(self.ds, self.fold, self.s,
-                                               self.cache.root / "p4_data", self.progress)
+            self.shared[self.fold] = (
+                fold_data(self.ds, self.fold, self.s, self.cache.root / "p4_data",
+                          self.progress) if self.user is None else
+                user_fold_data(self.ds, self.user, self.fold, self.s))
         return self.shared[self.fold]
 
     @cached_property
@@ -286,6 +296,10 @@ class _Context:
         def compute() -> dict[str, Any]:
             t0 = time.perf_counter()
             data = self.data
+            if self.teacher == "provided" and any(it.provided is None for it in data.pool):
+                raise ValueError(f"{self.ds.name}: teacher='provided' needs a pool with "
+                                 "provided noisy-teacher maps (COVID-SemiSeg's, or masks on "
+                                 "every case of your pool)")
             set_determinism(self.seed)
             model = make_model(data.dims)
             hist = train_supervised(
@@ -293,9 +307,6 @@ class _Context:
                 data.dims, self.device, stream=0, desc="p4 teacher",
                 checkpoint=self._artifact().with_suffix(".ckpt"), progress=self.progress)
             if self.teacher == "provided":
-                if any(it.provided is None for it in data.pool):
-                    raise ValueError(f"{self.ds.name}: teacher='provided' needs a pool with "
-                                     "provided noisy-teacher maps (COVID-SemiSeg)")
                 pseudo = {it.case_id: it.provided for it in data.pool}
             elif data.dims == 2:
                 probs = predict_slices(model, [it.image for it in data.pool], self.s,
@@ -412,25 +423,6 @@ class _Context:
         return _once(self.cache, "p4_run", cfg, compute)
 
 
-def _pool_agreement(pool: Sequence[Item], pseudo: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """How good the pseudo-labels are: Dice against the pool's hidden truth (synthetic) and
-    against the provided noisy teacher (COVID-SemiSeg), overall and per site."""
-    out: dict[str, Any] = {"n": len(pool)}
-    for ref in ("truth", "provided"):
-        pairs = [(pseudo[it.case_id] > 0, getattr(it, ref) > 0, it.site) for it in pool
-                 if getattr(it, ref) is not None]
-        if not pairs:
-            continue
-        tot = scores(sum(confusion(p, t) for p, t, _ in pairs))
-        sites = {}
-        for site in sorted({str(s) for _, _, s in pairs}):
-            sc = scores(sum(confusion(p, t) for p, t, s_ in pairs if str(s_) == site))
-            sites[site] = _nan_none(sc["dice"])
-        out[f"dice_vs_{ref}"] = _nan_none(tot["dice"])
-        out[f"dice_vs_{ref}_by_site"] = sites
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------------------------
@@ -531,13 +523,15 @@ def _check_methods(methods: Sequence[str]) -> None:
         raise ValueError(f"p4: unknown method(s) {unknown}; choose from {METHODS}")
 
 
-def _open_checked(dataset: str | Dataset, data_root: str | Path | None, teacher: str
-                  ) -> Dataset:
+def _open_checked(dataset: str | Dataset, data_root: str | Path | None, teacher: str,
+                  own: bool = False) -> Dataset:
     """The dataset (:func:`resolve_dataset`), checked to be a P4 dataset with a pool that
-    ``teacher`` can label."""
+    ``teacher`` can label (``own``: any other dataset too, :mod:`.p4_user`)."""
     if teacher not in ("ours", "provided"):
         raise ValueError(f"p4: teacher={teacher!r}: 'ours' (trained on X_tr) or 'provided'")
     ds = resolve_dataset(dataset, data_root)
+    if own and ds.name not in DATASETS:
+        return ds
     if ds.name not in DATASETS:
         raise ValueError(f"p4: dataset {dataset!r} is not supported; choose one of "
                          f"{sorted(DATASETS)}")
@@ -551,7 +545,8 @@ def _open_checked(dataset: str | Dataset, data_root: str | Path | None, teacher:
 _NO_DIAGNOSTICS = Diagnostics(curve_points=0, curve_items=0, probe_batches=0)
 
 
-def train_p4(dataset: str | Dataset, method: str, *, fold: int = 0, seed: int = 0,
+def train_p4(dataset: str | Dataset, method: str, *, split: str | None = None,
+             pool: str | None = None, fold: int = 0, seed: int = 0,
              profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
              teacher: str = "ours",
              test_sets: Mapping[str, P4TestSet | str | Sequence[TestItem]] | None = None,
@@ -562,27 +557,33 @@ def train_p4(dataset: str | Dataset, method: str, *, fold: int = 0, seed: int = 
     pseudo-labels, ``rgs``, ``rgm``, ``rgsm``, ``rgs_al``, ``rgsm_al``) once on fold ``fold``
     of ``dataset`` and score it on every test set.
 
-    ``dataset``: a P4 dataset name (:data:`DATASETS`), ``"auto"`` or an opened one; the
-    fold's ``X_tr`` trains the teacher (cached in ``results_dir``, shared with the chapters;
-    None: a temporary folder), whose pseudo-labels of the pool train the student by Alg. 1
-    from ``X_v``. Settings: ``profile`` (:data:`PROFILES`) with ``overrides``. ``test_sets``:
-    name -> :class:`P4TestSet`, its text (``"test"``, ``"test@2"``,
-    ``"covid-semiseg:test"``) or a list of test items (default ``{"test": "test"}``: the
-    fold's ``X_t``). ``diagnostics``: the baseline's learning curve (default none). Returns
-    a :class:`TrainedP4`: ``.model``, ``.history``, ``.scores[name]``, ``.results[name]``;
+    ``dataset``: a P4 dataset name (:data:`DATASETS`; ``split`` None or its P4 split),
+    ``"auto"``, an opened one, or ANY other dataset covidlib opens (a manifest name or YAML
+    path) with ``split``, one of its ``by-case`` / ``k-fold`` splits: ``train`` = ``X_tr``,
+    ``val`` = ``X_v`` (Alg. 1's clean meta set), ``test`` = ``X_t``, and ``pool`` = ``X_p``
+    (None: the cases the split does not list; a group of its manifest; another dataset), see
+    :mod:`~covidlib.experiments.p4_user`. The fold's ``X_tr`` trains the teacher with Eq. 1
+    (cached in ``results_dir``, shared with the chapters; None: a temporary folder), whose
+    pseudo-labels of the pool train the student by Alg. 1 (Eqs. 3-9) from ``X_v``.
+    Settings: ``profile`` (:data:`PROFILES`) with ``overrides``. ``test_sets``: name ->
+    :class:`P4TestSet`, its text (``"test"``, ``"test@2"``, ``"covid-semiseg:test"``,
+    ``"other-split:test"``) or a list of test items (default ``{"test": "test"}``: the fold's
+    ``X_t``). ``diagnostics``: the baseline's learning curve (default none). Returns a
+    :class:`TrainedP4`: ``.model``, ``.history``, ``.scores[name]``, ``.results[name]``;
     ``.score(...)`` scores more test sets without training again.
     """
     _check_methods([method])
     s = settings(profile, overrides)
     if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
         raise ValueError(f"p4: fold={fold!r}: a fold index >= 0")
-    ds = _open_checked(dataset, data_root, teacher)
+    ds = _open_checked(dataset, data_root, teacher, own=True)
+    user = p4_spec(ds, split, pool)
     with contextlib.ExitStack() as stack:
         root = (Path(results_dir) if results_dir is not None else
                 Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidlib-p4-"))))
         ctx = _Context(ds, s, int(fold), int(seed), teacher, ResultCache(root),
                        resolve_device(device), progress, {},
-                       _NO_DIAGNOSTICS if diagnostics is None else diagnostics)
+                       _NO_DIAGNOSTICS if diagnostics is None else diagnostics, user)
         trained = train_in_context(ctx, method, dict(test_sets or {"test": "test"}))
     if results_dir is None:
         trained.store = None  # the temporary folder is gone: other folds prepare anew

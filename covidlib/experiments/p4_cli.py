@@ -1,8 +1,13 @@
 """``covidlib train`` for P4's methods: one network by example re-weighting, any test sets.
 
     covidlib train DATASET SPLIT METHOD [--paper p4] [--fold 0] [--teacher ours]
-                   [--profile cpu] [--set KEY=VALUE ...] [--seed 0]
-                   [--test NAME=[DATASET:]PART[@FOLD] ...] [--out DIR] [--device auto]
+                   [--pool GROUP|DATASET] [--profile cpu] [--set KEY=VALUE ...] [--seed 0]
+                   [--test NAME=[DATASET:|SPLIT:]PART[@FOLD] ...] [--out DIR] [--device auto]
+
+``DATASET`` is one of P4's (``SPLIT`` its P4 split) or your own (a manifest name or YAML
+path; ``SPLIT`` any of its by-case / k-fold splits: ``train`` trains the teacher, ``val`` is
+Alg. 1's clean meta set, ``test`` is scored; ``--pool`` the unlabelled pool, default the
+cases the split does not list; :mod:`covidlib.experiments.p4_user`).
 
 ``METHOD`` is one of P4's (``semi``, ``rgs``, ``rgm``, ``rgsm``, ``rgs_al``, ``rgsm_al``;
 ``fully`` with ``--paper p4``, otherwise P2's). Trains once with
@@ -29,16 +34,17 @@ P4_ONLY = ("semi", "rgs", "rgm", "rgsm", "rgs_al", "rgsm_al")
 
 
 def parse_p4_tests(items: list[str] | None) -> dict[str, Any]:
-    """``["own=test", "next=test@1", "semiseg=covid-semiseg:test"]`` -> test sets for
-    :func:`~covidlib.experiments.p4.train_p4` (default: the fold's ``test``)."""
+    """``["own=test", "next=test@1", "semiseg=covid-semiseg:test", "b=other-split:test"]``
+    -> test sets for :func:`~covidlib.experiments.p4.train_p4` (default: the fold's
+    ``test``)."""
     from covidlib.experiments.p4_method import parse_test_set
 
     out: dict[str, Any] = {}
     for item in items or ["test=test"]:
         name, sep, where = item.partition("=")
         if not sep or not name or not where:
-            raise SystemExit(f"error: --test {item!r}: expected NAME=[DATASET:]PART[@FOLD], "
-                             "e.g. --test next=test@1")
+            raise SystemExit(f"error: --test {item!r}: expected NAME=[DATASET:|SPLIT:]PART"
+                             "[@FOLD], e.g. --test next=test@1")
         try:
             out[name] = parse_test_set(where)
         except ValueError as exc:
@@ -67,7 +73,8 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_sets(args.set)
     try:
-        trained = train_p4(args.dataset, args.loss, fold=args.fold, seed=args.seed,
+        trained = train_p4(args.dataset, args.loss, split=args.split, pool=args.pool,
+                           fold=args.fold, seed=args.seed,
                            profile=args.profile, overrides=overrides, teacher=args.teacher,
                            test_sets=parse_p4_tests(args.test), device=args.device,
                            data_root=args.root, results_dir=out / "work", progress=True)
@@ -77,6 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
               "fold": args.fold, "method": args.loss, "seed": args.seed,
               "profile": args.profile, "overrides": overrides, "teacher": args.teacher,
               "tests": args.test or ["test=test"], "settings": asdict(trained.settings)}
+    if args.pool is not None:
+        config["pool"] = args.pool
     atomic_write_text(out / "config.json", json.dumps(config, indent=1))
     atomic_write_text(out / "scores.json", json.dumps(
         {"scores": trained.scores,
@@ -98,6 +107,12 @@ def _dispatch(p2_run: Any, args: argparse.Namespace) -> int:
     paper = args.paper
     if paper == "auto":
         paper = "p4" if args.loss in P4_ONLY else "p2"
+    if paper == "p2":  # P4's options mean nothing to a P2 method: say so, never ignore them
+        given = [f"--{k} {v}" for k, v, default in (("pool", args.pool, None),
+                 ("teacher", args.teacher, "ours"), ("fold", args.fold, 0)) if v != default]
+        if given:
+            raise SystemExit(f"error: {', '.join(given)}: P4 options, but {args.loss!r} trains "
+                             f"P2's method (use --paper p4 for P4's fully supervised baseline)")
     return run_train(args) if paper == "p4" else p2_run(args)
 
 
@@ -110,5 +125,9 @@ def extend_train_parser(train: argparse.ArgumentParser) -> None:
     train.add_argument("--fold", type=int, default=0, help="P4: the fold of the split")
     train.add_argument("--teacher", default="ours", choices=["ours", "provided"],
                        help="P4: pseudo-labels of our teacher or the provided ones "
-                            "(COVID-SemiSeg)")
+                            "(COVID-SemiSeg's, or the masks of your --pool)")
+    train.add_argument("--pool", default=None,
+                       help="P4 on your own dataset: the unlabelled pool, a group of its "
+                            "manifest or another dataset (default: the cases SPLIT does not "
+                            "list)")
     train.set_defaults(func=partial(_dispatch, train.get_default("func")))

@@ -12,6 +12,7 @@ over the infected cases as mean +- sd (:func:`summarize`).
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,9 @@ from torch import nn
 
 from covidlib.data.api import Dataset
 from covidlib.experiments.p4_data import FoldData, TestItem, fold_data
-from covidlib.experiments.p4_settings import P4Settings
+from covidlib.experiments.p4_settings import DATASETS, P4Settings
 from covidlib.experiments.p4_train import evaluate
+from covidlib.experiments.p4_user import UserSpec, user_test_items
 
 __all__ = ["P4TestSet", "TrainedP4", "parse_test_set", "summarize", "train_in_context"]
 
@@ -36,11 +38,14 @@ class P4TestSet:
     """Cases to score a trained P4 network on: ``part`` (``"test"``: the fold's ``X_t`` at the
     original grid; ``"val"``: its ``X_v`` at the working resolution) of fold ``fold`` (None:
     the training fold) of ``dataset`` (None: the training dataset; otherwise a P4 dataset
-    of the same dimension, :data:`covidlib.experiments.p4_settings.DATASETS`)."""
+    of the same dimension, :data:`covidlib.experiments.p4_settings.DATASETS`, or any dataset
+    with ``split``); ``split``: a split of that dataset's manifest (None: the training
+    split, or the P4 split of a P4 dataset), whose ``part`` volumes are scored."""
 
     part: str = "test"
     dataset: str | Dataset | None = None
     fold: int | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.part not in _PARTS:
@@ -50,15 +55,19 @@ class P4TestSet:
 
 
 def parse_test_set(text: str) -> P4TestSet:
-    """``"test"``, ``"test@2"`` (fold 2), ``"covid-semiseg:test"`` or
-    ``"ma20-slices:val@1"`` -> :class:`P4TestSet`."""
+    """``"test"``, ``"test@2"`` (fold 2), ``"covid-semiseg:test"``, ``"ma20-slices:val@1"``
+    or ``"my.yaml:other-split/test"`` -> :class:`P4TestSet`. ``"NAME:PART"`` names a dataset
+    or, when NAME is a split of the training dataset, that split (as ``covidlib train``'s
+    P2 test sets)."""
     where, at, fold = text.partition("@")
     dataset, colon, part = where.rpartition(":")
+    split, slash, part = part.rpartition("/")
     try:
         fold_no = int(fold) if at else None
     except ValueError:
         raise ValueError(f"test set {text!r}: the fold after '@' must be an integer") from None
-    return P4TestSet(part=part, dataset=dataset if colon else None, fold=fold_no)
+    return P4TestSet(part=part, dataset=dataset if colon else None, fold=fold_no,
+                     split=split if slash else None)
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -96,12 +105,18 @@ class TrainedP4:
     data: FoldData
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user: UserSpec | None = None  # your own dataset's split and pool (None: P4's dataset)
 
     def _items(self, test: P4TestSet | Sequence[TestItem]) -> list[TestItem]:
         if not isinstance(test, P4TestSet):
             return list(test)
+        if isinstance(test.dataset, str) and test.split is None and \
+                test.dataset in self.dataset.manifest.splits:  # "SPLIT:PART" (P2's form)
+            test = P4TestSet(test.part, None, test.fold, test.dataset)
         ds = self.dataset if test.dataset is None else _open(test.dataset, self.dataset)
         fold = self.fold if test.fold is None else int(test.fold)
+        if test.split is not None or ds.name not in DATASETS:
+            return self._split_items(ds, test, fold)
         if ds.name == self.dataset.name and fold == self.fold:
             data = self.data
         else:
@@ -115,6 +130,25 @@ class TrainedP4:
             return data.test
         spacing = tuple(float(v) for v in self.settings.spacing) if data.dims == 3 else None
         return [TestItem(it, it.label > 0, spacing, None) for it in data.val]  # type: ignore[arg-type]
+
+    def _split_items(self, ds: Dataset, test: P4TestSet, fold: int) -> list[TestItem]:
+        """The ``part`` volumes of a named split (your own datasets, :mod:`.p4_user`)."""
+        own = ds.name == self.dataset.name and self.user is not None
+        split = test.split or (self.user.split if own and self.user else None)
+        if split is None:
+            raise ValueError(f"test set on {ds.name}: name its split, e.g. "
+                             f"'{ds.name}:SPLIT/{test.part}'")
+        if own and self.user and (split, fold, test.part) == (self.user.split, self.fold,
+                                                                "test"):
+            return self.data.test
+        items = user_test_items(ds, split, test.part, fold, self.settings, self.data.dims)
+        pool = ({it.volume or it.case_id for it in self.data.pool}
+                if own and self.user and self.user.pool_is_own(ds) else set())
+        seen = sorted(pool & {t.item.case_id for t in items})
+        if seen:
+            warnings.warn(f"test set {split}/{test.part} of {ds.name}: case(s) {seen} were in "
+                          "the unlabelled pool the student trained on", stacklevel=3)
+        return items
 
     def score(self, test: P4TestSet | str | Sequence[TestItem], name: str | None = None,
               figure_ids: Sequence[str] = ()) -> dict[str, Any]:
@@ -145,7 +179,8 @@ def train_in_context(ctx: Any, method: str,
     chapters."""
     model, history = ctx.train(method)
     trained = TrainedP4(method, ctx.ds, ctx.fold, ctx.seed, ctx.s, model, history, ctx.device,
-                        ctx.cache.root / "p4_data", ctx.data)
+                        ctx.cache.root / "p4_data", ctx.data,
+                        user=getattr(ctx, "user", None))
     for name, test in test_sets.items():
         trained.score(test, name, figure_ids)
     return trained

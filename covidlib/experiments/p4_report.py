@@ -48,8 +48,10 @@ from covidlib.experiments.p4_tables import (
 )
 from covidlib.verdict import (
     INCONCLUSIVE,
+    TOO_SMALL,
     Convergence,
     Verdict,
+    run_too_small,
     three_way_verdict,
 )
 from covidlib.verdict import baseline_converged as _curve_converged
@@ -455,11 +457,41 @@ VERDICT_RULE = (
     "covidlib.experiments.p4_report.claim_verdict): *reproduced* when P4's claim "
     "holds: RGS&M+AL better than its baseline(s) (Table 2: uniform pseudo-labels and fully "
     "supervised; Tables 3-4: fully supervised) by more than two standard errors of the "
-    f"paired per-case difference, over at least {MIN_CASES} test cases; otherwise *not "
-    "reproduced* when the fully supervised baseline's held-out Dice has flattened (a real "
-    "finding, stated with whether the weights track pseudo-label quality), else "
-    "*inconclusive*: too few test cases, or the baseline has not converged and a longer "
-    "run could change the result.")
+    f"paired per-case difference, over at least {MIN_CASES} test cases and at least two "
+    "training runs (folds x seeds); *not reproduced* when RGS&M+AL is worse than a baseline "
+    "by more than two standard errors and the fully supervised baseline's held-out Dice has "
+    "flattened (a real finding, stated with whether the weights track pseudo-label "
+    "quality); otherwise *inconclusive*: the run is too small (too few test cases or "
+    "training runs, or a difference within two standard errors), or the baseline has not "
+    "converged and a longer run could change the result.")
+
+
+def _paired_runs(res: P4Results, a: str, b: str) -> int:
+    """Training runs (fold, seed) with paired test cases of ``a`` and ``b`` (infected
+    cases only, as :func:`covidlib.experiments.p4_tables._paired`)."""
+    f = res.frame[~res.frame["empty_truth"] & res.frame["dice"].notna()]
+    fa, fb = f[f["method"] == a], f[f["method"] == b]
+    return len(set(zip(fa["fold"], fa["seed"], strict=True))
+               & set(zip(fb["fold"], fb["seed"], strict=True)))
+
+
+def _too_small(diffs: Mapping[str, tuple[float, float, int]], n_runs: int) -> str | None:
+    """Why the paired differences (``{baseline: (mean, se, n)}``) cannot decide P4's claim:
+    fewer than :data:`MIN_CASES` cases, fewer than two training runs, or no baseline beaten
+    or lost to by more than two standard errors while one is within them."""
+    n = min(k for _, _, k in diffs.values())
+    if n < MIN_CASES:
+        return f"only {n} paired test cases (< {MIN_CASES})"
+    small = run_too_small(n_runs, unit="training run")
+    if small is not None:
+        return small
+    if any(math.isfinite(se) and mean < -2 * se for mean, se, _ in diffs.values()):
+        return None  # significantly worse than a baseline: decided
+    for mean, se, _ in diffs.values():
+        small = run_too_small(gap=mean, spread=2 * se, spread_name="two standard errors")
+        if small is not None:
+            return small
+    return None
 
 
 def claim_verdict(res: P4Results, artifact: str) -> dict[str, Any]:
@@ -473,6 +505,7 @@ def claim_verdict(res: P4Results, artifact: str) -> dict[str, Any]:
         return {"verdict": "inconclusive", "text": "RGS&M+AL or its baseline was not run."}
     diffs = {b: _paired(res, "rgsm_al", b) for b in bases}
     n = min(k for _, _, k in diffs.values())
+    n_runs = min(_paired_runs(res, "rgsm_al", b) for b in bases)
     holds = all(math.isfinite(se) and mean > 2 * se for mean, se, _ in diffs.values())
     conv = baseline_converged(res)
     mech = mechanism_present(res)
@@ -484,10 +517,10 @@ def claim_verdict(res: P4Results, artifact: str) -> dict[str, Any]:
                 None: "no learning curve of the baseline was recorded"}[conv]
     gaps = "; ".join(f"RGS&M+AL − {METHOD_LABELS[b]} = {m:+.3f} ± {se:.3f}"
                      for b, (m, se, _) in diffs.items())
-    detail = f"{gaps} (n = {n}); {conv_txt}; {mech_txt}"
-    if n < MIN_CASES:
-        v = Verdict(INCONCLUSIVE, f"{INCONCLUSIVE}, only {n} paired test cases "
-                                  f"(< {MIN_CASES}): {detail}")
+    detail = f"{gaps} (n = {n} test cases, {n_runs} training run(s)); {conv_txt}; {mech_txt}"
+    small = _too_small(diffs, n_runs)
+    if small is not None:
+        v = Verdict(INCONCLUSIVE, f"{INCONCLUSIVE} ({TOO_SMALL}: {small}): {detail}")
     else:
         v = three_way_verdict(holds, bool(conv), mech, detail,
                               mechanism="weights tracking pseudo-label quality")

@@ -384,3 +384,20 @@ def probe_weights(model: nn.Module, val: Sequence[Item], s: P4Settings, n_batche
             "n_probe_volumes": len({it.volume or it.case_id for it in probe})}
 
 
+def _pool_agreement(pool: Sequence[Item], pseudo: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """How good the pseudo-labels are: Dice against the pool's hidden truth (synthetic) and
+    against the provided noisy teacher (COVID-SemiSeg), overall and per site."""
+    out: dict[str, Any] = {"n": len(pool)}
+    for ref in ("truth", "provided"):
+        pairs = [(pseudo[it.case_id] > 0, getattr(it, ref) > 0, it.site) for it in pool
+                 if getattr(it, ref) is not None]
+        if not pairs:
+            continue
+        tot = scores(sum(confusion(p, t) for p, t, _ in pairs))
+        sites = {}
+        for site in sorted({str(s) for _, _, s in pairs}):
+            sc = scores(sum(confusion(p, t) for p, t, s_ in pairs if str(s_) == site))
+            sites[site] = _nan_none(sc["dice"])
+        out[f"dice_vs_{ref}"] = _nan_none(tot["dice"])
+        out[f"dice_vs_{ref}_by_site"] = sites
+    return out

@@ -71,17 +71,10 @@ def combo_loss_per_sample(
     return dice_weight * (1 - dice) + ce_weight * ce
 
 
-def combo_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    *,
-    reduction: Literal["sum", "mean", "none"] = "sum",
-    dice_weight: float = 1.0,
-    ce_weight: float = 1.0,
-    dice_classes: Literal["all", "foreground"] = "all",
-    smooth: float = 0.0,
-) -> torch.Tensor:
+def combo_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+               *, reduction: Literal["sum", "mean", "none"] = "sum", dice_weight: float = 1.0,
+               ce_weight: float = 1.0, dice_classes: Literal["all", "foreground"] = "all",
+               smooth: float = 0.0) -> torch.Tensor:
     """Sample-weighted combo loss ``sum_i w_i L_i`` (P4 Eq. 1).
 
     Args:
@@ -91,14 +84,9 @@ def combo_loss(
             (the vector ``w_i L_i``).
     """
     check_choice("reduction", reduction, ("sum", "mean", "none"))
-    per_sample = combo_loss_per_sample(
-        logits,
-        target,
-        dice_weight=dice_weight,
-        ce_weight=ce_weight,
-        dice_classes=dice_classes,
-        smooth=smooth,
-    )
+    per_sample = combo_loss_per_sample(logits, target, dice_weight=dice_weight,
+                                       ce_weight=ce_weight, dice_classes=dice_classes,
+                                       smooth=smooth)
     if weights is not None:
         if not isinstance(weights, torch.Tensor):
             weights = torch.as_tensor(weights, dtype=per_sample.dtype)

@@ -12,6 +12,16 @@ def count_trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def check_sizes(who: str, dropout: float, **sizes: object) -> None:
+    """Raise a ``ValueError`` naming ``who`` unless every one of ``sizes`` (channels, widths,
+    depths) is a positive integer and ``dropout`` lies in [0, 1)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{who}: {name}={value!r} must be a positive integer")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{who}: dropout={dropout!r} must lie in [0, 1)")
+
+
 def check_input(x: torch.Tensor, *, spatial_dims: int, in_channels: int, who: str) -> None:
     """Raise a clear error unless ``x`` is a floating ``(B, in_channels, *spatial)`` tensor."""
     if not isinstance(x, torch.Tensor):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidlib.models._common import check_input, crop_to, pad_to_multiple
+from covidlib.models._common import check_input, check_sizes, crop_to, pad_to_multiple
 
 Layout = Literal["classic", "same"]
 LAYOUTS: tuple[str, ...] = ("classic", "same")
@@ -366,15 +366,8 @@ def _check_args(
     weights: object,
     layout: object,
 ) -> None:
-    for name, value in (
-        ("n_classes", n_classes),
-        ("in_channels", in_channels),
-        ("fc_channels", fc_channels),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"FCN8VGG16: {name}={value!r} must be a positive integer")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"FCN8VGG16: dropout={dropout!r} must lie in [0, 1)")
+    check_sizes("FCN8VGG16", dropout, n_classes=n_classes, in_channels=in_channels,
+                fc_channels=fc_channels)
     if weights not in (None, "imagenet"):
         raise ValueError(f"FCN8VGG16: weights={weights!r} must be None or 'imagenet'")
     if weights == "imagenet" and in_channels != 3:

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from covidlib.models._common import count_trainable_parameters
+from covidlib.models._common import check_sizes, count_trainable_parameters
 
 P4_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 256)
 P4_STRIDES: tuple[int, ...] = (2, 2, 2, 2)
@@ -57,11 +57,7 @@ def resunet3d_p4(
 
     if norm not in _NORMS:
         raise ValueError(f"resunet3d_p4: norm={norm!r} must be one of {tuple(_NORMS)}")
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"resunet3d_p4: {name}={value!r} must be a positive integer")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"resunet3d_p4: dropout={dropout!r} must lie in [0, 1)")
+    check_sizes("resunet3d_p4", dropout, in_channels=in_channels, out_channels=out_channels)
     return UNet(
         spatial_dims=3,
         in_channels=in_channels,

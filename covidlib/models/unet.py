@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from covidlib.models._common import check_input, crop_to, pad_to_multiple
+from covidlib.models._common import check_input, check_sizes, crop_to, pad_to_multiple
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONVT = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -79,16 +79,8 @@ class UNet(nn.Module):
         name = type(self).__name__
         if spatial_dims not in (2, 3):
             raise ValueError(f"{name}: spatial_dims={spatial_dims!r} must be 2 or 3")
-        for arg, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("base_width", base_width),
-            ("depth", depth),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: {arg}={value!r} must be a positive integer")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"{name}: dropout={dropout!r} must lie in [0, 1)")
+        check_sizes(name, dropout, in_channels=in_channels, out_channels=out_channels,
+                    base_width=base_width, depth=depth)
         self.spatial_dims = spatial_dims
         self.in_channels, self.out_channels = in_channels, out_channels
         self.depth, self.dropout = depth, float(dropout)
@@ -143,18 +135,10 @@ class UNet(nn.Module):
 class UNet2D(UNet):
     """2D U-Net for CT slices; ``base_width`` is small (8-16) in the cpu profile."""
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 2,
-        *,
-        base_width: int = 32,
-        depth: int = 4,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            2, in_channels, out_channels, base_width=base_width, depth=depth, dropout=dropout
-        )
+    def __init__(self, in_channels: int = 3, out_channels: int = 2, *, base_width: int = 32,
+                 depth: int = 4, dropout: float = 0.0) -> None:
+        super().__init__(2, in_channels, out_channels, base_width=base_width, depth=depth,
+                         dropout=dropout)
 
 
 class UNet3D(UNet):
@@ -162,15 +146,7 @@ class UNet3D(UNet):
     with MC dropout p = 0.5 (P3 Sec. III). P3 segments C = 6 classes (background and the five
     AAPM 2017 organs)."""
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        out_channels: int = 6,
-        *,
-        base_width: int = 32,
-        depth: int = 3,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__(
-            3, in_channels, out_channels, base_width=base_width, depth=depth, dropout=dropout
-        )
+    def __init__(self, in_channels: int = 1, out_channels: int = 6, *, base_width: int = 32,
+                 depth: int = 3, dropout: float = 0.5) -> None:
+        super().__init__(3, in_channels, out_channels, base_width=base_width, depth=depth,
+                         dropout=dropout)

@@ -18,6 +18,7 @@ cells say "not in the reference run" and the prose says that nothing is publishe
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -29,18 +30,24 @@ from typing import Any
 
 import pandas as pd
 
-from covidlib.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from covidlib.jsonio import read_json_if_present
+from covidlib.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, TOO_SMALL
 
 __all__ = [
     "ENV",
     "LABEL",
     "MISSING",
     "THIS_BUILD",
+    "Note",
     "ReferenceRunError",
     "artifact_table",
     "beside",
     "describe",
     "entries",
+    "entry_beside",
+    "entry_table",
+    "label_demo_paragraph",
+    "label_demo_table",
     "load_provenance",
     "p2_table",
     "paragraph",
@@ -75,12 +82,9 @@ def reference_dir(root: str | Path | None = None) -> Path:
 def load_provenance(root: str | Path | None = None) -> dict[str, Any] | None:
     """``reference/provenance.json``, or ``None`` when no reference run is published here."""
     path = reference_dir(root) / PROVENANCE
-    if not path.is_file():
+    prov = read_json_if_present(path, ReferenceRunError)
+    if prov is None:
         return None
-    try:
-        prov = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReferenceRunError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(prov, dict) or prov.get("format") != FORMAT:
         raise ReferenceRunError(f"{path}: not a reference provenance file (format "
                                 f"{FORMAT!r} expected; write it with `covidlib reference "
@@ -238,6 +242,140 @@ def artifact_table(artifact: str, paper: Mapping[str, Any] | None, ours: Mapping
                         ).set_index("quantity")
 
 
+class Note(str):
+    """One line a chapter shows where the reference run has no numbers for a table (instead
+    of an empty column), under the table ``frame`` when one is attached; Jupyter renders it
+    as Markdown (alone) or HTML (under the table)."""
+
+    frame: pd.DataFrame | None = None
+
+    def _repr_markdown_(self) -> str | None:
+        return str(self) if self.frame is None else None
+
+    def _repr_html_(self) -> str | None:
+        if self.frame is None:
+            return None
+        text = html.escape(str(self).replace("*", "").replace("`", ""))
+        return f"{self.frame._repr_html_()}<p><em>{text}</em></p>"
+
+
+def _absent(what: str, dataset: str | None, other: str | None = None,
+            frame: pd.DataFrame | None = None) -> Note:
+    where = f" for `{dataset}`" if dataset else ""
+    ran = f" (it ran on `{other}`)" if other else ""
+    note = Note(f"*Reference run:* no {what} numbers{where}{ran}; the table shows "
+                + ("the paper and this build only." if frame is None or "paper" in
+                   " ".join(map(str, frame.columns)).lower() else "this build only."))
+    note.frame = frame
+    return note
+
+
+def entry_beside(frame: pd.DataFrame | None, artifact: str, dataset: str | None = None,
+                 column: str = "ours", root: str | Path | None = None
+                 ) -> pd.DataFrame | Note | None:
+    """``frame`` (one row per quantity of ``artifact``'s scorecard entry, this build's values
+    in ``column``) with the reference run's values from its scorecard entry beside them:
+    paper | reference run | this build. ``frame`` under a one-line :class:`Note` when the
+    reference run has no entry for ``artifact`` (on ``dataset``, when given); ``frame`` None
+    (nothing to show, e.g. no Table 1 row of the paper for ``dataset``): None."""
+    if frame is None:
+        return None
+    entry = entries(root).get(artifact) or {}
+    ran = (entry.get("provenance") or {}).get("dataset")
+    theirs = entry.get("ours")
+    if not isinstance(theirs, Mapping) or (dataset and ran != dataset):
+        return _absent(artifact, dataset, ran if ran != dataset else None, frame)
+    ref = pd.DataFrame({column: [theirs.get(k) for k in frame.index]}, index=frame.index)
+    return beside(frame, ref, columns=[column], root=root)
+
+
+def entry_table(artifact: str, results_dir: str | Path, root: str | Path | None = None
+                ) -> pd.DataFrame | Note:
+    """:func:`artifact_table` of the entry this build recorded for ``artifact`` in
+    ``results_dir`` (e.g. P4-T1's headline: trainable parameters, rows matching)."""
+    from covidlib.report import scorecard
+
+    entry = scorecard.entries(results_dir).get(artifact)
+    if entry is None:
+        return Note(f"*{artifact}:* this build recorded no scorecard entry in `{results_dir}`.")
+    ours = entry.get("ours") if isinstance(entry.get("ours"), Mapping) else {}
+    paper = entry.get("paper") if isinstance(entry.get("paper"), Mapping) else {}
+    return artifact_table(artifact, paper, ours, root)
+
+
+def _label_demo_runs(dataset: str, root: str | Path | None) -> tuple[dict, float | None]:
+    """The reference run's simulated annotators on ``dataset`` by (strategy, seed), and the
+    target Dice its profile states (None: derived from the curves)."""
+    from types import SimpleNamespace
+
+    runs, target = {}, None
+    for path in sorted((reference_dir(root) / "label_demo").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            config, history = record["config"], record["result"]["history"]
+            if config["dataset"] != dataset:
+                continue
+            key = (config["session"]["strategy"], int(config["seed"]))
+            target = config["settings"].get("target_dice")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"{path}: not a label-demo record the chapter can read ({exc}); "
+                          "left out of the reference column", stacklevel=3)
+            continue
+        runs[key] = SimpleNamespace(history=history)
+    return runs, target
+
+
+def label_demo_table(table: pd.DataFrame | None, dataset: str,
+                     root: str | Path | None = None) -> pd.DataFrame | Note:
+    """The label demo's summary (``label_demo.summary``: entropy vs random) with the
+    reference run's, rebuilt from its published runs on ``dataset`` by the same functions,
+    beside each column. The reference's target Dice is its own (90 % of its best final Dice
+    unless its profile states one), so its "to target" columns count to that target."""
+    from covidlib.experiments import label_demo
+
+    runs, stated = _label_demo_runs(dataset, root)
+    if table is None or len({k[0] for k in runs}) < 2:
+        return _absent("entropy-vs-random", dataset, frame=table)
+    frame = label_demo.curves_frame(runs)
+    target = float(stated) if stated is not None else round(
+        0.9 * float(frame[frame["cycle"] == frame["cycle"].max()]
+                    .groupby("strategy")["dice"].mean().max()), 2)
+    return beside(table, label_demo.summary(frame, target), keys=["strategy"],
+                  label=f"{LABEL} (target {target:.2f})")
+
+
+def label_demo_paragraph(dataset: str, root: str | Path | None = None) -> str:
+    """Markdown about the reference run's simulated annotators on ``dataset`` (the label
+    demo chapter glues it): per strategy its final Dice, the answers to its target Dice and
+    the share of questions on infection (P1 Sec. 5.1's mechanism); says so plainly when no
+    reference run, or none of its runs on ``dataset``, is published."""
+    from covidlib.experiments import label_demo
+
+    prov = load_provenance(root)
+    if prov is None:
+        return paragraph([], root)
+    runs, stated = _label_demo_runs(dataset, root)
+    if len({k[0] for k in runs}) < 2:
+        return (f"{_run_sentence(prov)} published no entropy-vs-random annotator runs on "
+                f"`{dataset}`: this page shows this build's numbers only.")
+    frame = label_demo.curves_frame(runs)
+    last = frame[frame["cycle"] == frame["cycle"].max()]
+    target = float(stated) if stated is not None else round(
+        0.9 * float(last.groupby("strategy")["dice"].mean().max()), 2)
+    parts = []
+    for row in label_demo.summary(frame, target).to_dict("records"):
+        reach = row["answers to target"]
+        to = (f"{reach:.0f} answers to reach Dice {target:.2f} "
+              f"({row['seeds reaching target']} seeds)" if reach == reach
+              else f"never reached Dice {target:.2f}")
+        parts.append(f"**{row['strategy']}** ended at Dice {row['final Dice']:.3f} "
+                     f"(sd {row['final Dice sd']:.3f}) and {to}, with "
+                     f"{100 * row['on infection']:.0f} % of its questions on infection")
+    n = frame["seed"].nunique()
+    return (f"{_run_sentence(prov)} ran the simulated annotators on `{dataset}` ({n} "
+            f"seed{'s' if n != 1 else ''} per strategy): " + "; ".join(parts) + ".")
+
+
 # --------------------------------------------------------------------------------------------
 # Scorecard entries and prose
 # --------------------------------------------------------------------------------------------
@@ -264,8 +402,21 @@ def verdict_label(text: str) -> str:
 
 
 def _baseline(text: str, label: str) -> str:
-    """What the verdict says about the fully supervised baseline's convergence."""
+    """What the verdict says about the fully supervised baseline's convergence, or that the
+    run was too small to decide (``covidlib.verdict.TOO_SMALL``, with its reason)."""
     low = text.lower()
+    at = low.find(TOO_SMALL)
+    if at >= 0:
+        rest, depth, end = text[at + len(TOO_SMALL):], 1, None
+        for i, ch in enumerate(rest):  # the reason runs to the bracket the marker opened
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                end = i
+                break
+        why = rest[:end].lstrip(":").strip()
+        also = " and its fully supervised baseline had not converged" \
+            if "not converged" in low else ""
+        return f"the run was too small{f' ({why})' if why else ''}{also}"
     if "not converged" in low or label == INCONCLUSIVE:
         return "its fully supervised baseline had not converged"
     if "converged" in low or label == NOT_REPRODUCED:

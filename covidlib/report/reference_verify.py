@@ -8,16 +8,31 @@ deterministic). A committed number the code no longer produces fails: a changed 
 key that disappeared, a config the code can no longer build or now builds differently.
 
 Recomputed and committed runs are matched on their config with the data digest set aside
-(:data:`SET_ASIDE`: ``data.files`` is a digest of file names, sizes and modification times,
-which differ on a fresh clone); the set-aside values are reported, not compared. Wall times
+(:data:`SET_ASIDE`: ``data.files`` is the digest of the data files' contents, which differs
+wherever a file was re-exported or re-encoded, e.g. a regenerated phantom); the set-aside
+values are reported, not compared. Wall times
 and the device (:data:`VOLATILE`) are never compared. A run on real data that is absent here
 (``../shared/data``) is skipped with a message saying so. ``provenance.json``'s sha256 of
 every published file is checked too (a hand-edited number fails).
+
+Recomputable kinds (:data:`RECOMPUTE`): P2 trainings, P1 active-learning runs and fully
+supervised baselines, P3 volume-level active-learning runs, P4 teachers, runs and mechanism
+probes (P3 and P4 are rebuilt by :mod:`covidlib.report.reference_recompute`). A run that
+caches other records on the way (:data:`COMPANIONS`: P3's rounds and MC scores, P4's teacher)
+has those compared too, each against the committed record of the same config. The label
+demo (``label_demo``, ``label_demo_warm``) is NOT recomputed: its annotation files stamp
+wall-clock times (:data:`~covidlib.report.reference_recompute.NOT_RECOMPUTED` says why); the
+report lists it as skipped, and its files are covered by the checksums only.
+
+Cost of a run (for the samples): its committed ``meta.seconds``, else the sum of its
+``seconds_train`` (P3 runs record no total), plus the committed seconds of the teacher a P4
+run or probe trains first (an estimate: data loading is not recorded).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -30,27 +45,40 @@ from pathlib import Path
 from typing import Any
 
 from covidlib.report.reference import PROVENANCE, ReferenceRunError, load_provenance
+from covidlib.report.reference_recompute import NOT_RECOMPUTED, StaleRun, recompute_p3, recompute_p4
 
-__all__ = ["SAMPLES", "TOLERANCE", "Check", "check_files", "compare", "match_configs",
-           "recompute", "report", "select", "verify"]
+__all__ = ["COMPANIONS", "SAMPLES", "TOLERANCE", "Check", "StaleRun", "check_files",
+           "compare", "estimate", "match_configs", "recompute", "report", "select", "verify"]
 
 TOLERANCE = 1e-5
 VOLATILE: dict[str, frozenset[str]] = {
     "p2_run": frozenset({"seconds", "train_seconds", "device"}),
     "p1_al": frozenset({"timing", "device"}),  # P1's "seconds" are labelling costs: compared
     "p1_full": frozenset({"timing", "device"}),
+    "p3_volume_al": frozenset({"seconds_train"}),
+    "p3_round": frozenset({"seconds_train"}),
+    "p3_scores": frozenset(),
+    "p4_teacher": frozenset({"seconds"}),
+    "p4_run": frozenset({"seconds"}),
+    "p4_mechanism": frozenset({"seconds"}),
 }
 """Keys (at any depth of a result) that hold wall times or the device: never compared."""
-SET_ASIDE: tuple[tuple[str, ...], ...] = (("data", "files"),)
+SET_ASIDE: tuple[tuple[str, ...], ...] = (("data", "files"), ("teacher", "data", "files"))
 """Config fields that identify a copy of the data, not its content: reported, not matched."""
 SAMPLES: dict[str, dict[str, Any]] = {
     # .ci/run: the cheapest committed P2 training and the cheapest P1 active-learning run
     "ci": {"kinds": ("p2_run", "p1_al"), "budget_s": 0.0},
-    # make verify-reference: one of every kind, then the cheapest others within the budget
-    "full": {"kinds": ("p2_run", "p1_al", "p1_full"), "budget_s": 600.0},
+    # make verify-reference: one of every recomputable kind (P4's teacher is verified as
+    # the first step of its run and probe), then the cheapest others within the budget
+    "full": {"kinds": ("p2_run", "p1_al", "p1_full", "p3_volume_al", "p4_run",
+                       "p4_mechanism"), "budget_s": 540.0, "unverified": True},
 }
 """Which committed runs a sample recomputes: the cheapest of each kind (by the reference's
-``meta.seconds``), then more of the cheapest while their summed seconds stay in budget."""
+:func:`estimate`), then more of the cheapest while their summed seconds stay in budget."""
+COMPANIONS: dict[str, tuple[str, ...]] = {
+    "p3_volume_al": ("p3_round", "p3_scores"), "p4_run": ("p4_teacher",),
+    "p4_mechanism": ("p4_teacher",)}
+"""Kinds a recomputation caches on the way; each is compared with its committed record."""
 
 
 @dataclass
@@ -154,10 +182,6 @@ def match_configs(committed: Mapping[str, Any], recomputed: Mapping[str, Any]
 # --------------------------------------------------------------------------------------------
 
 
-class StaleRun(ValueError):
-    """The committed run cannot be rebuilt by today's code (its message says why)."""
-
-
 def _p2(config: Mapping[str, Any], results_dir: Path, data_root: Any) -> None:
     from covidlib.experiments import p2
 
@@ -199,7 +223,8 @@ def _p1_full(config: Mapping[str, Any], results_dir: Path, data_root: Any) -> No
 
 
 RECOMPUTE: dict[str, Callable[[Mapping[str, Any], Path, Any], None]] = {
-    "p2_run": _p2, "p1_al": _p1_al, "p1_full": _p1_full}
+    "p2_run": _p2, "p1_al": _p1_al, "p1_full": _p1_full, "p3_volume_al": recompute_p3,
+    "p4_teacher": recompute_p4, "p4_run": recompute_p4, "p4_mechanism": recompute_p4}
 """Result kinds that can be recomputed from their config alone."""
 
 
@@ -216,12 +241,22 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _data_of(config: Any) -> Mapping[str, Any]:
+    """The data fingerprint of a config (a P4 run's or probe's is its teacher's), or {}."""
+    if not isinstance(config, Mapping):
+        return {}
+    data = config.get("data")
+    if not isinstance(data, Mapping) and isinstance(config.get("teacher"), Mapping):
+        data = config["teacher"].get("data")
+    return data if isinstance(data, Mapping) else {}
+
+
 def _missing_data(config: Mapping[str, Any], data_root: Any) -> str | None:
     """Why the data of ``config`` is not here (real data absent), or None."""
     from covidlib.data.errors import DataError
     from covidlib.data.manifest import load_manifest, locate
 
-    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    data = _data_of(config)
     name = data.get("name")
     if not name or not data.get("real"):
         return None
@@ -265,9 +300,51 @@ def _records(ref: Path, kinds: tuple[str, ...]) -> list[tuple[str, Path, dict[st
     return out
 
 
+def _own_seconds(record: Mapping[str, Any]) -> float | None:
+    """A record's committed ``meta.seconds``, else the sum of the ``seconds_train`` of its
+    rounds (a P3 run's list of iterations), else None."""
+    secs = (record.get("meta") or {}).get("seconds")
+    if _number(secs):
+        return float(secs)
+    rounds = record.get("result")
+    parts = [r.get("seconds_train") for r in rounds if isinstance(r, Mapping)] \
+        if isinstance(rounds, list) else []
+    if parts and all(_number(x) for x in parts):
+        return float(sum(parts))
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _teacher_index(folder: str) -> dict[str, float]:
+    """Committed seconds of the P4 teachers in ``folder``, by their config as JSON."""
+    out = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and "config" in record:
+            out[json.dumps(record["config"], sort_keys=True)] = _own_seconds(record) or 0.0
+    return out
+
+
+def _teacher_seconds(folder: Path, teacher: Any) -> float:
+    """The committed seconds of the P4 teacher with config ``teacher`` in ``folder``
+    (``p4_teacher/``); 0 when it is not published."""
+    return _teacher_index(str(folder)).get(json.dumps(teacher, sort_keys=True), 0.0)
+
+
+def estimate(kind: str, path: Path, record: Mapping[str, Any]) -> float:
+    """Seconds a recomputation of ``record`` takes, from the reference's own times: its
+    :func:`_own_seconds` plus, for a P4 run or probe, its teacher's; inf when unknown."""
+    own = _own_seconds(record)
+    if own is None:
+        return math.inf
+    config = record.get("config")
+    if kind in ("p4_run", "p4_mechanism") and isinstance(config, Mapping):
+        own += _teacher_seconds(path.parent.parent / "p4_teacher", config.get("teacher"))
+    return own
+
+
 def _cost(item: tuple[str, Path, dict[str, Any]]) -> tuple[float, str, str]:
-    secs = (item[2].get("meta") or {}).get("seconds")
-    return (float(secs) if _number(secs) else math.inf, item[0], item[1].name)
+    return (estimate(*item), item[0], item[1].name)
 
 
 def select(records: list[tuple[str, Path, dict[str, Any]]], sample: str
@@ -277,6 +354,7 @@ def select(records: list[tuple[str, Path, dict[str, Any]]], sample: str
     if sample not in SAMPLES:
         raise ReferenceRunError(f"sample {sample!r}: choose one of {sorted(SAMPLES)}")
     spec = SAMPLES[sample]
+    _teacher_index.cache_clear()
     ordered = sorted((r for r in records if r[0] in spec["kinds"]), key=_cost)
     chosen = []
     for kind in spec["kinds"]:
@@ -297,8 +375,7 @@ def _with_data(records: list[tuple[str, Path, dict[str, Any]]], data_root: Any
     seen: dict[str, str | None] = {}
     kept, absent = [], {}
     for item in records:
-        data = item[2]["config"].get("data") if isinstance(item[2]["config"], dict) else None
-        key = json.dumps(data, sort_keys=True, default=str)
+        key = json.dumps(_data_of(item[2]["config"]), sort_keys=True, default=str)
         if key not in seen:
             seen[key] = _missing_data(item[2]["config"], data_root)
         if seen[key]:
@@ -324,25 +401,9 @@ def check_files(ref: Path) -> Check:
     return check
 
 
-def _verify_one(kind: str, path: Path, record: dict[str, Any], tol: float, data_root: Any,
-                work_root: Path) -> Check:
-    check = Check(kind, path.name, committed_seconds=(record.get("meta") or {}).get("seconds"))
-    why = _missing_data(record["config"], data_root)
-    if why:
-        check.status, check.reason = "skip", why
-        return check
-    work = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work_root))
-    t0 = time.perf_counter()
-    try:
-        new = recompute(kind, record, work, data_root)
-    except StaleRun as exc:
-        check.status, check.reason = "fail", str(exc)
-        return check
-    except Exception as exc:  # the code no longer runs this config: a failure
-        check.status, check.reason = "fail", f"recomputing raised {type(exc).__name__}: {exc}"
-        return check
-    finally:
-        check.seconds = round(time.perf_counter() - t0, 1)
+def _compare_record(check: Check, kind: str, record: Mapping[str, Any],
+                    new: Mapping[str, Any], tol: float) -> Check:
+    """Fill ``check`` with the differences between a committed and a recomputed record."""
     diffs, notes = match_configs(record["config"], new["config"])
     check.differences += diffs
     check.notes += notes
@@ -354,8 +415,62 @@ def _verify_one(kind: str, path: Path, record: dict[str, Any], tol: float, data_
     check.differences += compare(committed, recomputed, tol=tol,
                                  volatile=VOLATILE.get(kind, frozenset()))
     check.status = "fail" if check.differences else "pass"
-    shutil.rmtree(work, ignore_errors=True)
     return check
+
+
+def companions(kind: str, name: str, ref: Path, work: Path, tol: float = TOLERANCE
+               ) -> tuple[list[Check], list[str]]:
+    """The records of :data:`COMPANIONS` ``[kind]`` that recomputing ``kind/name`` cached in
+    ``work``, each compared with the committed record of the same config (data digests set
+    aside); and a note for each that has no committed counterpart."""
+    checks, notes = [], []
+    for other in COMPANIONS.get(kind, ()):
+        committed = _records(ref, (other,))
+        for made in sorted((work / other).glob("*.json")):
+            new = json.loads(made.read_text())
+            twin = next((c for c in committed if not match_configs(c[2]["config"],
+                                                                   new["config"])[0]), None)
+            if twin is None:
+                notes.append(f"{other}/{made.name}: recomputed, no committed record with its "
+                             "config")
+                continue
+            check = Check(other, twin[1].name, notes=[f"recomputed as part of {kind}/{name}"])
+            checks.append(_compare_record(check, other, twin[2], new, tol))
+    return checks, notes
+
+
+def _verify_one(kind: str, path: Path, record: dict[str, Any], tol: float, data_root: Any,
+                work_root: Path) -> list[Check]:
+    secs = estimate(kind, path, record)
+    check = Check(kind, path.name, committed_seconds=secs if math.isfinite(secs) else None)
+    why = _missing_data(record["config"], data_root)
+    if why:
+        check.status, check.reason = "skip", why
+        return [check]
+    work = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work_root))
+    t0 = time.perf_counter()
+    try:
+        new = recompute(kind, record, work, data_root)
+    except StaleRun as exc:
+        check.status, check.reason = "fail", str(exc)
+        return [check]
+    except Exception as exc:  # the code no longer runs this config: a failure
+        check.status, check.reason = "fail", f"recomputing raised {type(exc).__name__}: {exc}"
+        return [check]
+    finally:
+        check.seconds = round(time.perf_counter() - t0, 1)
+    _compare_record(check, kind, record, new, tol)
+    extra, notes = companions(kind, path.name, path.parent.parent, work, tol)
+    check.notes += notes
+    shutil.rmtree(work, ignore_errors=True)
+    return [check, *extra]
+
+
+def unverified(ref: Path) -> list[Check]:
+    """A skip for every published kind of :data:`NOT_RECOMPUTED`, saying why."""
+    return [Check(kind, f"{n} committed run(s)", "skip", NOT_RECOMPUTED[kind])
+            for kind in sorted(NOT_RECOMPUTED)
+            if (n := len(list((ref / kind).glob("*.json")))) > 0]
 
 
 def verify(ref: str | Path, sample: str = "ci", *, tol: float = TOLERANCE,
@@ -372,17 +487,22 @@ def verify(ref: str | Path, sample: str = "ci", *, tol: float = TOLERANCE,
     for why, n in sorted(absent.items()):
         checks.append(Check("data", f"{n} committed run(s)", "skip", why))
     chosen = select(records, sample)
+    if SAMPLES[sample].get("unverified"):
+        checks += unverified(ref)
     own = work is None
     work_root = Path(tempfile.mkdtemp(prefix="covidlib-verify-")) if own else Path(work)
     work_root.mkdir(parents=True, exist_ok=True)
     try:
         for i, (kind, path, record) in enumerate(chosen, 1):
             secs = _cost((kind, path, record))[0]
-            log(f"[{i}/{len(chosen)}] recomputing {kind}/{path.name} (took {secs:.0f} s in "
+            log(f"[{i}/{len(chosen)}] recomputing {kind}/{path.name} (about {secs:.0f} s in "
                 "the reference run)")
-            checks.append(_verify_one(kind, path, record, tol, data_root, work_root))
-            log(f"    {checks[-1].status} in {checks[-1].seconds:.0f} s"
-                + (f": {checks[-1].reason}" if checks[-1].reason else ""))
+            done = _verify_one(kind, path, record, tol, data_root, work_root)
+            checks += done
+            log(f"    {done[0].status} in {done[0].seconds:.0f} s"
+                + (f": {done[0].reason}" if done[0].reason else "")
+                + (f" (+ {len(done) - 1} record(s) it made on the way)" if len(done) > 1
+                   else ""))
     finally:
         if own:
             shutil.rmtree(work_root, ignore_errors=True)

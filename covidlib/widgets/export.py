@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,20 @@ def _spacing(case: Case) -> tuple[float, float, float]:
     return sx, sy, sz
 
 
+def _labelled_cases(annotations: Iterable[Annotation],
+                    cases: Sequence[Case] | Mapping[str, Case], folder: Path, unknown: str
+                    ) -> Iterator[tuple[str, Case, list[Annotation]]]:
+    """Create ``folder``, then yield ``(case id, case, its labels)`` for each labelled case
+    (in the order of its first label); a label of a case not in ``cases`` raises
+    :class:`DataError` saying that the case's ``unknown`` (shape, geometry) is unknown."""
+    by_id, anns = _cases(cases), list(annotations)
+    folder.mkdir(parents=True, exist_ok=True)
+    for cid in dict.fromkeys(a.case_id for a in anns):
+        if cid not in by_id:
+            raise DataError(cid, f"labels of a case that is not loaded (its {unknown} is unknown)")
+        yield cid, by_id[cid], [a for a in anns if a.case_id == cid]
+
+
 def write_label_masks(annotations: Iterable[Annotation], cases: Sequence[Case] | Mapping[str, Case],
                       folder: str | Path, fmt: str = "nifti") -> list[Path]:
     """One label volume per labelled case (see the module docstring); returns the files."""
@@ -157,14 +171,9 @@ def write_label_masks(annotations: Iterable[Annotation], cases: Sequence[Case] |
 
     if fmt not in ("nifti", "png"):
         raise ValueError(f"write_label_masks: fmt={fmt!r}; choose 'nifti' or 'png'")
-    by_id, anns = _cases(cases), list(annotations)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for cid in dict.fromkeys(a.case_id for a in anns):
-        if cid not in by_id:
-            raise DataError(cid, "labels of a case that is not loaded (its shape is unknown)")
-        case = by_id[cid]
+    for cid, case, anns in _labelled_cases(annotations, cases, folder, "shape"):
         vol = label_volume(anns, case.image.shape, cid)
         if fmt == "nifti":
             sx, sy, sz = _spacing(case)
@@ -176,7 +185,7 @@ def write_label_masks(annotations: Iterable[Annotation], cases: Sequence[Case] |
             out.append(path)
         else:
             (folder / cid).mkdir(exist_ok=True)
-            for z in sorted({a.z for a in anns if a.case_id == cid}):
+            for z in sorted({a.z for a in anns}):
                 path = folder / cid / f"{z:04d}.png"
                 Image.fromarray(vol[z], mode="L").save(path)
                 out.append(path)
@@ -262,14 +271,9 @@ def write_slicer_markups(annotations: Iterable[Annotation],
                          cases: Sequence[Case] | Mapping[str, Case],
                          folder: str | Path) -> list[Path]:
     """One 3D Slicer ``<case>.mrk.json`` per labelled case (see the module docstring)."""
-    by_id, anns = _cases(cases), list(annotations)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for cid in dict.fromkeys(a.case_id for a in anns):
-        if cid not in by_id:
-            raise DataError(cid, "labels of a case that is not loaded (its geometry is unknown)")
-        case, mine = by_id[cid], [a for a in anns if a.case_id == cid]
+    for cid, case, mine in _labelled_cases(annotations, cases, folder, "geometry"):
         sx, sy, sz = _spacing(case)
         points = [_control_point(i + 1, f"infection-{i + 1}", _lps(case, a.z, a.y, a.x),
                                  json.dumps({"z": a.z, "box": list(a.box), "label": a.label,
