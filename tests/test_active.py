@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -301,12 +301,20 @@ def test_crash_inside_a_cycle_resumes_to_identical_results(reference, tiny_data,
 
 
 SCRIPT = """
-import json, sys, torch
+import json, signal, sys, torch
 torch.set_num_threads(int(sys.argv[4]))
 from covidlib.active import run_active_learning
+
+def stop_after_first_cycle(event, info):
+    if event == "cycle":  # its state is written: say so, then wait for the SIGKILL
+        print("checkpointed", info["cycle"], flush=True)
+        while True:
+            signal.pause()
+
 run_active_learning(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], progress=False,
-                    device="cpu")
+                    device="cpu", callback=stop_after_first_cycle)
 """
+HANG_S = 120  # the child neither stopped nor failed by then: fail instead of waiting
 
 
 def test_sigkill_after_the_first_cycle_resumes_to_identical_results(reference, tiny_data,
@@ -316,15 +324,15 @@ def test_sigkill_after_the_first_cycle_resumes_to_identical_results(reference, t
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, json.dumps(TINY), str(synthetic_root), str(ck),
          str(THREADS)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (ck / STATE_NAME).exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before its first checkpoint: "
-                            f"{proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint after 120 s")
-            time.sleep(0.005)
+    try:  # the child stops after its first cycle's state is written, until it is killed
+        ready, _, _ = select.select([proc.stdout], [], [], HANG_S)
+        if not ready:
+            pytest.fail(f"no checkpoint after {HANG_S} s")
+        line = proc.stdout.readline().decode()
+        if line != "checkpointed 0\n":
+            proc.wait(timeout=30)
+            pytest.fail(f"the run ended before its first checkpoint ({line!r}): "
+                        f"{proc.stderr.read().decode()[-2000:]}")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -48,7 +48,7 @@ def test_results_file_schema(quick):
     assert res["total_seconds"] >= sum(res[s]["section_seconds"] for s in SECTIONS)
     assert report.missing_section(res, "determinism").startswith("The `determinism` benchmark")
     r = res["responsiveness"]  # the widget's section: one measured run, tiny in --quick
-    assert r["settings"] == run.QUICK["responsiveness"] and r["clicks"] == 3
+    assert r["settings"] == run.QUICK.responsiveness.record() and r["clicks"] == 3
     for key in ("click_saved_ms", "click_saved_p95_ms", "click_ms", "click_p95_ms",
                 "click_during_training_ms", "click_during_training_p95_ms", "cycle_s",
                 "cycle_cpu_s", "click_goal_ms", "cycle_goal_s", "clicks_during_training"):
@@ -78,7 +78,7 @@ def test_checks_read_the_sections():
 
 def test_mc_ratios_are_computed_from_measured_seconds(quick):
     mc = quick[0]["mc"]
-    samples = run.QUICK["mc"]["samples"]
+    samples = run.QUICK.mc.samples
     assert mc["methods"] == ["head_only", "naive", "baal"]  # baal is in the dev extra
     by = {(r["method"], r["I"]): r for r in mc["rows"]}
     assert set(by) == {(m, n) for m in mc["methods"] for n in samples}
@@ -98,16 +98,16 @@ def test_mc_ratios_are_computed_from_measured_seconds(quick):
 
 def test_mc_head_only_and_naive_select_the_same_regions(quick):
     mc = quick[0]["mc"]
-    assert [c["I"] for c in mc["selection"]] == run.QUICK["mc"]["samples"]
+    assert [c["I"] for c in mc["selection"]] == list(run.QUICK.mc.samples)
     for c in mc["selection"]:
         assert c["identical_selection"] and c["identical_region_scores"]
         assert c["selection_head_only"] == c["selection_naive"]
-        assert len(c["selection_head_only"]) == run.QUICK["mc"]["batch"]
+        assert len(c["selection_head_only"]) == run.QUICK.mc.batch
         assert c["max_abs_score_diff"] == 0.0
     assert mc["identical_selections"] is True
     # where head-only scoring spends its time at the largest I (Performance page)
     split = mc["breakdown"]
-    assert split["I"] == max(run.QUICK["mc"]["samples"])
+    assert split["I"] == max(run.QUICK.mc.samples)
     assert split["total_s"] == next(r["seconds"] for r in mc["rows"]
                                     if r["method"] == "head_only" and r["I"] == split["I"])
     assert set(split["fractions"]) == {"backbone", "heads", "bernoulli", "rest"}
@@ -121,12 +121,12 @@ def test_train_rows_on_cpu_are_fp32_only(quick):
     tr = quick[0]["train"]
     assert tr["modes"] == ["fp32_eager", "fp32_channels_last"] and tr["cuda_measured"] is False
     assert tr["torch_threads"] == torch.get_num_threads()
-    assert [r["network"] for r in tr["rows"]][::2] == run.QUICK["train"]["networks"]
+    assert [r["network"] for r in tr["rows"]][::2] == list(run.QUICK.train.networks)
     for r in tr["rows"]:
         assert r["images_per_s"] == pytest.approx(r["steps"] * r["batch"] / r["seconds"])
         assert r["first_step_s"] > 0
     # channels_last on the CPU, as a ratio to fp32 eager of the same run
-    assert set(tr["speedup"]) == set(run.QUICK["train"]["networks"])
+    assert set(tr["speedup"]) == set(run.QUICK.train.networks)
     for net, ratios in tr["speedup"].items():
         fast = next(r for r in tr["rows"] if r["network"] == net
                     and r["mode"] == "fp32_channels_last")
@@ -165,21 +165,21 @@ def test_gpu_rows_render_with_their_ratios(quick):
 
 def test_scaling_fits_match_their_rows(quick):
     al, vol = quick[0]["al_scaling"], quick[0]["volume_scaling"]
-    settings = run.QUICK["al_scaling"]
-    assert [r["pool"] for r in al["pool"]["rows"]] == settings["pools"]
-    assert [r["K"] for r in al["regions"]["rows"]] == settings["regions"]
+    settings = run.QUICK.al_scaling
+    assert [r["pool"] for r in al["pool"]["rows"]] == list(settings.pools)
+    assert [r["K"] for r in al["regions"]["rows"]] == list(settings.regions)
     for r in al["pool"]["rows"] + al["regions"]["rows"]:
         assert r["acquisition_seconds"] == pytest.approx(r["score_seconds"] + r["select_seconds"])
         assert r["seconds"] == pytest.approx(r["train_seconds"] + r["acquisition_seconds"])
-        assert r["selected"] == min(settings["al_select"], r["pool"])
+        assert r["selected"] == min(settings.al_select, r["pool"])
     for key, x in (("pool", "pool"), ("regions", "K")):
         rows = al[key]["rows"]
         assert al[key]["fit"]["cycle"] == pytest.approx(
             fit_exponent([r[x] for r in rows], [r["seconds"] for r in rows]))
         assert al[key]["fit"]["acquisition"] == pytest.approx(
             fit_exponent([r[x] for r in rows], [r["acquisition_seconds"] for r in rows]))
-    assert [r["voxels"] for r in vol["rows"]] == [d**3 for d in run.QUICK["volume_scaling"][
-        "volume_sizes"]]
+    sizes = run.QUICK.volume_scaling.volume_sizes
+    assert [r["voxels"] for r in vol["rows"]] == [d**3 for d in sizes]
     assert vol["fit"] == pytest.approx(
         fit_exponent([r["voxels"] for r in vol["rows"]], [r["seconds"] for r in vol["rows"]]))
     table = report.scaling_table(quick[0])

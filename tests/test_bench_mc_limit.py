@@ -64,11 +64,12 @@ def test_machine_line_says_what_was_not_found():
 def test_compile_modes_run_on_the_cpu_only_for_the_named_networks():
     import torch
 
+    from covidlib.bench.settings import TrainBench
     from covidlib.bench.train import bench_train
 
-    settings = {"networks": ["unet2d"], "image_size": 32, "volume_size": 8, "fc_channels": 8,
-                "unet_width": 2, "batch_2d": 2, "batch_3d": 1, "warmup": 0, "steps": 1,
-                "seed": 0, "cpu_modes": ["fp32_eager", "fp32_compile"], "compile_networks": []}
+    settings = TrainBench(networks=("unet2d",), image_size=32, volume_size=8, fc_channels=8,
+                          unet_width=2, batch_2d=2, batch_3d=1, warmup=0, steps=1, seed=0,
+                          cpu_modes=("fp32_eager", "fp32_compile"), compile_networks=())
     tr = bench_train(settings, torch.device("cpu"))
     eager, compiled = tr["rows"]
     assert eager["mode"] == "fp32_eager" and eager["images_per_s"] > 0

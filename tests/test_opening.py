@@ -60,3 +60,54 @@ def test_unresolved_glue_lists_cited_keys_no_output_glued():
     assert unresolved_glue(nb) == ["b", "c", "fig"]
     nb.cells[0].source = "no glue here"
     assert unresolved_glue(nb) == []
+
+
+def _recorder() -> tuple[dict, object]:
+    glued: dict = {}
+    return glued, lambda name, value: glued.__setitem__(name, value)
+
+
+def test_runtime_line_names_profile_seeds_and_data():
+    from covidlib.report.opening import runtime_line
+
+    assert runtime_line(1.25, "cpu", [0, 1], "synthetic") == \
+        "chapter ran in 1.2 min (cpu profile, 2 seed(s), synthetic)"
+    assert runtime_line(0.04, "gpu") == "chapter ran in 0.0 min (gpu profile)"
+
+
+def test_glue_runtime_glues_rounded_minutes():
+    from covidlib.report.opening import glue_runtime
+
+    glued, rec = _recorder()
+    # 100 s -> 1.666.. min -> glued 1.7, printed "1.7"
+    line = glue_runtime("p1_f5", 10.0, "cpu", [0], "ma20-slices", now=110.0, glue=rec)
+    assert glued == {"p1_f5_minutes": 1.7}
+    assert line == "chapter ran in 1.7 min (cpu profile, 1 seed(s), ma20-slices)"
+    with pytest.raises(OpeningError, match=r"glue_runtime 'p3'.*lies after"):
+        glue_runtime("p3", 20.0, "cpu", now=10.0, glue=rec)
+
+
+def test_glue_all_and_convergence_rule():
+    from covidlib.report.opening import convergence_rule, glue_all
+
+    glued, rec = _recorder()
+    assert glue_all({"a": 1, "b": "x"}, glue=rec) == ["a", "b"]
+    assert glued == {"a": 1, "b": "x"}
+    with pytest.raises(OpeningError, match="name ''"):
+        glue_all({"": 1}, glue=rec)
+    glued.clear()
+    # covidlib.verdict.baseline_converged(window=3, tol=0.01)
+    assert convergence_rule("p3", glue=rec) == {"window": 3, "tol": 0.01}
+    assert glued == {"p3_conv_window": 3, "p3_conv_tol": 0.01}
+
+
+def test_convergence_rule_reads_a_wrapper_and_falls_back():
+    from covidlib.report.opening import convergence_rule
+
+    glued, rec = _recorder()
+
+    def wrapper(curve, window: int = 5):  # no tol: baseline_converged's 0.01 applies
+        return None
+
+    assert convergence_rule("p2", rule=wrapper, glue=rec) == {"window": 5, "tol": 0.01}
+    assert glued == {"p2_conv_window": 5, "p2_conv_tol": 0.01}

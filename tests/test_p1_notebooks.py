@@ -34,8 +34,8 @@ TINY = {
 
 def test_settings_and_helpers():
     s = p1.settings("cpu", {"cycles": 2})
-    assert s["cycles"] == 2 and s["n_regions"] == 64 and s is not p1.PROFILES["cpu"]
-    assert p1.settings("paper")["cycles"] == 100 and p1.settings("paper")["epochs"] == 40
+    assert s.cycles == 2 and s.n_regions == 64 and s is not p1.PROFILES["cpu"]
+    assert p1.settings("paper").cycles == 100 and p1.settings("paper").epochs == 40
     with pytest.raises(ValueError, match="unknown profile 'tpu'"):
         p1.settings("tpu")
     with pytest.raises(ValueError, match=r"\['cycle'\]"):
@@ -48,7 +48,8 @@ def test_settings_and_helpers():
     assert round(e["fraction"], 4) == 0.0696
     v = {"initial_images": 5, "regions_per_image": 64, "cycles": 100, "regions_per_cycle": 5,
          "train_slices": 368}
-    t = p1.effort_table(v, {"initial_images": 5, "per_cycle": 10}, 64, 3, 40)
+    t = p1.effort_table(v, p1.settings("cpu", {"initial_images": 5, "per_cycle": 10}), 64, 3,
+                        40)
     assert t.loc["P1 schedule, P1 pool", "al_seconds"] == 2460
     # ours: 5 x 3 x 64 + 3 x 10 x 3 = 1050 s, against 40 x 96 = 3840 s and 35328 s
     assert t.loc["our schedule, our pool"].tolist() == [1050, 3840, round(1050 / 3840, 4)]

@@ -97,7 +97,7 @@ def test_p1_region_active_learning(profile):
         "max_slices": {"train": 4, "val": 1, "test": 1},
         "epochs": 1, "epoch_items": 1, "cycles": 1, "initial_images": 1, "full_epochs": 1,
     })
-    assert s["model"] == "fcn8_vgg16" and s["n_samples"] == 20  # the profile's network and I
+    assert s.model == "fcn8_vgg16" and s.n_samples == 20  # the profile's network and I
     cfg = p1.al_config("synthetic", "mixed", s, heuristic="entropy")
     # no checkpoint folder: a 134 M-parameter FCN8 checkpoint costs seconds per epoch to
     # write on a CPU; the P2 cases below exercise the engine's checkpointing of that network

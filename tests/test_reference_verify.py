@@ -97,7 +97,9 @@ def fake_kind(monkeypatch):
 
 def test_verify_passes_when_the_code_reproduces_the_committed_run(tmp_path, fake_kind):
     _publish(tmp_path, {("fake", "a"): (CONFIG, RESULT, 5.0)})
-    checks = rv.verify(tmp_path, "test", log=lambda s: None)
+    lines: list[str] = []
+    checks = rv.verify(tmp_path, "test", log=lines.append, progress=False)
+    assert lines == [f"fake/a.json: pass in {checks[1].seconds:.0f} s"]  # one line per run
     assert [(c.kind, c.status) for c in checks] == [("files", "pass"), ("fake", "pass")]
     assert checks[1].notes == ["data.files: committed 'f1', here 'elsewhere' (data copy; set "
                                "aside)"]

@@ -11,6 +11,7 @@
 * :mod:`~covidlib.bench.responsive`: the labelling widget's click-to-disk latency and cycle time.
 * :mod:`~covidlib.bench.endtoend`: the book's per-chapter times recorded by ``covidlib book``.
 * :mod:`~covidlib.bench.measure`: timers, peak memory (RSS, CUDA) and the machine's name.
+* :mod:`~covidlib.bench.settings`: the typed settings of each section (full and ``--quick``).
 """
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from covidlib import acquisition
 from covidlib.bench.measure import PeakMemory, synchronize
+from covidlib.bench.settings import McBench
 from covidlib.models import FCN8VGG16
 
 METHODS = ("head_only", "naive", "baal")
@@ -97,16 +98,13 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any, dic
     return seconds, out, mem.record()
 
 
-def bench_mc(settings: Mapping[str, Any], device: torch.device,
+def bench_mc(settings: McBench, device: torch.device,
              progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Time the three samplers at each I of ``settings["samples"]``; see the module docstring.
-
-    ``settings``: image_size, fc_channels, batch, samples (list of I), n_regions, seed,
-    baal (bool: include baal). Returns the ``mc`` section of the results file.
-    """
-    size, batch, seed = int(settings["image_size"]), int(settings["batch"]), int(settings["seed"])
-    k = int(settings["n_regions"])
-    model = make_fcn8(int(settings["fc_channels"]), seed).to(device)
+    """Time the three samplers at each I of ``settings.samples``; see the module docstring.
+    Returns the ``mc`` section of the results file."""
+    size, batch, seed = settings.image_size, settings.batch, settings.seed
+    k = settings.n_regions
+    model = make_fcn8(settings.fc_channels, seed).to(device)
     x = phantom_batch(size, batch, seed).to(device)
 
     def pool(head_only: bool) -> Callable[[int], acquisition.PoolSelection]:
@@ -115,7 +113,7 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
 
     samplers: dict[str, Callable[[int], Any]] = {"head_only": pool(True), "naive": pool(False)}
     baal_note = None
-    if settings.get("baal", True):
+    if settings.baal:
         try:
             baal_fn = baal_sampler(model, device)
 
@@ -137,7 +135,7 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
 
     rows: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
-    for n in settings["samples"]:
+    for n in settings.samples:
         outputs: dict[str, Any] = {}
         for method, fn in samplers.items():
             progress(f"MC: {method} I={n}")
@@ -157,7 +155,7 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
             "max_abs_score_diff": float(np.abs(head.scores - naive.scores).max()),
         })
         del outputs, head, naive
-    i_max = max(int(n) for n in settings["samples"])
+    i_max = max(int(n) for n in settings.samples)
     t_head = next(r["seconds"] for r in rows if r["method"] == "head_only" and r["I"] == i_max)
     model.train()  # dropout active, as mc_predict runs it
     for m in model.modules():
@@ -170,7 +168,7 @@ def bench_mc(settings: Mapping[str, Any], device: torch.device,
                  "FCN8-VGG16, layout 'same', random weights; entropy of the mean; max per "
                  f"region of K={k}; region selection), and the selections of head-only vs "
                  "naive sampling with the same seed"),
-        "settings": dict(settings),
+        "settings": settings.record(),
         "methods": list(samplers),
         "baal_note": baal_note,
         "rows": rows,

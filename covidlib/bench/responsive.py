@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from covidlib.bench.settings import ResponsiveBench
+
 # (key in the measurement, what it is, unit, which goal: "click" or "cycle")
 FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("click_saved_ms", "click saved to disk, median", "ms", "click"),
@@ -39,19 +41,17 @@ def verdicts(measured: Mapping[str, Any]) -> dict[str, bool | None]:
     return out
 
 
-def bench_responsiveness(settings: Mapping[str, Any], device: torch.device,
+def bench_responsiveness(settings: ResponsiveBench, device: torch.device,
                          note: Callable[[str], None]) -> dict[str, Any]:
     """The ``responsiveness`` section: the measurement, the goals and the verdicts. The widget
     trains on CPU whatever ``device`` the suite uses (it is what an annotator's laptop runs)."""
     from covidlib.widgets.timing import measure_responsiveness
 
     note("responsiveness: clicking and training")
-    measured = measure_responsiveness(clicks=int(settings["clicks"]),
-                                      threads=int(settings["threads"]),
-                                      seed=int(settings["seed"]),
-                                      overrides=settings.get("overrides") or None)
+    measured = measure_responsiveness(clicks=settings.clicks, threads=settings.threads,
+                                      seed=settings.seed, overrides=settings.overrides or None)
     out = dict(measured)
     out["met"] = verdicts(measured)
-    out["settings"] = dict(settings)
+    out["settings"] = settings.record()
     out["device"] = "cpu"
     return out

@@ -15,7 +15,6 @@ two seeded runs differ); the file is written first so the failure can be inspect
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -28,53 +27,9 @@ from tqdm.auto import tqdm
 
 from covidlib.bench import SCHEMA, SECTIONS, determinism, mc, responsive, scaling, train
 from covidlib.bench.measure import load_average, machine_info
+from covidlib.bench.settings import FULL, FULL_CUDA, QUICK, BenchSettings
 from covidlib.cache import atomic_write_text
 from covidlib.engine import resolve_device
-
-FULL: dict[str, dict[str, Any]] = {
-    # P1's network at P1's resolution; one slice per batch on CPU (about a minute per sampler)
-    "mc": {"image_size": 352, "fc_channels": 4096, "batch": 1, "samples": [5, 10, 20],
-           "n_regions": 64, "seed": 0, "baal": True},
-    "train": {"networks": ["fcn8_vgg16", "unet2d", "resunet3d_p4"], "image_size": 352,
-              "volume_size": 96, "fc_channels": 4096, "unet_width": 32, "batch_2d": 1,
-              "batch_3d": 1, "warmup": 1, "steps": 2, "seed": 0,
-              # torch.compile on the CPU: the U-Net the cpu profile trains (compiling the
-              # GPU profiles' FCN8 and 3-D U-Net for the CPU would take minutes each)
-              "compile_networks": ["unet2d"]},
-    "al_scaling": {"pools": [100, 400, 1600], "regions": [16, 64, 256, 1024],
-                   "default_regions": 64, "k_pool": 400, "al_image_size": 64, "al_width": 8,
-                   "al_samples": 5, "al_select": 5, "al_batch": 50, "train_steps": 5,
-                   "train_batch": 8, "seed": 0},
-    "volume_scaling": {"volume_sizes": [16, 24, 32, 48, 64], "volume_width": 32,
-                       "volume_samples": 5, "seed": 0},
-    "determinism": {"seed": 0},
-    # the label chapter's cpu settings, trained on 2 threads (the goal is for 2 cores)
-    "responsiveness": {"clicks": 20, "threads": 2, "seed": 0},
-}
-CUDA: dict[str, dict[str, Any]] = {
-    # what changes on a GPU: batches that fill it, more timed steps, larger volumes
-    "mc": {"batch": 8},
-    "train": {"batch_2d": 8, "batch_3d": 2, "warmup": 3, "steps": 10},
-    "volume_scaling": {"volume_sizes": [32, 48, 64, 96, 128]},
-}
-QUICK: dict[str, dict[str, Any]] = {
-    # tiny sizes for the test suite: checks the plumbing, the figures mean nothing
-    "mc": {"image_size": 32, "fc_channels": 16, "batch": 1, "samples": [2, 3],
-           "n_regions": 16, "seed": 0, "baal": True},
-    "train": {"networks": ["fcn8_vgg16", "unet2d", "resunet3d_p4"], "image_size": 32,
-              "volume_size": 16, "fc_channels": 16, "unet_width": 4, "batch_2d": 1,
-              "batch_3d": 2, "warmup": 0, "steps": 1, "seed": 0,
-              "cpu_modes": ["fp32_eager", "fp32_channels_last"]},
-    "al_scaling": {"pools": [4, 8, 16], "regions": [4, 16, 64], "default_regions": 16,
-                   "k_pool": 8, "al_image_size": 32, "al_width": 4, "al_samples": 3,
-                   "al_select": 2, "al_batch": 8, "train_steps": 1, "train_batch": 2,
-                   "seed": 0},
-    "volume_scaling": {"volume_sizes": [8, 16], "volume_width": 4, "volume_samples": 2,
-                       "seed": 0},
-    "determinism": {"seed": 0, "slices": 8, "size": 32, "epochs": 1, "steps": 2},
-    "responsiveness": {"clicks": 3, "threads": 1, "seed": 0,
-                       "overrides": {"pool": 8, "size": 32, "n_mc": 2, "epochs": 1}},
-}
 
 _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "mc": mc.bench_mc,
@@ -85,13 +40,12 @@ _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def suite_settings(quick: bool, device: torch.device) -> dict[str, dict[str, Any]]:
-    """The settings of every section for this run (quick or full; CUDA changes applied)."""
-    out = copy.deepcopy(QUICK if quick else FULL)
-    if device.type == "cuda" and not quick:
-        for section, changes in CUDA.items():
-            out[section].update(changes)
-    return out
+def suite_settings(quick: bool, device: torch.device) -> BenchSettings:
+    """The settings of every section for this run: :data:`QUICK`, or :data:`FULL` (its CUDA
+    variant :data:`FULL_CUDA` on a GPU)."""
+    if quick:
+        return QUICK
+    return FULL_CUDA if device.type == "cuda" else FULL
 
 
 def checks(results: dict[str, Any]) -> dict[str, bool]:
@@ -115,7 +69,7 @@ def run_suite(out: str | Path, *, quick: bool = False, device: str = "auto",
     settings = suite_settings(quick, dev)
     t_start = time.perf_counter()
     results: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "machine": machine_info(dev),
-                               "settings": {s: settings[s] for s in sections}}
+                               "settings": settings.record(sections)}
     bar = tqdm(list(sections), desc="bench", unit="section", disable=not progress)
     for section in bar:
         bar.set_postfix_str(section)
@@ -125,11 +79,10 @@ def run_suite(out: str | Path, *, quick: bool = False, device: str = "auto",
 
         t0 = time.perf_counter()
         if section == "determinism":
-            seed = settings[section]["seed"]
-            extra = {k: v for k, v in settings[section].items() if k != "seed"}
-            results[section] = determinism.check_determinism(seed, **extra)
+            det = settings.determinism
+            results[section] = determinism.check_determinism(det.seed, **det.overrides())
         else:
-            results[section] = _RUNNERS[section](settings[section], dev, note)
+            results[section] = _RUNNERS[section](settings.section(section), dev, note)
         results[section]["section_seconds"] = time.perf_counter() - t0
     results["checks"] = checks(results)
     results["machine"]["load_average_end"] = load_average()

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from covidlib.acquisition import score_images, select_regions, volume_variance_score
 from covidlib.bench.measure import PeakMemory, synchronize
+from covidlib.bench.settings import AlScalingBench, VolumeScalingBench
 from covidlib.data.oracle import IGNORE
 from covidlib.models import UNet3D, mc_predict
 
@@ -90,7 +91,7 @@ def _keep_global_torch_state() -> Iterator[None]:
 
 
 def al_cycle(
-    settings: Mapping[str, Any], pool: torch.Tensor, n_regions: int, device: torch.device,
+    settings: AlScalingBench, pool: torch.Tensor, n_regions: int, device: torch.device,
 ) -> tuple[list[tuple[int, int]], dict[str, float]]:
     """One P1 cycle on ``pool`` ``(N, 3, S, S)`` with a fresh network: train
     ``train_steps`` steps, score every slice, select ``al_select`` regions. Returns the
@@ -98,16 +99,15 @@ def al_cycle(
     from covidlib.active import ALConfig, make_loss, make_model
     from covidlib.engine import fit
 
-    seed = int(settings["seed"])
-    cfg = ALConfig(model="unet2d", model_kwargs={"base_width": int(settings["al_width"]),
+    seed = settings.seed
+    cfg = ALConfig(model="unet2d", model_kwargs={"base_width": settings.al_width,
                                                  "depth": 3, "dropout": 0.5},
-                   size=int(settings["al_image_size"]), n_regions=n_regions,
-                   n_samples=int(settings["al_samples"]), score_batch_size=int(
-                       settings["al_batch"]), batch_size=int(settings["train_batch"]), seed=seed)
+                   size=settings.al_image_size, n_regions=n_regions,
+                   n_samples=settings.al_samples, score_batch_size=settings.al_batch,
+                   batch_size=settings.train_batch, seed=seed)
     torch.manual_seed(seed)
     model = make_model(cfg)
-    train = PointSlices(int(settings["train_batch"]) * int(settings["train_steps"]), cfg.size,
-                        seed)
+    train = PointSlices(settings.train_batch * settings.train_steps, cfg.size, seed)
     synchronize(device)
     t0 = time.perf_counter()
     with _keep_global_torch_state():
@@ -119,15 +119,15 @@ def al_cycle(
                           batch_size=cfg.score_batch_size, device=device)
     synchronize(device)
     t2 = time.perf_counter()
-    picked = select_regions(scores, min(int(settings["al_select"]), len(pool)))
+    picked = select_regions(scores, min(settings.al_select, len(pool)))
     t3 = time.perf_counter()
     return picked, {"train_seconds": t1 - t0, "score_seconds": t2 - t1, "select_seconds": t3 - t2}
 
 
-def _al_row(n: int, k: int, settings: Mapping[str, Any], device: torch.device
+def _al_row(n: int, k: int, settings: AlScalingBench, device: torch.device
             ) -> dict[str, Any]:
-    s = int(settings["al_image_size"])
-    gen = torch.Generator().manual_seed(int(settings["seed"]) + n)
+    s = settings.al_image_size
+    gen = torch.Generator().manual_seed(settings.seed + n)
     pool = torch.randn(n, 3, s, s, generator=gen).to(device)
     with PeakMemory(device) as mem:
         picked, parts = al_cycle(settings, pool, k, device)
@@ -143,12 +143,12 @@ def _fits(rows: list[Mapping[str, Any]], key: str) -> dict[str, dict[str, float]
             "select": fit_exponent(xs, [max(r["select_seconds"], 1e-9) for r in rows])}
 
 
-def bench_al_scaling(settings: Mapping[str, Any], device: torch.device,
+def bench_al_scaling(settings: AlScalingBench, device: torch.device,
                      progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """AL cycle time against pool size (at K = ``default_regions``) and against K (at pool
     ``k_pool``), with fitted exponents of the whole cycle, of its acquisition part (scoring +
     selection) and of the selection alone."""
-    k0, pools, regions = int(settings["default_regions"]), settings["pools"], settings["regions"]
+    k0, pools, regions = settings.default_regions, settings.pools, settings.regions
     progress("scaling: AL warm-up")
     _al_row(min(8, *pools), k0, settings, device)
     pool_rows = []
@@ -158,32 +158,32 @@ def bench_al_scaling(settings: Mapping[str, Any], device: torch.device,
     k_rows = []
     for k in regions:
         progress(f"scaling: AL K={k}")
-        k_rows.append(_al_row(int(settings["k_pool"]), int(k), settings, device))
+        k_rows.append(_al_row(settings.k_pool, int(k), settings, device))
     return {
-        "what": (f"one P1 region-AL cycle (covidlib.active/acquisition): {settings['train_steps']}"
-                 f" training steps of batch {settings['train_batch']} with the point loss, then "
-                 f"head-only MC dropout (I={settings['al_samples']}) of every pool slice by a "
-                 f"UNet2D (width {settings['al_width']}, depth 3, dropout 0.5) at "
-                 f"{settings['al_image_size']} px, entropy of the mean, max per region, and the "
-                 f"best region of the {settings['al_select']} best slices"),
+        "what": (f"one P1 region-AL cycle (covidlib.active/acquisition): {settings.train_steps}"
+                 f" training steps of batch {settings.train_batch} with the point loss, then "
+                 f"head-only MC dropout (I={settings.al_samples}) of every pool slice by a "
+                 f"UNet2D (width {settings.al_width}, depth 3, dropout 0.5) at "
+                 f"{settings.al_image_size} px, entropy of the mean, max per region, and the "
+                 f"best region of the {settings.al_select} best slices"),
         "pool": {"rows": pool_rows, "fit": _fits(pool_rows, "pool")},
         "regions": {"rows": k_rows, "fit": _fits(k_rows, "K")},
     }
 
 
-def bench_volume_scaling(settings: Mapping[str, Any], device: torch.device,
+def bench_volume_scaling(settings: VolumeScalingBench, device: torch.device,
                          progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """P3 scoring time (T MC samples + Eq. 1 summed) of one D^3 volume against D."""
-    torch.manual_seed(int(settings["seed"]))
-    model = UNet3D(1, 6, base_width=int(settings["volume_width"]), depth=3, dropout=0.5)
+    torch.manual_seed(settings.seed)
+    model = UNet3D(1, 6, base_width=settings.volume_width, depth=3, dropout=0.5)
     model = model.to(device)
-    t_samples = int(settings["volume_samples"])
+    t_samples = settings.volume_samples
 
     def score(d: int) -> float:
         vol = torch.randn(1, 1, d, d, d, generator=torch.Generator().manual_seed(d)).to(device)
         return float(volume_variance_score(mc_predict(model, vol, t_samples, seed=0))[0])
 
-    sizes = [int(d) for d in settings["volume_sizes"]]
+    sizes = [int(d) for d in settings.volume_sizes]
     progress("scaling: 3D warm-up")
     score(min(sizes))
     rows = []
@@ -199,7 +199,7 @@ def bench_volume_scaling(settings: Mapping[str, Any], device: torch.device,
     return {
         "what": (f"P3 volume score (T={t_samples} head-only MC-dropout samples, Eq. 1 summed "
                  f"over voxels) of one D^3 volume by the P3 3D U-Net (width "
-                 f"{settings['volume_width']}, depth 3, dropout 0.5, 6 classes)"),
+                 f"{settings.volume_width}, depth 3, dropout 0.5, 6 classes)"),
         "rows": rows,
         "fit": fit_exponent([r["voxels"] for r in rows], [r["seconds"] for r in rows]),
     }

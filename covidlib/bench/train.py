@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covidlib.bench.measure import PeakMemory, synchronize
+from covidlib.bench.settings import TrainBench
 from covidlib.engine import amp_settings, autocast
 from covidlib.models import FCN8VGG16, UNet2D, resunet3d_p4
 
@@ -36,13 +37,13 @@ CPU_MODES = ("fp32_eager", "fp32_channels_last", "fp32_compile", "fp32_channels_
 CUDA_MODES = ("fp32_eager", "bf16_channels_last", "bf16_channels_last_compile")
 
 
-def build(name: str, settings: Mapping[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
+def build(name: str, settings: TrainBench) -> tuple[nn.Module, tuple[int, ...]]:
     """The network ``name`` and the shape of one input item ``(C, *spatial)``."""
-    s, d = int(settings["image_size"]), int(settings["volume_size"])
+    s, d = settings.image_size, settings.volume_size
     if name == "fcn8_vgg16":
-        return FCN8VGG16(2, fc_channels=int(settings["fc_channels"]), layout="same"), (3, s, s)
+        return FCN8VGG16(2, fc_channels=settings.fc_channels, layout="same"), (3, s, s)
     if name == "unet2d":
-        return UNet2D(3, 2, base_width=int(settings["unet_width"])), (3, s, s)
+        return UNet2D(3, 2, base_width=settings.unet_width), (3, s, s)
     if name == "resunet3d_p4":
         return resunet3d_p4(1, 2), (1, d, d, d)
     raise ValueError(f"bench train: unknown network {name!r}; "
@@ -84,23 +85,23 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
     return step
 
 
-def measure_throughput(name: str, mode: str, settings: Mapping[str, Any], device: torch.device
+def measure_throughput(name: str, mode: str, settings: TrainBench, device: torch.device
                        ) -> dict[str, Any]:
     """Images/s of ``warmup`` untimed then ``steps`` timed training steps of ``name``."""
-    torch.manual_seed(int(settings["seed"]))
+    torch.manual_seed(settings.seed)
     model, item = build(name, settings)
-    batch = int(settings["batch_3d" if len(item) == 4 else "batch_2d"])
+    batch = settings.batch_3d if len(item) == 4 else settings.batch_2d
     x = torch.randn(batch, *item)
     y = torch.randint(0, 2, (batch, *item[1:]))
     step = train_step_fn(model, x, y, mode, device)
     t_first = time.perf_counter()
-    for _ in range(max(1, int(settings["warmup"]))):
+    for _ in range(max(1, settings.warmup)):
         step()
         synchronize(device)
         if t_first > 0:  # the first step: compilation included
             first = time.perf_counter() - t_first
             t_first = 0.0
-    steps = int(settings["steps"])
+    steps = settings.steps
     with PeakMemory(device) as mem:
         synchronize(device)
         t0 = time.perf_counter()
@@ -113,16 +114,17 @@ def measure_throughput(name: str, mode: str, settings: Mapping[str, Any], device
             "first_step_s": first, **mem.record()}
 
 
-def bench_train(settings: Mapping[str, Any], device: torch.device,
+def bench_train(settings: TrainBench, device: torch.device,
                 progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Training throughput of each network in each mode of this device; see the module
     docstring. A mode that fails (e.g. ``torch.compile`` without a compiler) is recorded with
-    its error instead of a figure. ``settings["compile_networks"]`` (default: all): the
+    its error instead of a figure. ``settings.compile_networks`` (default: all): the
     networks whose ``*_compile`` modes run on a CPU; the others get a row saying so."""
-    modes = CUDA_MODES if device.type == "cuda" else tuple(settings.get("cpu_modes", CPU_MODES))
-    compiled = settings.get("compile_networks", settings["networks"])
+    modes = CUDA_MODES if device.type == "cuda" else (settings.cpu_modes or CPU_MODES)
+    compiled = (settings.networks if settings.compile_networks is None
+                else settings.compile_networks)
     rows = []
-    for name in settings["networks"]:
+    for name in settings.networks:
         for mode in modes:
             if mode.endswith("_compile") and device.type != "cuda" and name not in compiled:
                 rows.append({"network": name, "mode": mode, "skipped": (
@@ -142,7 +144,7 @@ def bench_train(settings: Mapping[str, Any], device: torch.device,
     return {
         "what": ("training images per second (forward + cross-entropy + backward + Adam step), "
                  "random weights and inputs"),
-        "settings": dict(settings),
+        "settings": settings.record(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "modes": list(modes),

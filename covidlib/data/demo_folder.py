@@ -25,6 +25,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -32,7 +33,10 @@ from PIL import Image
 from covidlib.data.phantom import PhantomConfig, generate_case
 from covidlib.data.preprocess import hu_to_uint8
 
-__all__ = ["DemoFolder", "demo_manifest", "demo_splits", "write_demo_folder"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DemoFolder", "demo_manifest", "demo_splits", "summary", "write_demo_folder"]
 
 SUBDIRS = ("images", "masks", "lungs")
 LESION_COUNT = (2, 6)
@@ -125,6 +129,30 @@ def write_demo_folder(folder: str | Path, n_volumes: int = 6, slices_per_volume:
         w.writerow(["slice", "volume"])
         w.writerows(rows)
     return DemoFolder(folder, volumes, sites)
+
+
+def summary(demo: DemoFolder) -> pd.DataFrame:
+    """The folder as a user sees it, one row per volume of its ``volumes.csv``: the scanner,
+    the CSV's slice count and how many of those slices have a PNG in ``images/``, ``masks/``
+    and ``lungs/`` (the same number everywhere in a complete folder)."""
+    import pandas as pd
+
+    path = demo.folder / "volumes.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no volumes.csv (write the folder with "
+                                "write_demo_folder first)")
+    table = pd.read_csv(path, dtype=str)
+    if not {"slice", "volume"} <= set(table.columns):
+        raise ValueError(f"{path}: expected columns slice,volume, got {list(table.columns)}")
+    rows = []
+    for volume, group in table.groupby("volume", sort=True):
+        ids = list(group["slice"])
+        row: dict[str, object] = {"volume": volume, "scanner": demo.sites.get(volume, "?"),
+                                  "slices": len(ids)}
+        for sub in SUBDIRS:
+            row[f"{sub}/"] = sum((demo.folder / sub / f"{i}.png").is_file() for i in ids)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("volume")
 
 
 def demo_splits(demo: DemoFolder) -> dict[str, dict[str, list[str]]]:

@@ -40,7 +40,7 @@ from covidlib.data.splits import make_split
 from covidlib.experiments.label_demo_settings import PROFILES, LabelDemoSettings, settings
 from covidlib.widgets import LabelSession, MaskOracle, choose_pool, pretrain, simulate
 
-__all__ = ["PROFILES", "STRATEGIES", "DemoRun", "LabelDemoSettings", "compare",
+__all__ = ["PROFILES", "STRATEGIES", "TARGET_FRACTION", "DemoRun", "LabelDemoSettings", "compare",
            "curves_frame", "demo", "history_frame", "load_cases", "own_session", "plot_curves",
            "plot_history", "plot_query", "plot_replay", "replay_frame", "settings", "summary",
            "target_dice", "warm_start"]
@@ -264,13 +264,17 @@ def curves_frame(runs: Mapping[tuple[str, int], DemoRun]):
     return pd.DataFrame(rows)
 
 
+TARGET_FRACTION = 0.9
+"""Without a profile ``target_dice``: the target is this share of the best final Dice."""
+
+
 def target_dice(frame, s: LabelDemoSettings) -> float:
     """The Dice the summary counts clicks to: the profile's ``target_dice``, else 90 % of the
     best final mean Dice over the strategies (rounded to 0.01)."""
     if s.target_dice is not None:
         return float(s.target_dice)
     last = frame[frame["cycle"] == frame["cycle"].max()]
-    return round(0.9 * float(last.groupby("strategy")["dice"].mean().max()), 2)
+    return round(TARGET_FRACTION * float(last.groupby("strategy")["dice"].mean().max()), 2)
 
 
 def summary(frame, target: float):

@@ -66,6 +66,9 @@ from covidlib.experiments.p1_settings import (
     HEURISTIC_LABELS,
     PROFILES,
     REAL_DATASET,
+    RUN_KEYS,
+    P1Settings,
+    SettingsError,
     _data,
     al_config,
     data_note,
@@ -101,9 +104,12 @@ __all__ = [
     "MECHANISMS",
     "PROFILES",
     "REAL_DATASET",
+    "RUN_KEYS",
     "VERSION",
     "P1Run",
+    "P1Settings",
     "Runs",
+    "SettingsError",
     "TestSet",
     "al_config",
     "baseline",
@@ -146,10 +152,10 @@ class Runs:
     """The runs of one chapter: ``items`` is a list of ``(labels, result)`` where ``labels``
     holds split, heuristic, n_regions, supervision and seed; ``full`` the fully supervised
     baselines and ``ceiling`` the every-region-labelled runs, as ``({"split", "seed"},
-    result)``."""
+    result)``; ``settings`` is the chapter's :class:`P1Settings`."""
 
-    def __init__(self, profile: str, dataset: str, s: Mapping[str, Any]) -> None:
-        self.profile, self.dataset, self.settings = profile, dataset, dict(s)
+    def __init__(self, profile: str, dataset: str, s: P1Settings) -> None:
+        self.profile, self.dataset, self.settings = profile, dataset, s
         self.items: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.full: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.ceiling: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -209,7 +215,7 @@ def entropy_vs_random(dataset: str, splits: Sequence[str], *, profile: str = "cp
     """P1 Fig. 5: every (split, heuristic, seed) run at K (default: the profile's, 64)."""
     s = settings(profile, overrides)
     runs = Runs(profile, dataset, s)
-    jobs = [_job(split, h, supervision, seed, n_regions or s["n_regions"], cycles)
+    jobs = [_job(split, h, supervision, seed, n_regions or s.n_regions, cycles)
             for split in splits for h in heuristics for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
                     progress=progress, overrides=overrides)
@@ -224,8 +230,8 @@ def region_size(dataset: str, split: str, *, profile: str = "cpu",
     s = settings(profile, overrides)
     runs = Runs(profile, dataset, s)
     jobs = [_job(split, heuristic, supervision, seed, k, cycles,
-                 initial_images=fig6_initial_images(int(k), int(s["fig6_initial_regions"])))
-            for k in (region_counts or s["fig6_regions"]) for seed in _check_seeds(seeds)]
+                 initial_images=fig6_initial_images(int(k), s.fig6_initial_regions))
+            for k in (region_counts or s.fig6_regions) for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
                     progress=progress, overrides=overrides)
 
@@ -239,7 +245,7 @@ def point_vs_pixel(dataset: str, split: str, *, profile: str = "cpu",
     """P1 Fig. 7: the same loop with point-level and with per-pixel region labels."""
     s = settings(profile, overrides)
     runs = Runs(profile, dataset, s)
-    jobs = [_job(split, heuristic, sup, seed, n_regions or s["n_regions"], cycles)
+    jobs = [_job(split, heuristic, sup, seed, n_regions or s.n_regions, cycles)
             for sup in supervisions for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
                     progress=progress, overrides=overrides)
@@ -264,7 +270,7 @@ def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
     t0 = time.perf_counter()
     for seed in _check_seeds(seeds):
         cfg = _full_config(dataset, split, runs.settings, seed)
-        res = run_full(cfg, int(runs.settings["full_epochs"]), data_root=data_root,
+        res = run_full(cfg, runs.settings.full_epochs, data_root=data_root,
                        results_dir=results_dir, device=device)
         runs.full.append(({"split": split, "seed": seed}, res))
     # the upper-bound check's end point: one seed (the first), a ceiling, not a curve
@@ -277,29 +283,29 @@ def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
     return runs
 
 
-def _full_config(dataset: str, split: str, s: Mapping[str, Any], seed: int) -> ALConfig:
+def _full_config(dataset: str, split: str, s: P1Settings, seed: int) -> ALConfig:
     """The run settings of the fully supervised baseline: the AL run's, with the baseline's
     early stopping (``full_patience``)."""
-    return al_config(dataset, split, s, seed=seed, patience=s.get("full_patience"))
+    return al_config(dataset, split, s, seed=seed, patience=s.full_patience)
 
 
-def ceiling_changes(dataset: str, split: str, s: Mapping[str, Any], data_root: Any = None
+def ceiling_changes(dataset: str, split: str, s: P1Settings, data_root: Any = None
                     ) -> dict[str, Any]:
     """The run fields of the upper-bound check's run (see :func:`ceiling_config`)."""
     n = len(load_data(dataset, split, s, data_root).train)
-    return {"patience": s.get("full_patience"), "initial_images": n, "cycles": 0,
-            "epochs": int(s["full_epochs"]), "epoch_items": None}
+    return {"patience": s.full_patience, "initial_images": n, "cycles": 0,
+            "epochs": s.full_epochs, "epoch_items": None}
 
 
-def ceiling_config(cfg: ALConfig, s: Mapping[str, Any], data_root: Any = None) -> ALConfig:
+def ceiling_config(cfg: ALConfig, s: P1Settings, data_root: Any = None) -> ALConfig:
     """The upper-bound check's run: ``cfg`` with every region of every pool image labelled
     at the start (point labels on the whole pool: the end point of the AL curve), no
     selection cycle, trained like the fully supervised baseline (at most ``full_epochs``
     epochs over every image, early stopping after ``full_patience``)."""
     n = len(_data(cfg, data_root).train)
     return ALConfig.from_mapping({**cfg.to_dict(), "initial_images": n, "cycles": 0,
-                                  "epochs": int(s["full_epochs"]), "epoch_items": None,
-                                  "patience": s.get("full_patience")})
+                                  "epochs": s.full_epochs, "epoch_items": None,
+                                  "patience": s.full_patience})
 
 
 def baseline(runs: Runs, splits: Sequence[str], seed: int = 0, *, data_root: Any = None,
@@ -312,7 +318,7 @@ def baseline(runs: Runs, splits: Sequence[str], seed: int = 0, *, data_root: Any
         if any(lab["split"] == split and lab["seed"] == seed for lab, _ in runs.full):
             continue
         cfg = _full_config(runs.dataset, split, runs.settings, seed)
-        res = run_full(cfg, int(runs.settings["full_epochs"]), data_root=data_root,
+        res = run_full(cfg, runs.settings.full_epochs, data_root=data_root,
                        results_dir=results_dir, device=device)
         runs.full.append(({"split": split, "seed": seed}, res))
     runs.seconds += time.perf_counter() - t0

@@ -25,7 +25,7 @@ from covidlib.data.oracle import (
     full_effort_seconds,
     region_grid,
 )
-from covidlib.experiments.p1_settings import PROFILES
+from covidlib.experiments.p1_settings import PROFILES, P1Settings
 from covidlib.verdict import (
     Comparison,
     Verdict,
@@ -440,29 +440,29 @@ def headline_verdict(runs: Runs, paper: Mapping[str, Any]) -> Comparison:
     return Comparison(f"not reproduced: {text}", **stats)
 
 
-def describe(s: Mapping[str, Any], data: ALData, paper_profile: Mapping[str, Any] | None = None
+def describe(s: P1Settings, data: ALData, paper_profile: P1Settings | None = None
              ) -> pd.DataFrame:
     """The settings of this profile beside P1's (the ``paper`` profile)."""
-    p = dict(paper_profile or PROFILES["paper"])
+    p = paper_profile or PROFILES["paper"]
     rows = [
-        ("network", f"{s['model']} {s['model_kwargs']}", f"{p['model']} {p['model_kwargs']}"),
-        ("slice size (px)", s["size"], p["size"]),
+        ("network", f"{s.model} {s.model_kwargs}", f"{p.model} {p.model_kwargs}"),
+        ("slice size (px)", s.size, p.size),
         ("pool / val / test slices", f"{len(data.train)} / {len(data.val)} / {len(data.test)}",
          "all slices of the split"),
-        ("regions per image K", s["n_regions"], p["n_regions"]),
-        ("initial images (all regions labelled)", s["initial_images"], p["initial_images"]),
-        ("regions labelled per cycle", s["per_cycle"], p["per_cycle"]),
-        ("cycles", s["cycles"], p["cycles"]),
-        ("epochs per cycle (best validation kept)", s["epochs"], p["epochs"]),
-        ("images per epoch (at least)", s["epoch_items"] or "labelled images", "labelled images"),
-        ("batch size / Adam lr", f"{s['batch_size']} / {s['lr']:g}",
-         f"{p['batch_size']} / {p['lr']:g}"),
-        ("MC-dropout draws I", s["n_samples"], "not stated (20 here)"),
+        ("regions per image K", s.n_regions, p.n_regions),
+        ("initial images (all regions labelled)", s.initial_images, p.initial_images),
+        ("regions labelled per cycle", s.per_cycle, p.per_cycle),
+        ("cycles", s.cycles, p.cycles),
+        ("epochs per cycle (best validation kept)", s.epochs, p.epochs),
+        ("images per epoch (at least)", s.epoch_items or "labelled images", "labelled images"),
+        ("batch size / Adam lr", f"{s.batch_size} / {s.lr:g}",
+         f"{p.batch_size} / {p.lr:g}"),
+        ("MC-dropout draws I", s.n_samples, "not stated (20 here)"),
         ("fully supervised baseline: epochs (early-stopping patience)",
-         f"<= {s['full_epochs']} ({s.get('full_patience')})",
-         f"<= {p['full_epochs']} (best validation epoch kept)"),
-        ("region score", s["reduce"], "max (Model Training) or mean (Fig. 4)"),
-        ("loss normalisation", s["loss_balance"], "Eq. 1 (labelled pixels)"),
+         f"<= {s.full_epochs} ({s.full_patience})",
+         f"<= {p.full_epochs} (best validation epoch kept)"),
+        ("region score", s.reduce, "max (Model Training) or mean (Fig. 4)"),
+        ("loss normalisation", s.loss_balance, "Eq. 1 (labelled pixels)"),
         ("cost per point / tag", f"{POINT_SECONDS:g} s", "3 s [40]"),
         ("cost of a full slice", f"{FULL_SLICE_SECONDS:g} s", "96 s [36]"),
     ]
@@ -483,12 +483,12 @@ def effort_arithmetic(initial_images: int, n_regions: int, cycles: int, per_cycl
     return {"al_seconds": al, "full_effort_seconds": full, "fraction": al / full}
 
 
-def effort_table(values: Mapping[str, Any], settings: Mapping[str, Any], n_regions: int,
+def effort_table(values: Mapping[str, Any], settings: P1Settings, n_regions: int,
                  cycles: int, n_train: int) -> pd.DataFrame:
     """:func:`effort_arithmetic` for P1's schedule on P1's pool (``values``: the paper's
     Sec. 5.3 numbers), ours on our pool of ``n_train`` slices, and ours on P1's pool."""
     v, s = values, settings
-    ours = (s["initial_images"], n_regions, cycles, s["per_cycle"])
+    ours = (s.initial_images, n_regions, cycles, s.per_cycle)
     return pd.DataFrame({
         "P1 schedule, P1 pool": effort_arithmetic(v["initial_images"], v["regions_per_image"],
                                                   v["cycles"], v["regions_per_cycle"],

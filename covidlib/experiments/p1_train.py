@@ -321,8 +321,9 @@ def train_p1(dataset: str, split: str, *, heuristic: str = "entropy", profile: s
     Args:
         dataset, split: any dataset covidlib opens and one of its splits (manifest).
         heuristic: ``"entropy"`` (P1), ``"bald"`` or ``"random"``.
-        profile, overrides: the settings (:data:`covidlib.experiments.p1.PROFILES`, keys
-            merged over the profile's).
+        profile, overrides: the settings (:data:`covidlib.experiments.p1.PROFILES`;
+            ``overrides`` maps :class:`~covidlib.experiments.p1_settings.P1Settings` field
+            names to values, validated: an unknown name or bad value -> ``SettingsError``).
         seed, supervision: the run's seed; ``"point"`` (P1) or ``"pixel"`` region labels.
         test_sets: where to score the trained network (:data:`TestSet`, or P2's mapping
             ``name -> part | TestSet``); the run's own test split is always scored in

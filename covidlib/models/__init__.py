@@ -20,7 +20,6 @@ from covidlib.models.fcn8 import (
 from covidlib.models.mc_dropout import dropout_modules, enable_mc_dropout, mc_predict
 from covidlib.models.registry import MODEL_NAMES, build_model
 from covidlib.models.resunet3d import (
-    P4_TRAINABLE_PARAMETERS,
     resunet2d_p4,
     resunet3d_p4,
     resunet3d_table,
@@ -30,7 +29,6 @@ from covidlib.models.unet import UNet, UNet2D, UNet3D, UNetFeatures
 __all__ = [
     "FCN8VGG16",
     "MODEL_NAMES",
-    "P4_TRAINABLE_PARAMETERS",
     "VGG16_IMAGENET_URL",
     "FCN8Features",
     "UNet",

@@ -38,7 +38,6 @@ from covidlib.models._common import check_sizes, count_trainable_parameters
 
 P4_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 256)
 P4_STRIDES: tuple[int, ...] = (2, 2, 2, 2)
-P4_TRAINABLE_PARAMETERS = 4_806_481  # P4 Table 1, "Total"
 P4_INPUT_SHAPE: tuple[int, ...] = (1, 1, 96, 96, 96)  # P4 Table 1 input 96^3 x 1
 _NORMS: dict[str, Any] = {"batch": ("batch", {"affine": False}), "instance": "instance"}
 

@@ -9,13 +9,18 @@ provenance of its runs (:func:`covidlib.report.provenance.provenance`); nothing 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from covidlib.report.scorecard import data_kind
-from covidlib.verdict import Verdict, combine_verdicts
+from covidlib.verdict import Verdict, baseline_converged, combine_verdicts
 
-__all__ = ["OpeningError", "chapter_data", "chapter_verdict"]
+__all__ = ["GlueFn", "OpeningError", "chapter_data", "chapter_verdict", "convergence_rule",
+           "glue_all", "glue_runtime", "runtime_line"]
+
+GlueFn = Callable[[str, Any], None]
 
 
 class OpeningError(ValueError):
@@ -73,3 +78,69 @@ def chapter_data(provenances: Mapping[str, Mapping[str, Any]]) -> str:
     if len(set(words.values())) == 1:
         return next(iter(words.values()))
     return "; ".join(f"{name}: {text}" for name, text in words.items())
+
+
+def _glue_fn(glue: GlueFn | None) -> GlueFn:
+    """``glue`` itself, or ``myst_nb.glue(name, value, display=False)`` (in a chapter's kernel)."""
+    if glue is not None:
+        return glue
+    from myst_nb import glue as myst_glue
+
+    return lambda name, value: myst_glue(name, value, display=False)
+
+
+def glue_all(values: Mapping[str, Any], *, glue: GlueFn | None = None) -> list[str]:
+    """Glue every ``name -> value`` of ``values`` (not displayed) for the chapter's prose
+    (``{glue:text}`name```); returns the names glued, in order."""
+    fn = _glue_fn(glue)
+    for name, value in values.items():
+        if not isinstance(name, str) or not name:
+            raise OpeningError(f"glue: name {name!r} must be a non-empty string")
+        fn(name, value)
+    return list(values)
+
+
+def runtime_line(minutes: float, profile: str, seeds: Sequence[Any] | None = None,
+                 dataset: str | None = None) -> str:
+    """``"chapter ran in 1.2 min (cpu profile, 2 seed(s), synthetic)"``; the seeds and
+    dataset parts only when given."""
+    parts = [f"{profile} profile"]
+    if seeds is not None:
+        parts.append(f"{len(seeds)} seed(s)")
+    if dataset is not None:
+        parts.append(str(dataset))
+    return f"chapter ran in {minutes:.1f} min ({', '.join(parts)})"
+
+
+def glue_runtime(prefix: str, t_start: float, profile: str, seeds: Sequence[Any] | None = None,
+                 dataset: str | None = None, *, now: float | None = None,
+                 glue: GlueFn | None = None) -> str:
+    """Glue ``f"{prefix}_minutes"``: the minutes since ``t_start`` (a ``time.perf_counter()``
+    reading taken when the chapter began; ``now`` defaults to the current reading), rounded
+    to 0.1; returns :func:`runtime_line` for the chapter to print."""
+    elapsed = (time.perf_counter() if now is None else now) - t_start
+    if elapsed < 0:
+        raise OpeningError(f"glue_runtime {prefix!r}: t_start={t_start!r} lies after "
+                           f"now={now!r} (expected a time.perf_counter() reading)")
+    minutes = elapsed / 60
+    _glue_fn(glue)(f"{prefix}_minutes", round(minutes, 1))
+    return runtime_line(minutes, profile, seeds, dataset)
+
+
+def convergence_rule(prefix: str, *, rule: Callable[..., Any] = baseline_converged,
+                     glue: GlueFn | None = None) -> dict[str, Any]:
+    """The rule a fully supervised baseline must pass to count as converged: the defaults
+    ``window`` (epochs) and ``tol`` (Dice) of :func:`covidlib.verdict.baseline_converged`
+    (or of the wrapper ``rule`` a chapter uses, where it has them), read from the signatures
+    and glued as ``f"{prefix}_conv_window"`` and ``f"{prefix}_conv_tol"`` for the chapters'
+    prose; returns ``{"window": .., "tol": ..}``."""
+    base = inspect.signature(baseline_converged).parameters
+    params = inspect.signature(rule).parameters
+    out = {}
+    for name in ("window", "tol"):  # a wrapper without the parameter passes the default on
+        p = params.get(name)
+        out[name] = (p.default if p is not None and p.default is not inspect.Parameter.empty
+                     else base[name].default)
+    glue_all({f"{prefix}_conv_window": out["window"], f"{prefix}_conv_tol": out["tol"]},
+             glue=glue)
+    return out

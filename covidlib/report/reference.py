@@ -117,7 +117,9 @@ def _reference_frame(table: pd.DataFrame | str | None, derive: Callable | None,
         return frame
     try:
         return derive(frame)
-    except Exception as exc:  # a table from another code state: say so, go on
+    # a table from another code state (a column missing or renamed, another type or value):
+    # say so, go on; anything else is a bug of the summary function and propagates
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
         warnings.warn(f"reference table {table if isinstance(table, str) else ''}: the chapter "
                       f"could not summarise it ({type(exc).__name__}: {exc}); shown as "
                       f"{MISSING!r}", stacklevel=3)

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from covidlib.report.reference import PROVENANCE, ReferenceRunError, load_provenance
 from covidlib.report.reference_recompute import NOT_RECOMPUTED, StaleRun, recompute_p3, recompute_p4
 
@@ -475,9 +477,11 @@ def unverified(ref: Path) -> list[Check]:
 
 def verify(ref: str | Path, sample: str = "ci", *, tol: float = TOLERANCE,
            data_root: Any = None, work: str | Path | None = None,
-           log: Callable[[str], None] = print) -> list[Check]:
+           log: Callable[[str], None] | None = None, progress: bool = True) -> list[Check]:
     """Verify the reference folder ``ref``: its files' checksums, then the runs of
-    ``sample`` recomputed in ``work`` (default: a new temporary folder, removed after)."""
+    ``sample`` recomputed in ``work`` (default: a new temporary folder, removed after).
+    A tqdm bar follows the recomputed runs (``progress``); ``log`` gets one status line per
+    run (default: ``tqdm.write``, printed above the bar)."""
     ref = Path(ref)
     if load_provenance(ref) is None:
         raise ReferenceRunError(f"{ref}: no published reference run ({PROVENANCE} absent); "
@@ -493,19 +497,28 @@ def verify(ref: str | Path, sample: str = "ci", *, tol: float = TOLERANCE,
     work_root = Path(tempfile.mkdtemp(prefix="covidlib-verify-")) if own else Path(work)
     work_root.mkdir(parents=True, exist_ok=True)
     try:
-        for i, (kind, path, record) in enumerate(chosen, 1):
-            secs = _cost((kind, path, record))[0]
-            log(f"[{i}/{len(chosen)}] recomputing {kind}/{path.name} (about {secs:.0f} s in "
-                "the reference run)")
-            done = _verify_one(kind, path, record, tol, data_root, work_root)
-            checks += done
-            log(f"    {done[0].status} in {done[0].seconds:.0f} s"
-                + (f": {done[0].reason}" if done[0].reason else "")
-                + (f" (+ {len(done) - 1} record(s) it made on the way)" if len(done) > 1
-                   else ""))
+        checks += _recompute_all(chosen, tol, data_root, work_root, log or tqdm.write,
+                                 progress)
     finally:
         if own:
             shutil.rmtree(work_root, ignore_errors=True)
+    return checks
+
+
+def _recompute_all(chosen: list[tuple[str, Path, dict[str, Any]]], tol: float, data_root: Any,
+                   work_root: Path, log: Callable[[str], None], progress: bool) -> list[Check]:
+    """Recompute the ``chosen`` runs one by one under a tqdm bar; one ``log`` line per run."""
+    checks: list[Check] = []
+    bar = tqdm(chosen, desc="verify", unit="run", disable=not progress)
+    for kind, path, record in bar:
+        secs = _cost((kind, path, record))[0]
+        bar.set_postfix_str(f"{kind}/{path.name} (about {secs:.0f} s in the reference run)")
+        done = _verify_one(kind, path, record, tol, data_root, work_root)
+        checks += done
+        log(f"{kind}/{path.name}: {done[0].status} in {done[0].seconds:.0f} s"
+            + (f": {done[0].reason}" if done[0].reason else "")
+            + (f" (+ {len(done) - 1} record(s) it made on the way)" if len(done) > 1 else ""))
+    bar.close()
     return checks
 
 

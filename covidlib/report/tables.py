@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -58,3 +59,31 @@ def table1_agreement(paper: str, dataset: str, ours: Mapping[str, Any]) -> pd.Da
         records.append({"statistic": key, "paper": p, "ours": o, "difference": o - p,
                         "agrees": "yes" if p == o else f"no ({100 * (o - p) / p:+.1f}%)"})
     return pd.DataFrame.from_records(records).set_index("statistic")
+
+
+def table1_verdict(agreement: pd.DataFrame) -> str:
+    """The scorecard verdict of a :func:`table1_agreement` frame: "all four statistics agree",
+    else each statistic that does not, with its ``agrees`` text (``"slices: no (+1.2%)"``)."""
+    off = agreement.loc[agreement["agrees"] != "yes", "agrees"]
+    if off.empty:
+        return "all four statistics agree"
+    return "; ".join(f"{k}: {v}" for k, v in off.items())
+
+
+def record_table1(results_dir: str | Path, dataset: str, stats: Mapping[str, Any],
+                  provenance: Mapping[str, Any], papers: tuple[str, ...] = ("P1", "P2")
+                  ) -> list[Path]:
+    """Scorecard entries ``<paper>-T1`` for every paper of ``papers`` whose Table 1 has a row
+    for ``dataset`` (only a paper's own datasets do): paper and measured values and
+    :func:`table1_verdict`. Returns the entries written."""
+    from covidlib.report import scorecard
+
+    written = []
+    for paper in papers:
+        agree = table1_agreement(paper, dataset, stats)
+        if agree is None:
+            continue
+        written.append(scorecard.record(
+            results_dir, f"{paper}-T1", paper=agree["paper"].to_dict(),
+            ours=agree["ours"].to_dict(), verdict=table1_verdict(agree), provenance=provenance))
+    return written

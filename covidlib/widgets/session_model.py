@@ -20,15 +20,20 @@ from covidlib.data.types import Case
 from covidlib.widgets.session_loop import torch_threads
 from covidlib.widgets.session_types import REGION_MODES, STRATEGIES, Ref
 
-__all__ = ["check_settings", "choose_pool", "gray_slices", "pretrain", "small_unet"]
+__all__ = ["SMALL_UNET", "check_settings", "choose_pool", "gray_slices", "pretrain",
+           "small_unet"]
+
+SMALL_UNET: dict[str, int] = {"base_width": 8, "depth": 3}
+"""The widget's U-Net: channels at its first level and number of levels."""
 
 
 def small_unet(dropout: float = 0.5) -> nn.Module:
-    """The CPU-sized model of the widget: a 2D U-Net (8 channels, 3 levels) with MC dropout
-    p = 0.5 in its decoder (P1 Implementation Details: dropout rate 0.5)."""
+    """The CPU-sized model of the widget: a 2D U-Net (:data:`SMALL_UNET`: 8 channels, 3
+    levels) with MC dropout p = 0.5 in its decoder (P1 Implementation Details: dropout rate
+    0.5)."""
     from covidlib.models import UNet2D
 
-    return UNet2D(3, 2, base_width=8, depth=3, dropout=dropout)
+    return UNet2D(3, 2, **SMALL_UNET, dropout=dropout)
 
 
 def pretrain(cases: Sequence[Case] | Mapping[str, Case], refs: Iterable[Ref], *,
