@@ -36,3 +36,29 @@ def shared_data() -> Path:
         pytest.skip(f"real data not found at {SHARED_DATA / 'covid-semiseg'} "
                     "(set COVIDLIB_SHARED_DATA to the folder holding covid-semiseg/)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def semiseg_cases(shared_data):
+    """COVID-SemiSeg's manifest and its train+test cases read from ``shared_data``; skips with
+    a clear message when the released ``Dataset`` folder is absent."""
+    from covidlib.data.manifest import load_manifest
+    from covidlib.data.readers import load_cases
+
+    if not (shared_data / "covid-semiseg" / "Dataset").is_dir():
+        pytest.skip(f"real COVID-SemiSeg data not found under {shared_data} "
+                    "(set COVIDLIB_SHARED_DATA)")
+    m = load_manifest("covid-semiseg")
+    return m, load_cases(m, shared_data, group=["train", "test"], progress=False)
+
+
+@pytest.fixture
+def ref(tmp_path, monkeypatch) -> Path:
+    """An empty reference-run folder under ``tmp_path``, made the default one
+    (``covidlib.report.reference.ENV``); a test module may extend it with a same-named fixture."""
+    from covidlib.report import reference
+
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    monkeypatch.setenv(reference.ENV, str(folder))
+    return folder

@@ -76,10 +76,18 @@ def test_p2_prose_values_come_from_p2_yaml_and_the_profiles():
     assert (v["p2_paper_c_sep"], v["p2_paper_c_volumes"]) == ("15 / 1 / 4", "20")
     assert [v[f"p2_paper_mixed_{p}"] for p in ("train", "val", "test")] == ["45%", "5%", "50%"]
     assert (v["p2_cpu_image_size"], v["p2_cpu_channels"]) == ("64 x 64", "8")
+    # Sec. 4.4: GAME(L = 4) sums over 4^4 = 256 cells; Eq. 1's consistency weight 1
+    assert (v["p2_paper_game_level"], v["p2_paper_game_cells"], v["p2_cpu_lambda"]) == \
+        ("4", "256", "1")
+    # the authors' 384 of 512 px centre crop (0.75); ma20-slices.yaml: sep 7 / 1 / 2 of 10
+    assert (v["p2_paper_profile_crop"], v["p2_data_c_sep"], v["p2_data_c_volumes"]) == \
+        ("75%", "7 / 1 / 2", "10")
     # the profiles are read, not typed: a cpu profile at 48 px with 16 channels says so
-    cpu = replace(P2_PROFILES["cpu"], size=48, model_kwargs={"base_width": 16, "depth": 3})
+    cpu = replace(P2_PROFILES["cpu"], size=48, model_kwargs={"base_width": 16, "depth": 3},
+                  lam=0.5)
     v = p2_report_glue.prose_values({**P2_PROFILES, "cpu": cpu})
-    assert (v["p2_cpu_image_size"], v["p2_cpu_channels"]) == ("48 x 48", "16")
+    assert (v["p2_cpu_image_size"], v["p2_cpu_channels"], v["p2_cpu_lambda"]) == \
+        ("48 x 48", "16", "0.5")
 
 
 def test_scores_table_keeps_the_columns_and_rounds():
@@ -96,10 +104,12 @@ def test_scores_table_keeps_the_columns_and_rounds():
 
 
 def test_p4_prose_values_come_from_p4_yaml():
-    # Table 1's stated total; P4 Sec. 4: 500 epochs, C_v = C_p = 4, lambda = 0.5
+    # Table 1's stated total; P4 Sec. 4: 500 epochs, C_v = C_p = 4, lambda = 0.5; RGS+AL
+    # weighs by RGS alone (covidlib.reweight.MODES["rgs_al"]: lambda 1)
     assert p4_glue.prose_values() == {"p4_trainable_parameters": "4,806,481",
                                       "p4_paper_epochs": "500", "p4_paper_batch": "4",
-                                      "p4_paper_lambda": "0.5"}
+                                      "p4_paper_lambda": "0.5", "p4_rgs_al_lambda": "1",
+                                      "p4_input_size": "96³"}  # P4_INPUT_SHAPE 1x1x96x96x96
 
 
 def test_label_demo_device_is_pinned_to_the_cpu():
@@ -137,6 +147,7 @@ def test_performance_values_come_from_the_suite_and_the_widget_goals():
     assert page_values.performance_values() == {
         "perf_mc_regions": "64", "perf_train_image_size": "352 x 352",
         "perf_train_volume_size": "96³", "perf_al_pools": "100, 400 and 1600",
+        "perf_memory_interval": "2 ms",  # PeakMemory(interval_s=0.002)
         "perf_click_goal": "50 ms", "perf_cycle_goal": "10 s"}
 
 

@@ -31,15 +31,16 @@ class _S:
     size: int = 64
     cycles: int = 3
     per_cycle: int = 10
+    initial_images: int = 4
     fig6_initial_regions: int = 192
     model_kwargs: dict = field(default_factory=lambda: {"base_width": 8, "depth": 3})
 
 
 def test_cpu_profile_glue_reads_dicts_and_dataclasses():
     want = {"p1_cpu_size": 64, "p1_cpu_width": 8, "p1_cpu_depth": 3, "p1_cpu_cycles": 3,
-            "p1_cpu_per_cycle": 10}
+            "p1_cpu_per_cycle": 10, "p1_cpu_initial_images": 4}
     assert p1_glue.cpu_profile_glue({"cpu": _S()}) == want
-    as_dict = {"size": 64, "cycles": 3, "per_cycle": 10,
+    as_dict = {"size": 64, "cycles": 3, "per_cycle": 10, "initial_images": 4,
                "model_kwargs": {"base_width": 8, "depth": 3}}
     assert p1_glue.cpu_profile_glue({"cpu": as_dict}) == want
     with pytest.raises(p1_glue.P1GlueError, match="no 'size'"):
@@ -122,3 +123,17 @@ def test_headline_share_and_mechanism_text_come_from_p1_yaml():
     assert p1_mechanism.upper_bound_check(0.2, 0.45, 0.5)["ceiling_reaches_full"] is True
     assert p1_mechanism.upper_bound_check(0.2, 0.4, 0.5)["ceiling_reaches_full"] is False
     assert p1_mechanism.upper_bound_check(0.2, 0.4, 0.5, share=0.8)["ceiling_reaches_full"]
+
+
+def test_dataset_glue_reads_the_ma20_slices_manifest():
+    # data_manifests/ma20-slices.yaml: mixed = 0.45 / 0.05 / 0.50 of each volume's slices,
+    # sep = 7 / 1 / 2 of its 10 derived volumes
+    assert p1_glue.dataset_glue() == {
+        "p1_data_mixed_train": "45 %", "p1_data_mixed_val": "5 %", "p1_data_mixed_test": "50 %",
+        "p1_data_sep_train": 7, "p1_data_sep_val": 1, "p1_data_sep_test": 2,
+        "p1_data_volumes": 10}
+
+
+def test_dataset_glue_names_a_manifest_without_the_p1_splits():
+    with pytest.raises(p1_glue.P1GlueError, match=r"covid-semiseg.*'mixed', 'sep'"):
+        p1_glue.dataset_glue("covid-semiseg")

@@ -184,3 +184,18 @@ def test_plain_sentence_takes_the_seeds_of_the_runs():
                       "difference with): holds: typed by hand")
     assert p1.chapter_verdict(_headline_runs([0.45, 0.46]), "mixed", "holds: b").text == \
         "reproduced: holds: b"
+
+
+def test_headline_targets_missing_from_the_paper_come_from_p1_yaml():
+    from covidlib.experiments import p1_report
+
+    v = p1_report.paper_headline()  # p1.yaml P1-headline (Sec. 5.3)
+    assert (v["dice_fraction"], v["effort_fraction"], v["seconds_per_slice"]) == (0.9, 0.07, 96)
+    runs = _headline_runs([0.45, 0.46])
+    # no values given: P1's 90 % with 7 %; shares 0.90 / 0.92 -> 91 %, effort 500 / 10000 = 5 %
+    assert p1_report.headline_verdict(runs, {}) == (
+        "holds: 91% of the fully supervised Dice with 5% of the full labelling effort "
+        "(P1: 90% with 7%)")
+    # a given target wins over p1.yaml's
+    assert p1_report.headline_verdict(runs, {"values": {"effort_fraction": 0.5}}) \
+        .endswith("(P1: 90% with 50%)")

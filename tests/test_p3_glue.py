@@ -21,6 +21,15 @@ def test_paper_setup_glue_is_p3_yaml():
         "p3_paper_classes": 6, "p3_paper_epochs": 24}
 
 
+def test_cpu_profile_glue_counts_the_background():
+    # the cpu profile segments the heart alone: C = 1 organ + background = 2
+    assert p3_glue.cpu_profile_glue() == {"p3_cpu_classes": 2}
+    two = SimpleNamespace(organs=("heart", "esophagus"))
+    assert p3_glue.cpu_profile_glue({"cpu": two}) == {"p3_cpu_classes": 3}
+    with pytest.raises(p3_glue.P3GlueError, match="no 'cpu' profile"):
+        p3_glue.cpu_profile_glue({"gpu": two})
+
+
 def _curves() -> pd.DataFrame:
     rows = [("heart", s, seed, it, d) for s, ds in (("variance", (0.2, 0.6, 0.3, 0.8)),
                                                     ("random", (0.2, 0.5, 0.3, 0.55)))

@@ -42,8 +42,14 @@ UNLABELLED = """\
       image: "images/{case}.png"
       cases: ['0015', '0016', '0017']
       labels: none
+    - name: mixed-pool
+      image: "images/{case}.png"
+      cases: ['0011', '0012']
+      labels: none
 """
-"""A group of images without masks (patient06's slices as single images): a pool."""
+"""Groups of images without masks, slices of the volumes listed by slice id: ``unlabelled``
+(patient06's slices as single images) and ``mixed-pool`` (the last slice of patient04, the
+first of patient05): pools."""
 
 MY_CT = """\
 name: my-ct
@@ -202,6 +208,22 @@ def test_a_group_without_masks_is_a_pool(own: SimpleNamespace):
         p4.train_p4(own.manifest, "rgs", split="by-volume", pool="unlabelled",
                     teacher="provided", profile="cpu", overrides=TINY, device="cpu",
                     progress=False)
+
+
+def test_pool_slices_listed_by_slice_id_count_as_their_volume(own: SimpleNamespace):
+    # by-volume tests patient04: its slice 0011 leaves the pool as patient04 itself would;
+    # patient05's slice 0012 stays, as patient05
+    trained = p4.train_p4(own.manifest, "rgs", split="by-volume", pool="mixed-pool",
+                          profile="cpu", overrides=TINY, device="cpu", progress=False)
+    assert [(it.case_id, it.volume) for it in trained.data.pool] == [("0012:0", "patient05")]
+    with pytest.warns(UserWarning, match=r"other-scanner/test of my-slices: case\(s\) "
+                                         r"\['patient05'\] were in the unlabelled pool"):
+        trained.score("other-scanner:test", "other")
+    # other-scanner tests patient05-06: every slice of 'unlabelled' is patient06's
+    with pytest.raises(ValueError, match="no unlabelled pool X_p: group 'unlabelled' of "
+                                         "'my-slices' without the test cases gives no case"):
+        p4.train_p4(own.manifest, "rgs", split="other-scanner", pool="unlabelled",
+                    profile="cpu", overrides=TINY, device="cpu", progress=False)
 
 
 def test_your_own_hu_volumes_train_the_3d_network(tmp_path: Path):

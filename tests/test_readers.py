@@ -116,10 +116,15 @@ def test_missing_nifti(tmp_path):
     assert_names(e, p, "not found")
 
 
-def test_corrupt_gzip(tmp_path):
+def _good_nifti_bytes(tmp_path) -> bytes:
+    """The bytes of a valid small .nii.gz (8x16x16 float32 noise)."""
     good = tmp_path / "good.nii.gz"
     write_nifti(good, np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32))
-    blob = bytearray(good.read_bytes())
+    return good.read_bytes()
+
+
+def test_corrupt_gzip(tmp_path):
+    blob = bytearray(_good_nifti_bytes(tmp_path))
     blob[20:] = bytes((b ^ 0x5A) for b in blob[20:])  # valid gzip header, garbage deflate
     p = tmp_path / "corrupt.nii.gz"
     p.write_bytes(bytes(blob))
@@ -129,9 +134,7 @@ def test_corrupt_gzip(tmp_path):
 
 
 def test_truncated_gzip(tmp_path):
-    good = tmp_path / "good.nii.gz"
-    write_nifti(good, np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32))
-    blob = good.read_bytes()
+    blob = _good_nifti_bytes(tmp_path)
     p = tmp_path / "truncated.nii.gz"
     p.write_bytes(blob[: len(blob) // 2])  # valid header, stream cut in half
     with pytest.raises(DataError) as e:

@@ -11,14 +11,7 @@ from covidlib.report.reference import MISSING
 PROV = {"profile": "reference", "dataset": "ma20-slices/mixed", "hardware": "Test CPU",
         "date": "2026-12-03", "commit": "abc1234"}
 
-
-@pytest.fixture
-def ref(tmp_path, monkeypatch):
-    """An empty reference folder, made the default one."""
-    folder = tmp_path / "reference"
-    folder.mkdir()
-    monkeypatch.setenv(reference.ENV, str(folder))
-    return folder
+# ``ref``: the empty default reference folder of conftest.py.
 
 
 def _publish(folder, **extra):

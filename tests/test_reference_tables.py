@@ -4,7 +4,6 @@ where the reference run has no numbers)."""
 import json
 
 import pandas as pd
-import pytest
 
 from covidlib.report import reference, scorecard
 from covidlib.report.reference import MISSING
@@ -12,13 +11,7 @@ from covidlib.report.reference import MISSING
 PROV = {"profile": "reference", "dataset": "covid-semiseg", "hardware": "Test CPU",
         "date": "2026-12-03", "commit": "abc1234"}
 
-
-@pytest.fixture
-def ref(tmp_path, monkeypatch):
-    folder = tmp_path / "reference"
-    folder.mkdir()
-    monkeypatch.setenv(reference.ENV, str(folder))
-    return folder
+# ``ref``: the empty default reference folder of conftest.py.
 
 
 def _agreement():

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from covidlib.data.errors import DataError
-from covidlib.data.manifest import load_manifest
-from covidlib.data.readers import load_cases
 from covidlib.data.stats import TABLE1_COLUMNS, count_regions, dataset_stats, table1
 from covidlib.data.types import Case
 
@@ -97,13 +93,8 @@ def test_table1_format():
 
 
 @pytest.mark.realdata
-def test_real_covid_semiseg_reproduces_p2_table1_row_a():
-    root = Path(os.environ.get("COVIDLIB_SHARED_DATA",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-    if not (root / "covid-semiseg" / "Dataset").is_dir():
-        pytest.skip(f"real COVID-SemiSeg data not found under {root} (set COVIDLIB_SHARED_DATA)")
-    m = load_manifest("covid-semiseg")
-    cases = load_cases(m, root, group=["train", "test"], progress=False)
+def test_real_covid_semiseg_reproduces_p2_table1_row_a(semiseg_cases):
+    m, cases = semiseg_cases
     s8 = dataset_stats(cases, m.infection_labels)
     s4 = dataset_stats(cases, m.infection_labels, connectivity=1)
     # P2 Table 1, COVID-19-A: 98 slices, 98 (100.0%) with infection, 776 infected regions

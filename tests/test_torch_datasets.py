@@ -112,20 +112,10 @@ def test_bad_references():
 
 
 @pytest.mark.realdata
-def test_real_covid_semiseg_validation_slices():
-    import os
-    from pathlib import Path
-
-    from covidlib.data.manifest import load_manifest
-    from covidlib.data.readers import load_cases
+def test_real_covid_semiseg_validation_slices(semiseg_cases):
     from covidlib.data.splits import make_split
 
-    root = Path(os.environ.get("COVIDLIB_SHARED_DATA",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-    if not (root / "covid-semiseg" / "Dataset").is_dir():
-        pytest.skip(f"real COVID-SemiSeg data not found under {root} (set COVIDLIB_SHARED_DATA)")
-    m = load_manifest("covid-semiseg")
-    cases = load_cases(m, root, group=["train", "test"], progress=False)
+    m, cases = semiseg_cases
     split = make_split(cases, m.split("p2"))
     ds = SliceDataset(cases, split["val"], progress=False)  # default size 352
     assert len(ds) == 5

@@ -14,11 +14,9 @@ PROV = {"profile": "reference", "dataset": "ma20-slices/mixed", "hardware": "Tes
 
 
 @pytest.fixture
-def ref(tmp_path, monkeypatch):
-    """A published reference folder (provenance only), made the default one."""
-    folder = tmp_path / "reference"
-    folder.mkdir()
-    monkeypatch.setenv(reference.ENV, str(folder))
+def ref(ref):
+    """conftest's empty default reference folder, published (provenance only)."""
+    folder = ref
     (folder / "provenance.json").write_text(json.dumps(
         {"format": reference.FORMAT, "profile": "reference", "commit": "abc1234",
          "finished": "2026-12-03T21:00:00+0000", "machine": {"cpu": "Test CPU", "cores": 2},

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from covidlib.data.manifest import load_manifest
 from covidlib.experiments.p1_mechanism import baseline_convergence, pool_infected_share
 from covidlib.experiments.p1_report import random_specificity_range
 from covidlib.experiments.p1_settings import PROFILES, fig6_initial_images
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from covidlib.verdict import Verdict
 
 __all__ = ["CURVE_COLUMNS", "P1GlueError", "convergence_reasons", "cpu_profile_glue",
-           "curves_table", "fig6_table", "paper_glue", "pool_shares", "setting",
+           "curves_table", "dataset_glue", "fig6_table", "paper_glue", "pool_shares", "setting",
            "specificity_line", "verdict_lines", "whole_image_glue"]
 
 #: The columns of the curves each chapter shows, by what the chapter varies (the curves
@@ -76,12 +77,36 @@ def paper_glue() -> dict[str, Any]:
 
 def cpu_profile_glue(profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``cpu`` profile's sizes for the prose that describes it: slice side, U-Net width
-    and depth, cycles and regions per cycle (``profiles``: default P1's ``PROFILES``)."""
+    and depth, cycles, regions per cycle and fully labelled initial images (``profiles``:
+    default P1's ``PROFILES``)."""
     cpu = (PROFILES if profiles is None else profiles)["cpu"]
     model = setting(cpu, "model_kwargs")
     return {"p1_cpu_size": setting(cpu, "size"), "p1_cpu_width": model["base_width"],
             "p1_cpu_depth": model["depth"], "p1_cpu_cycles": setting(cpu, "cycles"),
-            "p1_cpu_per_cycle": setting(cpu, "per_cycle")}
+            "p1_cpu_per_cycle": setting(cpu, "per_cycle"),
+            "p1_cpu_initial_images": setting(cpu, "initial_images")}
+
+
+def dataset_glue(name: str = "ma20-slices") -> dict[str, Any]:
+    """The facts of dataset ``name`` that the P1 chapters describe, from its manifest
+    (``data_manifests/<name>.yaml``): its number of volumes, the slice fractions of split
+    ``mixed`` (P1 Sec. 4.1, as ``"45 %"``) and the volumes per part of split ``sep``."""
+    m = load_manifest(name)
+    missing = [k for k in ("mixed", "sep") if k not in m.splits]
+    if missing:
+        raise P1GlueError(f"dataset_glue: manifest {name!r} has no split(s) {missing}")
+    mixed, sep = m.splits["mixed"], m.splits["sep"]
+    out: dict[str, Any] = {}
+    for part in ("train", "val", "test"):
+        frac, cases = getattr(mixed, part), getattr(sep, part)
+        if not isinstance(frac, float) or not isinstance(cases, tuple):
+            raise P1GlueError(f"dataset_glue: manifest {name!r}: split 'mixed' needs a slice "
+                              f"fraction and split 'sep' a list of volumes for {part!r}, got "
+                              f"{frac!r} and {cases!r}")
+        out[f"p1_data_mixed_{part}"] = _pct(frac)
+        out[f"p1_data_sep_{part}"] = len(cases)
+    out["p1_data_volumes"] = sum(out[f"p1_data_sep_{p}"] for p in ("train", "val", "test"))
+    return out
 
 
 def whole_image_glue(costs: pd.DataFrame, seconds_per_slice: float | None = None

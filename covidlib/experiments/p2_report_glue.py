@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from covidlib.data.manifest import load_manifest
 from covidlib.experiments.p2_settings import PROFILES, P2Settings
 from covidlib.report import paper_values
 
@@ -43,12 +44,16 @@ def _width(s: P2Settings) -> int:
 def prose_values(profiles: Mapping[str, P2Settings] | None = None) -> dict[str, Any]:
     """Glue values (name -> text) for the P2 chapters' prose: P2's batch size, epochs,
     learning rate and image size (Sec. 4.2), COVID-19-C-Sep's volumes per part and the
-    *mixed* splits' shares of each volume's slices (Sec. 4.1.1),
-    and the ``cpu`` profile's slice size and U-Net width and the ``gpu`` profile's size."""
+    *mixed* splits' shares of each volume's slices (Sec. 4.1.1), GAME's level L and its 4^L
+    grid cells (Sec. 4.4), the ``cpu`` profile's slice size, U-Net width, consistency weight
+    (P2 Eq. 1's lambda), the ``paper`` profile's COVID-19-C centre crop (the authors' code),
+    the ``gpu`` profile's size, and ``ma20-slices``' volumes and its *sep* split (its manifest)."""
     profiles = PROFILES if profiles is None else profiles
     paper = paper_values.artifact("P2-S")["values"]
     c_sep = [int(paper["c_sep"][p]) for p in ("train", "val", "test")]
     cpu, gpu = profiles["cpu"], profiles["gpu"]
+    sep = load_manifest("ma20-slices").splits["sep"]
+    c_sep_ours = [len(getattr(sep, p) or ()) for p in ("train", "val", "test")]
     return {
         "p2_paper_batch_size": str(paper["batch_size"]),
         "p2_paper_epochs": str(paper["epochs"]),
@@ -58,6 +63,12 @@ def prose_values(profiles: Mapping[str, P2Settings] | None = None) -> dict[str, 
         "p2_paper_c_volumes": str(sum(c_sep)),
         "p2_cpu_image_size": f"{cpu.size} x {cpu.size}",
         "p2_cpu_channels": str(_width(cpu)),
+        "p2_cpu_lambda": f"{cpu.lam:g}",
+        "p2_paper_profile_crop": f"{100 * profiles['paper'].crop:.0f}%",
+        "p2_data_c_sep": " / ".join(map(str, c_sep_ours)),
+        "p2_data_c_volumes": str(sum(c_sep_ours)),
+        "p2_paper_game_level": str(int(paper["game_level"])),
+        "p2_paper_game_cells": str(4 ** int(paper["game_level"])),
         "p2_gpu_image_size": f"{gpu.size} x {gpu.size}",
         **{f"p2_paper_mixed_{p}": f"{100 * float(paper['mixed_fractions'][p]):.0f}%"
            for p in ("train", "val", "test")},

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from covidlib.experiments.p3 import P3Results
     from covidlib.verdict import Convergence
 
-__all__ = ["P3GlueError", "baselines", "glue_values", "mechanisms", "paper_setup_glue",
+__all__ = ["P3GlueError", "baselines", "cpu_profile_glue", "glue_values", "mechanisms",
+           "paper_setup_glue",
            "record_scorecard", "verdicts"]
 
 
@@ -38,6 +39,16 @@ def paper_setup_glue() -> dict[str, Any]:
             "p3_paper_per_iteration": s["per_iteration"], "p3_paper_T": s["mc_passes_T"],
             "p3_paper_p": s["dropout_p"], "p3_paper_classes": s["classes_C"],
             "p3_paper_epochs": s["epochs_per_run"]}
+
+
+def cpu_profile_glue(profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``p3_cpu_classes``: the classes C the ``cpu`` profile segments, its organs plus the
+    background (``profiles``: default P3's ``PROFILES``)."""
+    if profiles is None:
+        from covidlib.experiments.p3 import PROFILES as profiles
+    if "cpu" not in profiles:
+        raise P3GlueError(f"cpu_profile_glue: no 'cpu' profile among {sorted(profiles)}")
+    return {"p3_cpu_classes": len(profiles["cpu"].organs) + 1}
 
 
 def baselines(res: P3Results, tasks: Sequence[str], plot: bool = True

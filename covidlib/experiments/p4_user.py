@@ -12,12 +12,13 @@ P4 (Hussain et al., Sec. 2, Fig. 1) needs four sets; on a dataset that is not on
 * ``X_t``: its ``test`` part: scored by Dice and Hausdorff distance (Tables 2-3).
 * ``X_p``: the pool, labelled by the teacher (``Y_p = Phi_sl(X_p)``) and re-weighted by
   Alg. 1 (Eqs. 5-9): ``pool=None`` takes every labelled case of the dataset the split does
-  not list; a group name of the manifest takes that group (e.g. one without masks, or with a
-  noisy teacher's); any other text is a dataset (name or manifest path) whose cases are the
-  pool. The masks pool cases carry are never trained on with ``teacher="ours"``; they are
-  kept as the pool's ``provided`` labels (a pseudo-labelled pool): ``teacher="provided"``
-  trains the student on them instead of the teacher's, and the teacher's agreement with them
-  is reported.
+  not list; a group name of the manifest takes that group without the split's test volumes
+  (e.g. one without masks, or with a noisy teacher's); any other text is a dataset (name or
+  manifest path) whose cases are the pool. A pool case that is a slice of a volume (a group
+  listing it by slice id: the same image file) counts as that volume. The masks pool cases
+  carry are never trained on with ``teacher="ours"``; they are kept as the pool's
+  ``provided`` labels (a pseudo-labelled pool): ``teacher="provided"`` trains the student on
+  them instead of the teacher's, and the teacher's agreement with them is reported.
 
 Slices (8-bit images, or any dataset that is not HU volumes) train 2-D networks on single
 slices and score each test volume slice by slice (as ``ma20-slices``); HU volumes
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,12 +157,31 @@ def _test_items(cases: Sequence[Case], s: P4Settings, dims: int) -> list[TestIte
     return [_stack_item(c, int(s.size_2d)) for c in cases]
 
 
-def _pool_cases(ds: Dataset, spec: UserSpec, listed: set[str], test: set[str]) -> list[Case]:
+def _slice_volumes(ds: Dataset) -> dict[str, str]:
+    """The image file of each slice of a volume of ``ds`` (a group whose slices are grouped
+    into ``volumes``) -> the volume's case id."""
+    return {str(Path(f).resolve()): c.case_id for c in ds.cases() if "slice_ids" in c.meta
+            for f in c.meta.get("image_paths", ())}
+
+
+def _volume_of(case: Case, slices: Mapping[str, str]) -> str:
+    """The volume ``case`` belongs to: the volume one of whose slices it is (another group
+    that lists that slice by its slice id reads the same image file), else its own id."""
+    path = case.meta.get("image_path")
+    if "slice_ids" in case.meta or not path:
+        return case.case_id
+    return slices.get(str(Path(path).resolve()), case.case_id)
+
+
+def _pool_cases(ds: Dataset, spec: UserSpec, listed: set[str], test: set[str],
+                slices: Mapping[str, str]) -> list[Case]:
+    """The pool's cases; a slice of a volume counts as that volume (``slices``:
+    :func:`_slice_volumes`), so no slice of a test volume reaches a pool taken from ``ds``."""
     if spec.pool is None:
-        pool = [c for c in ds.cases() if c.case_id not in listed]
+        pool = [c for c in ds.cases() if _volume_of(c, slices) not in listed]
         where = f"every labelled case of {ds.name!r} that split {spec.split!r} does not list"
     elif spec.pool in _group_names(ds):
-        pool = [c for c in ds.cases(spec.pool) if c.case_id not in test]
+        pool = [c for c in ds.cases(spec.pool) if _volume_of(c, slices) not in test]
         where = f"group {spec.pool!r} of {ds.name!r} without the test cases"
     else:
         other = open_sibling(spec.pool, ds)
@@ -172,8 +193,10 @@ def _pool_cases(ds: Dataset, spec: UserSpec, listed: set[str], test: set[str]) -
     return pool
 
 
-def _pool_items(cases: Sequence[Case], s: P4Settings, dims: int) -> list[Item]:
-    """The pool at the working resolution; a case's mask is kept as ``provided``."""
+def _pool_items(cases: Sequence[Case], s: P4Settings, dims: int,
+                slices: Mapping[str, str]) -> list[Item]:
+    """The pool at the working resolution; a case's mask is kept as ``provided``; a 2-D
+    item's ``volume`` is the volume its case is a slice of (:func:`_volume_of`)."""
     items = []
     for c in cases:
         mask = None if c.mask is None else _infection(c).astype(np.uint8)
@@ -185,6 +208,7 @@ def _pool_items(cases: Sequence[Case], s: P4Settings, dims: int) -> list[Item]:
             continue
         for z in range(c.n_slices):
             it = _slice_item(c, z, int(s.size_2d), with_label=False)
+            it.volume = _volume_of(c, slices)
             if mask is not None:
                 it.provided = resize_mask(mask[z], int(s.size_2d))
             items.append(it)
@@ -203,12 +227,13 @@ def user_fold_data(ds: Dataset, spec: UserSpec, fold: int, s: P4Settings) -> Fol
     _labelled(ds, spec.split, "val", ids["val"], cases, "X_v (Alg. 1's clean meta set)")
     _labelled(ds, spec.split, "test", ids["test"], cases, "X_t (the test set)")
     listed = {c for p in _PARTS for c in ids[p]}
-    pool = _pool_cases(ds, spec, listed, set(ids["test"]))
+    slices = _slice_volumes(ds) if spec.pool_is_own(ds) else {}
+    pool = _pool_cases(ds, spec, listed, set(ids["test"]), slices)
     return FoldData(spec.dims,
                     _train_items([cases[c] for c in ids["train"]], s, spec.dims),
                     _train_items([cases[c] for c in ids["val"]], s, spec.dims),
                     _test_items([cases[c] for c in ids["test"]], s, spec.dims),
-                    _pool_items(pool, s, spec.dims))
+                    _pool_items(pool, s, spec.dims, slices))
 
 
 def user_test_items(ds: Dataset, split: str, part: str, fold: int, s: P4Settings, dims: int

@@ -8,6 +8,7 @@ and the labelling widget's responsiveness goals (:mod:`covidlib.widgets.timing`)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,15 +30,19 @@ def number_list(values: Sequence[Any]) -> str:
 def performance_values() -> dict[str, str]:
     """Glue values (name -> text) of the Performance page: the MC-dropout section's region
     count, the training section's slice and volume sizes, the AL-scaling pool sizes (all of
-    the full suite, ``make bench``) and the widget's click and cycle goals."""
+    the full suite, ``make bench``), the memory sampling interval (the default of
+    :class:`covidlib.bench.measure.PeakMemory`) and the widget's click and cycle goals."""
+    from covidlib.bench.measure import PeakMemory
     from covidlib.bench.settings import FULL
     from covidlib.widgets.timing import CLICK_GOAL_MS, CYCLE_GOAL_S
 
     size, vol = FULL.train.image_size, FULL.train.volume_size
+    interval_s = inspect.signature(PeakMemory).parameters["interval_s"].default
     return {"perf_mc_regions": str(FULL.mc.n_regions),
             "perf_train_image_size": f"{size} x {size}",
             "perf_train_volume_size": f"{vol}³",
             "perf_al_pools": number_list(FULL.al_scaling.pools),
+            "perf_memory_interval": f"{1000 * interval_s:g} ms",
             "perf_click_goal": f"{CLICK_GOAL_MS:g} ms",
             "perf_cycle_goal": f"{CYCLE_GOAL_S:g} s"}
 
