@@ -51,20 +51,68 @@ def test_one_training_on_a_manifest_path_scores_two_test_sets(manifest: str):
     assert run.scores["same"]["dice"] == pytest.approx(last["dice"], abs=1e-9)
 
 
-def test_cli_train_p1_on_a_manifest_path(manifest: str, tmp_path: Path):
+_CLI_SETS = ["size=32", "batch_size=4", "figure_slices=1",
+             "max_slices={train: null, val: null, test: null}",
+             "model_kwargs={base_width: 4, depth: 2, dropout: 0.5}"]
+
+
+def _train_p1_cli(manifest: str, out: Path, options: list[str], sets: list[str]) -> dict:
+    """Run ``covidlib train-p1`` on ``manifest``'s by-volume split, scored on two test sets;
+    the scores file it wrote (checked to name both sets)."""
     from covidlib.cli import main
 
-    sets = ["size=32", "cycles=1", "epochs=1", "epoch_items=null", "n_samples=2",
-            "batch_size=4", "per_cycle=2", "n_regions=16", "figure_slices=1",
-            "max_slices={train: null, val: null, test: null}",
-            "model_kwargs={base_width: 4, depth: 2, dropout: 0.5}"]
-    out = tmp_path / "out"
-    argv = ["train-p1", manifest, "by-volume", "--heuristic", "random", "--device", "cpu",
-            "--out", str(out), "--test", "same=test", "--test", "other=other-scanner:test"]
-    for item in sets:
+    argv = ["train-p1", manifest, "by-volume", *options, "--device", "cpu", "--out", str(out),
+            "--test", "same=test", "--test", "other=other-scanner:test"]
+    for item in _CLI_SETS + sets:
         argv += ["--set", item]
     assert main(argv) == 0
     scores = json.loads((out / "scores.json").read_text())
     assert list(scores["scores"]) == ["same", "other"]
     assert scores["scores"]["other"]["n_volumes"] == 2.0
+    return scores
+
+
+def test_cli_train_p1_on_a_manifest_path(manifest: str, tmp_path: Path):
+    out = tmp_path / "out"
+    _train_p1_cli(manifest, out, ["--heuristic", "random"],
+                  ["cycles=1", "epochs=1", "epoch_items=null", "n_samples=2", "per_cycle=2",
+                   "n_regions=16"])
     assert (out / "config.json").exists() and (out / "model.pt").exists()
+
+
+FULL = {**{k: v for k, v in TINY.items() if k not in ("cycles", "epochs", "epoch_items",
+                                                       "n_samples", "per_cycle")},
+        "full_epochs": 2, "full_patience": 2}
+
+
+def test_fully_supervised_baseline_on_a_manifest_path_scores_two_test_sets(manifest: str):
+    """``supervision="full"``: P1's fully supervised baseline through the same entry point,
+    the network back and its scores on two test sets from one training."""
+    run = p1.train_p1(manifest, "by-volume", supervision="full", profile="cpu",
+                      overrides=FULL, device="cpu",
+                      test_sets={"same": "test", "other": (manifest, "other-scanner")})
+    assert isinstance(run.model, torch.nn.Module) and run.config.patience == 2
+    assert list(run.scores) == ["same", "other"]
+    assert run.scores["same"]["n_volumes"] == 1.0 and run.scores["other"]["n_volumes"] == 2.0
+    # 2 training volumes of 3 slices, every one with its full mask (96 s each, P1 Sec. 5.3)
+    assert run.result["n_train"] == 2 * SLICES and run.result["epochs"] == 2
+    assert run.result["full_effort_seconds"] == 2 * SLICES * 96
+    for k in ("dice", "iou", "ppv", "sens", "spec"):  # the returned network: same numbers
+        assert run.scores["same"][k] == pytest.approx(run.result["test"][k], abs=1e-9)
+
+
+def test_fully_supervised_baseline_names_run_fields_it_does_not_read(manifest: str):
+    with pytest.raises(ValueError, match="does not read the run field\\(s\\) \\['cycles'\\]"):
+        p1.train_p1(manifest, "by-volume", supervision="full", overrides=FULL, cycles=2)
+    with pytest.raises(ValueError, match="supervision='boxes' is not one of"):
+        p1.train_p1(manifest, "by-volume", supervision="boxes", overrides=FULL)
+
+
+def test_cli_train_p1_full_on_a_manifest_path(manifest: str, tmp_path: Path):
+    out = tmp_path / "out"
+    scores = _train_p1_cli(manifest, out, ["--supervision", "full"],
+                           ["full_epochs=2", "full_patience=2"])
+    assert scores["n_train"] == 2 * SLICES and scores["epochs"] == 2
+    assert scores["scores"]["same"]["dice"] == pytest.approx(scores["test"]["dice"], abs=1e-9)
+    assert json.loads((out / "config.json").read_text())["patience"] == 2
+    assert (out / "model.pt").exists() and len(list((out / "p1_full").glob("*.json"))) == 1

@@ -67,6 +67,27 @@ def test_the_chapters_use_the_entry_points_cache_entries(synthetic_root: Path,
     assert len(list((tmp_path / "p1_al").glob("*.json"))) == 1
 
 
+def test_the_chapters_fully_supervised_baseline_is_the_entry_points(synthetic_root: Path,
+                                                                    tmp_path: Path) -> None:
+    """``p1.baseline`` runs through ``train_p1(supervision="full")``: one cache entry; the
+    network asked for later (the chapter kept none) is trained once more, same numbers."""
+    full = {**TINY, "full_epochs": 1, "full_patience": 1}
+    runs = p1.Runs("cpu", "synthetic", p1.settings("cpu", full), full)
+    p1.baseline(runs, ["mixed"], 0, data_root=synthetic_root, results_dir=tmp_path,
+                device="cpu")
+    assert len(list((tmp_path / "p1_full").glob("*.json"))) == 1
+    run = p1.train_p1("synthetic", "mixed", supervision="full", profile="cpu", overrides=full,
+                      data_root=synthetic_root, results_dir=tmp_path, device="cpu",
+                      test_sets=[("synthetic", "mixed")])
+    assert run.result == runs.full[0][1] and run.model is not None
+    assert len(list((tmp_path / "p1_full").glob("*.json"))) == 1
+    assert run.scores["synthetic/mixed/test"]["dice"] == pytest.approx(
+        run.result["test"]["dice"], abs=1e-9)
+    wrong = p1.Runs("cpu", "synthetic", p1.settings("cpu", full))  # overrides not given
+    with pytest.raises(ValueError, match="runs\\.settings differ"):
+        p1.baseline(wrong, ["mixed"], 0, data_root=synthetic_root, results_dir=tmp_path)
+
+
 def test_bad_test_sets_are_named(synthetic_root: Path) -> None:
     cfg = p1.al_config("synthetic", "mixed", p1.settings("cpu", TINY), n_regions=16)
     with pytest.raises(ValueError, match="give \\(dataset, split\\)"):

@@ -152,10 +152,13 @@ class Runs:
     """The runs of one chapter: ``items`` is a list of ``(labels, result)`` where ``labels``
     holds split, heuristic, n_regions, supervision and seed; ``full`` the fully supervised
     baselines and ``ceiling`` the every-region-labelled runs, as ``({"split", "seed"},
-    result)``; ``settings`` is the chapter's :class:`P1Settings`."""
+    result)``; ``settings`` is the chapter's :class:`P1Settings`, ``settings(profile,
+    overrides)``."""
 
-    def __init__(self, profile: str, dataset: str, s: P1Settings) -> None:
+    def __init__(self, profile: str, dataset: str, s: P1Settings,
+                 overrides: Mapping[str, Any] | None = None) -> None:
         self.profile, self.dataset, self.settings = profile, dataset, s
+        self.overrides = dict(overrides) if overrides else None  # s = settings(profile, these)
         self.items: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.full: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.ceiling: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -214,7 +217,7 @@ def entropy_vs_random(dataset: str, splits: Sequence[str], *, profile: str = "cp
                       progress: bool = True) -> Runs:
     """P1 Fig. 5: every (split, heuristic, seed) run at K (default: the profile's, 64)."""
     s = settings(profile, overrides)
-    runs = Runs(profile, dataset, s)
+    runs = Runs(profile, dataset, s, overrides)
     jobs = [_job(split, h, supervision, seed, n_regions or s.n_regions, cycles)
             for split in splits for h in heuristics for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
@@ -228,7 +231,7 @@ def region_size(dataset: str, split: str, *, profile: str = "cpu",
                 results_dir: Any = None, device: str = "auto", progress: bool = True) -> Runs:
     """P1 Fig. 6: one run per K and seed, initial set of ``round(192 / K)`` images."""
     s = settings(profile, overrides)
-    runs = Runs(profile, dataset, s)
+    runs = Runs(profile, dataset, s, overrides)
     jobs = [_job(split, heuristic, supervision, seed, k, cycles,
                  initial_images=fig6_initial_images(int(k), s.fig6_initial_regions))
             for k in (region_counts or s.fig6_regions) for seed in _check_seeds(seeds)]
@@ -244,7 +247,7 @@ def point_vs_pixel(dataset: str, split: str, *, profile: str = "cpu",
                    progress: bool = True) -> Runs:
     """P1 Fig. 7: the same loop with point-level and with per-pixel region labels."""
     s = settings(profile, overrides)
-    runs = Runs(profile, dataset, s)
+    runs = Runs(profile, dataset, s, overrides)
     jobs = [_job(split, heuristic, sup, seed, n_regions or s.n_regions, cycles)
             for sup in supervisions for seed in _check_seeds(seeds)]
     return _run_all(runs, jobs, data_root=data_root, results_dir=results_dir, device=device,
@@ -269,10 +272,8 @@ def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
                              device=device, progress=progress)
     t0 = time.perf_counter()
     for seed in _check_seeds(seeds):
-        cfg = _full_config(dataset, split, runs.settings, seed)
-        res = run_full(cfg, runs.settings.full_epochs, data_root=data_root,
-                       results_dir=results_dir, device=device)
-        runs.full.append(({"split": split, "seed": seed}, res))
+        _add_full(runs, split, seed, data_root=data_root, results_dir=results_dir,
+                  device=device)
     # the upper-bound check's end point: one seed (the first), a ceiling, not a curve
     first = _check_seeds(seeds)[0]
     runs.ceiling.append(({"split": split, "seed": first}, train_p1(
@@ -283,10 +284,17 @@ def upper_bound(dataset: str, split: str, *, profile: str = "cpu",
     return runs
 
 
-def _full_config(dataset: str, split: str, s: P1Settings, seed: int) -> ALConfig:
-    """The run settings of the fully supervised baseline: the AL run's, with the baseline's
-    early stopping (``full_patience``)."""
-    return al_config(dataset, split, s, seed=seed, patience=s.full_patience)
+def _add_full(runs: Runs, split: str, seed: int, *, data_root: Any, results_dir: Any,
+              device: str) -> None:
+    """The fully supervised baseline of ``split`` at ``seed`` through :func:`train_p1`
+    (``supervision="full"``, cached, no model kept), appended to ``runs.full``."""
+    if settings(runs.profile, runs.overrides) != runs.settings:
+        raise ValueError(f"p1: runs.settings differ from settings({runs.profile!r}, "
+                         f"{runs.overrides!r}); build Runs with the overrides of its settings")
+    res = train_p1(runs.dataset, split, profile=runs.profile, overrides=runs.overrides,
+                   seed=seed, supervision="full", keep_model=False, data_root=data_root,
+                   results_dir=results_dir, device=device)
+    runs.full.append(({"split": split, "seed": seed}, res.result))
 
 
 def ceiling_changes(dataset: str, split: str, s: P1Settings, data_root: Any = None
@@ -317,10 +325,8 @@ def baseline(runs: Runs, splits: Sequence[str], seed: int = 0, *, data_root: Any
     for split in splits:
         if any(lab["split"] == split and lab["seed"] == seed for lab, _ in runs.full):
             continue
-        cfg = _full_config(runs.dataset, split, runs.settings, seed)
-        res = run_full(cfg, runs.settings.full_epochs, data_root=data_root,
-                       results_dir=results_dir, device=device)
-        runs.full.append(({"split": split, "seed": seed}, res))
+        _add_full(runs, split, seed, data_root=data_root, results_dir=results_dir,
+                  device=device)
     runs.seconds += time.perf_counter() - t0
     return runs
 

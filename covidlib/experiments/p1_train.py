@@ -1,4 +1,5 @@
-"""P1's public entry point: region-based active learning on any dataset and split.
+"""P1's public entry point: region-based active learning (or its fully supervised baseline,
+``supervision="full"``) on any dataset and split.
 
 :func:`train_p1` runs P1's loop (Laradji et al., Sec. 3: K regions per slice, MC-dropout
 entropy / BALD / random selection, point or per-pixel region labels) on any dataset covidlib
@@ -53,14 +54,17 @@ from covidlib.data.oracle import full_effort_seconds
 from covidlib.data.torch_datasets import SliceDataset
 from covidlib.engine import fit, resolve_device, supervised_loss
 from covidlib.evaluate import evaluate
-from covidlib.experiments.p1_settings import _data, al_config, settings
+from covidlib.experiments.p1_settings import P1Settings, _data, al_config, settings
 from covidlib.losses import structure_loss
 
 __all__ = [
+    "FULL_FIELDS",
     "KIND_AL",
     "KIND_FULL",
+    "SUPERVISIONS",
     "VERSION",
     "P1Run",
+    "full_model_path",
     "load_test_set",
     "model_path",
     "run_al",
@@ -127,17 +131,33 @@ def run_al(cfg: ALConfig, *, data_root: str | Path | None = None,
         results_dir)
 
 
+FULL_FIELDS = ("dataset", "split", "model", "model_kwargs", "size", "max_slices",
+               "batch_size", "lr", "patience", "figure_slices", "seed")
+"""The run fields the fully supervised baseline reads (its cache key holds exactly these)."""
+
+
+def _full_key(cfg: ALConfig, epochs: int, data_root: str | Path | None) -> dict[str, Any]:
+    """The cache key of one fully supervised run: code version, the fields it reads
+    (:data:`FULL_FIELDS`), ``epochs``, the data's fingerprint."""
+    return {"version": VERSION, "full": {k: getattr(cfg, k) for k in FULL_FIELDS},
+            "epochs": int(epochs), "data": _data(cfg, data_root).fingerprint}
+
+
+def full_model_path(results_dir: str | Path, cfg: ALConfig, epochs: int,
+                    data_root: str | Path | None = None) -> Path:
+    """Where :func:`run_full` keeps the weights of ``cfg`` trained ``epochs`` epochs."""
+    return Path(results_dir) / MODELS / f"{config_hash(_full_key(cfg, epochs, data_root))}.pt"
+
+
 def run_full(cfg: ALConfig, epochs: int, *, data_root: str | Path | None = None,
              results_dir: str | Path | None = None, device: str = "auto",
-             progress: bool = False) -> dict[str, Any]:
-    """The fully supervised upper bound of ``cfg``'s data and network, cached."""
+             progress: bool = False, weights_to: str | Path | None = None) -> dict[str, Any]:
+    """The fully supervised upper bound of ``cfg``'s data and network, cached;
+    ``weights_to``: write the trained weights there when the run is computed."""
     data = _data(cfg, data_root)
-    keys = ("dataset", "split", "model", "model_kwargs", "size", "max_slices", "batch_size",
-            "lr", "patience", "figure_slices", "seed")
-    config = {"version": VERSION, "full": {k: getattr(cfg, k) for k in keys},
-              "epochs": int(epochs), "data": data.fingerprint}
-    return _cached(KIND_FULL, config, lambda ck: train_fully_supervised(
-        cfg, epochs, data_root, ck, progress, device=device, data=data), results_dir)
+    return _cached(KIND_FULL, _full_key(cfg, epochs, data_root), lambda ck: (
+        train_fully_supervised(cfg, epochs, data_root, ck, progress, device=device, data=data,
+                               model_path=weights_to)), results_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +174,7 @@ def train_fully_supervised(
     *,
     device: str | torch.device = "auto",
     data: ALData | None = None,
+    model_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """P1's upper bound: the same network trained on every pool image with its full mask and
     the structure loss (weighted BCE + IoU of F3Net, P1 Sec. 5.3), best validation epoch.
@@ -161,7 +182,8 @@ def train_fully_supervised(
     Its cost is the full labelling effort, ``N x 96 s`` (:func:`full_effort_seconds`).
     Returns ``{"test", "val_dice", "best_epoch", "epochs", "history", "n_train",
     "full_effort_seconds", "figure", "timing"}``; ``history`` is the training curve
-    (:func:`training_curve`).
+    (:func:`training_curve`). ``model_path``: where to write the trained weights (a
+    verified checkpoint, :mod:`covidlib.checkpoint`).
     """
     cfg = ALConfig.from_mapping(cfg)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -179,6 +201,11 @@ def train_fully_supervised(
               progress=progress, config={"p1_full": config_hash(cfg.to_dict())})
     test = _test_scores(evaluate(model, data.test, dev, max(cfg.batch_size, 8)))
     idx = figure_indices(data.test_masks, cfg.figure_slices)
+    figure = {"size": cfg.size, "indices": idx, "refs": [list(data.test.refs[i]) for i in idx],
+              "pred": _predictions(model, data.test, idx, dev, max(cfg.batch_size, 8))}
+    if model_path is not None:
+        _ckpt.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   Path(model_path))
     return {
         "test": test,
         "val_dice": None if math.isnan(res.best_score) else float(res.best_score),
@@ -188,9 +215,7 @@ def train_fully_supervised(
         "n_train": len(data.train),
         "n_train_split": data.n_train_split,
         "full_effort_seconds": full_effort_seconds(len(data.train)),
-        "figure": {"size": cfg.size, "indices": idx,
-                   "refs": [list(data.test.refs[i]) for i in idx],
-                   "pred": _predictions(model, data.test, idx, dev, max(cfg.batch_size, 8))},
+        "figure": figure,
         "timing": {"total_s": round(time.perf_counter() - t0, 3)},
     }
 
@@ -276,8 +301,9 @@ def score_test_sets(model: nn.Module, cfg: ALConfig,
 @dataclass
 class P1Run:
     """What :func:`train_p1` returns: the run's ``config``, its ``result``
-    (:func:`covidlib.active.run_active_learning`: per-cycle records, labelling costs), the
-    last cycle's ``model`` (None with ``keep_model=False``) and its ``scores`` per test set."""
+    (:func:`covidlib.active.run_active_learning`: per-cycle records, labelling costs; with
+    ``supervision="full"`` :func:`train_fully_supervised`'s), the last cycle's ``model``
+    (None with ``keep_model=False``) and its ``scores`` per test set."""
 
     config: ALConfig
     result: dict[str, Any]
@@ -292,21 +318,37 @@ def _load_model(cfg: ALConfig, path: Path) -> nn.Module:
 
 
 def _with_model(cfg: ALConfig, run: Callable[[Path | None], dict[str, Any]],
-                results_dir: str | Path | None, data_root: str | Path | None
+                path: Path | None, recompute: Callable[[Path], Any]
                 ) -> tuple[dict[str, Any], nn.Module]:
-    """Run (or read back) ``cfg`` and load its last weights; a cached result without weights
-    is computed once more (same numbers) to get them."""
-    if results_dir is None:
+    """Run (or read back) ``cfg`` and load its weights from ``path`` (None: a temporary
+    file); a cached result without weights is computed once more by ``recompute(path)``
+    (same numbers) to get them."""
+    if path is None:
         with tempfile.TemporaryDirectory(prefix="covidlib-p1-") as tmp:
             result = run(Path(tmp) / "model.pt")
             return result, _load_model(cfg, Path(tmp) / "model.pt")
-    path = model_path(results_dir, cfg, data_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     result = run(path)
     if not path.exists():  # cached by a run that did not keep its weights
-        run_active_learning(cfg, data_root, None, False, data=_data(cfg, data_root),
-                            model_path=path)
+        recompute(path)
     return result, _load_model(cfg, path)
+
+
+SUPERVISIONS = ("point", "pixel", "full")
+"""``train_p1``'s supervision: region AL with point or per-pixel region labels, or the fully
+supervised baseline (every pool slice with its full mask, P1 Sec. 5.3)."""
+
+
+def _full_run(dataset: str, split: str, s: P1Settings, seed: int,
+              changes: Mapping[str, Any]) -> ALConfig:
+    """The run settings of the fully supervised baseline: the AL run's, with the baseline's
+    early stopping (``full_patience``); ``changes`` may only name :data:`FULL_FIELDS`."""
+    unused = sorted(set(changes) - set(FULL_FIELDS))
+    if unused:
+        raise ValueError(f"train_p1: supervision='full' does not read the run field(s) "
+                         f"{unused}; it reads {list(FULL_FIELDS)} (its epochs and patience "
+                         "are the settings full_epochs and full_patience)")
+    return al_config(dataset, split, s, seed=seed, **{"patience": s.full_patience, **changes})
 
 
 def train_p1(dataset: str, split: str, *, heuristic: str = "entropy", profile: str = "cpu",
@@ -316,32 +358,60 @@ def train_p1(dataset: str, split: str, *, heuristic: str = "entropy", profile: s
              keep_model: bool = True, data_root: str | Path | None = None,
              results_dir: str | Path | None = None, device: str = "auto",
              progress: bool = False, **changes: Any) -> P1Run:
-    """Train P1's region active learning on ``dataset``'s ``split`` and score it.
+    """Train P1's region active learning (or its fully supervised baseline) on
+    ``dataset``'s ``split`` and score it.
 
     Args:
         dataset, split: any dataset covidlib opens and one of its splits (manifest).
-        heuristic: ``"entropy"`` (P1), ``"bald"`` or ``"random"``.
+        heuristic: ``"entropy"`` (P1), ``"bald"`` or ``"random"`` (unused when ``"full"``).
         profile, overrides: the settings (:data:`covidlib.experiments.p1.PROFILES`;
             ``overrides`` maps :class:`~covidlib.experiments.p1_settings.P1Settings` field
             names to values, validated: an unknown name or bad value -> ``SettingsError``).
-        seed, supervision: the run's seed; ``"point"`` (P1) or ``"pixel"`` region labels.
+        seed, supervision: the run's seed; ``"point"`` (P1) or ``"pixel"`` region labels,
+            or ``"full"``: the fully supervised baseline (P1 Sec. 5.3: every pool slice
+            with its full mask, structure loss, ``full_epochs`` epochs with early stopping
+            after ``full_patience``; ``result`` is :func:`train_fully_supervised`'s).
         test_sets: where to score the trained network (:data:`TestSet`, or P2's mapping
             ``name -> part | TestSet``); the run's own test split is always scored in
-            ``result["records"]`` (every cycle).
+            ``result["records"]`` (every cycle; ``result["test"]`` when ``"full"``).
         keep_model: return the network (its weights are kept beside the cached result).
-        changes: run fields replaced after the profile (e.g. ``n_regions=16, cycles=2``).
+        changes: run fields replaced after the profile (e.g. ``n_regions=16, cycles=2``;
+            with ``"full"`` only :data:`FULL_FIELDS`).
         results_dir: the results cache (None: compute, keep nothing).
     """
+    if supervision not in SUPERVISIONS:
+        raise ValueError(f"train_p1: supervision={supervision!r} is not one of "
+                         f"{list(SUPERVISIONS)}")
     s = settings(profile, overrides)
-    cfg = al_config(dataset, split, s, heuristic=heuristic, seed=seed, supervision=supervision,
-                    **changes)
+    if supervision == "full":
+        cfg = _full_run(dataset, split, s, seed, changes)
+        epochs = s.full_epochs
 
-    def run(weights: Path | None) -> dict[str, Any]:
-        return run_al(cfg, data_root=data_root, results_dir=results_dir, device=device,
-                      progress=progress, weights_to=weights)
+        def run(weights: Path | None) -> dict[str, Any]:
+            return run_full(cfg, epochs, data_root=data_root, results_dir=results_dir,
+                            device=device, progress=progress, weights_to=weights)
 
+        def recompute(path: Path) -> Any:
+            return train_fully_supervised(cfg, epochs, data_root, None, False, device=device,
+                                          data=_data(cfg, data_root), model_path=path)
+
+        path = None if results_dir is None else full_model_path(results_dir, cfg, epochs,
+                                                                data_root)
+    else:
+        cfg = al_config(dataset, split, s, heuristic=heuristic, seed=seed,
+                        supervision=supervision, **changes)
+
+        def run(weights: Path | None) -> dict[str, Any]:
+            return run_al(cfg, data_root=data_root, results_dir=results_dir, device=device,
+                          progress=progress, weights_to=weights)
+
+        def recompute(path: Path) -> Any:
+            return run_active_learning(cfg, data_root, None, False, data=_data(cfg, data_root),
+                                       model_path=path)
+
+        path = None if results_dir is None else model_path(results_dir, cfg, data_root)
     if not keep_model and not test_sets:
         return P1Run(cfg, run(None))
-    result, model = _with_model(cfg, run, results_dir, data_root)
+    result, model = _with_model(cfg, run, path, recompute)
     scores = score_test_sets(model, cfg, test_sets, data_root=data_root, device=device)
     return P1Run(cfg, result, model if keep_model else None, scores)
