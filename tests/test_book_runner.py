@@ -489,3 +489,51 @@ def test_result_tables_keep_mean_and_sd_on_one_line():
     css = (REPO / "book" / "_assets" / "covidlib.css").read_text()
     assert ".cell_output table td" in css and "white-space: nowrap" in css
     assert "url(" not in css  # offline: the stylesheet fetches nothing
+
+
+def test_a_kernel_that_dies_at_start_is_started_again_but_a_cell_error_is_not(tmp_path,
+                                                                              monkeypatch):
+    """Two kernels started at once can pick the same free TCP port ("Address already in use",
+    then "Kernel died before replying to kernel_info"): the chapter is run again, up to
+    KERNEL_START_ATTEMPTS times, saying so; a notebook's own error is reported at once."""
+    import papermill
+
+    from covidlib.report.book import KERNEL_START_ATTEMPTS, run_entry
+
+    _notebook(tmp_path / "notebooks" / "nb.ipynb", "print(1)")
+    entry = PlanEntry(notebook="nb", output="nb_out", title="Nb")
+    calls, logs = [], []
+
+    def flaky(src, dst, **kwargs):
+        calls.append(dst)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        nbformat.write(nbformat.read(src, as_version=4), dst)
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    out = run_entry(entry, tmp_path, "cpu", tmp_path / "results", log=logs.append)
+    assert out.status == "ok" and len(calls) == 2
+    assert any("kernel died while starting (attempt 1 of" in line for line in logs)
+    assert (tmp_path / "book" / "_generated" / "nb_out.ipynb").exists()
+
+    def always_dies(src, dst, **kwargs):
+        calls.append(dst)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", always_dies)
+    out = run_entry(entry, tmp_path, "cpu", tmp_path / "results", log=logs.append)
+    assert out.status == "failed" and len(calls) == KERNEL_START_ATTEMPTS
+    assert "Kernel died before replying to kernel_info" in out.error
+
+    class CellError(Exception):  # papermill's PapermillExecutionError carries ename/evalue
+        ename, evalue, traceback = "ValueError", "broken on purpose", ["ValueError: broken"]
+
+    def cell_fails(src, dst, **kwargs):
+        calls.append(dst)
+        raise CellError()
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", cell_fails)
+    out = run_entry(entry, tmp_path, "cpu", tmp_path / "results", log=logs.append)
+    assert out.status == "failed" and len(calls) == 1 and "broken on purpose" in out.error

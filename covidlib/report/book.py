@@ -90,6 +90,7 @@ from covidlib.report.book_plan import PROFILES, BookError, PlanEntry, RunOutcome
 __all__ = [
     "API_PAGE",
     "CACHE_FORMAT",
+    "KERNEL_START_ATTEMPTS",
     "KERNEL_START_TIMEOUT",
     "PLUMBING_TAG",
     "PROFILES",
@@ -131,6 +132,10 @@ __all__ = [
 _SCHEDULER = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
 SCHEDULER_ENV = "COVIDLIB_SCHEDULER"
 KERNEL_START_TIMEOUT = 300  # seconds; kernels start slowly on a busy 2-core machine
+KERNEL_START_ATTEMPTS = 3
+"""Times a chapter is started when its kernel dies before answering: kernels started at once
+on several workers may pick the same free TCP port ("Address already in use")."""
+_KERNEL_START_FAILED = ("Kernel died before replying to kernel_info", "Address already in use")
 
 
 def _missing_data_notebook(entry: PlanEntry, reason: str) -> dict:
@@ -173,17 +178,24 @@ def run_entry(entry: PlanEntry, repo: Path, profile: str, results_dir: Path,
     params = _entry_params(entry, profile, device, results_dir)
     tmp = out.with_name(f".{out.stem}.running.ipynb")
     log(f"[book] {entry.output}: running {src.name} with {params}")
-    try:
-        papermill.execute_notebook(str(src), str(tmp), parameters=params, kernel_name="python3",
-                                   language="python",
-                                   cwd=str(src.parent), progress_bar=False,
-                                   start_timeout=KERNEL_START_TIMEOUT)
-    except Exception as exc:  # the notebook's own error: report it, keep going
-        if hasattr(exc, "ename"):
-            detail = f"{exc.ename}: {exc.evalue}\n" + "\n".join(exc.traceback)
-        else:
-            detail = "".join(traceback.format_exception(exc))
-        return RunOutcome(entry, "failed", time.perf_counter() - t0, _strip_ansi(detail))
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            papermill.execute_notebook(str(src), str(tmp), parameters=params,
+                                       kernel_name="python3", language="python",
+                                       cwd=str(src.parent), progress_bar=False,
+                                       start_timeout=KERNEL_START_TIMEOUT)
+            break
+        except Exception as exc:  # the notebook's own error: report it, keep going
+            if hasattr(exc, "ename"):
+                detail = f"{exc.ename}: {exc.evalue}\n" + "\n".join(exc.traceback)
+            else:
+                detail = "".join(traceback.format_exception(exc))
+                if attempt < KERNEL_START_ATTEMPTS and any(m in detail
+                                                           for m in _KERNEL_START_FAILED):
+                    log(f"[book] {entry.output}: the kernel died while starting (attempt "
+                        f"{attempt} of {KERNEL_START_ATTEMPTS}); starting it again")
+                    continue
+            return RunOutcome(entry, "failed", time.perf_counter() - t0, _strip_ansi(detail))
     executed = nbformat.read(tmp, as_version=4)
     if hide_plumbing(executed):
         nbformat.write(executed, tmp)
