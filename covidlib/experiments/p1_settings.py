@@ -24,7 +24,12 @@ from covidlib.active import (
 )
 from covidlib.data.errors import DataError
 from covidlib.data.manifest import load_manifest, locate
-from covidlib.experiments.typed_settings import SettingsError, check_fields, from_profile
+from covidlib.experiments.typed_settings import (
+    SettingsError,
+    check_counts,
+    check_fields,
+    from_profile,
+)
 
 __all__ = [
     "DATASET_NAMES",
@@ -134,19 +139,11 @@ class P1Settings:
 
 def _check_ranges(s: P1Settings) -> None:
     """The value ranges of :class:`P1Settings` (types are checked by :func:`check_fields`)."""
-    for name, minimum in (("n_regions", 1), ("initial_images", 0), ("fig6_initial_regions", 1),
-                          ("figure_slices", 0), ("size", 8), ("batch_size", 1), ("epochs", 1),
-                          ("n_samples", 1), ("score_batch_size", 1), ("per_cycle", 1),
-                          ("cycles", 0), ("full_epochs", 1)):
-        if getattr(s, name) < minimum:
-            raise SettingsError(f"p1 setting {name}={getattr(s, name)!r}: expected an "
-                                f"integer >= {minimum}")
-    for name in ("epoch_items", "patience", "full_patience"):
-        value = getattr(s, name)
-        if value is not None and value < 1:
-            raise SettingsError(f"p1 setting {name}={value!r}: None or an integer >= 1")
-    if not (math.isfinite(s.lr) and s.lr > 0):
-        raise SettingsError(f"p1 setting lr={s.lr!r}: expected a finite number > 0")
+    check_counts(s, "p1", {"n_regions": 1, "initial_images": 0, "fig6_initial_regions": 1,
+                           "figure_slices": 0, "size": 8, "batch_size": 1, "epochs": 1,
+                           "n_samples": 1, "score_batch_size": 1, "per_cycle": 1, "cycles": 0,
+                           "full_epochs": 1},
+                 optional=("epoch_items", "patience", "full_patience"))
     for name, ks in (("n_regions", (s.n_regions,)), ("fig6_regions", s.fig6_regions)):
         bad = [k for k in ks if k < 1 or math.isqrt(k) ** 2 != k]
         if bad or not ks:

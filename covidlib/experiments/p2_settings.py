@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from covidlib.experiments.typed_settings import SettingsError, check_fields, from_profile
+from covidlib.experiments.typed_settings import (
+    SettingsError,
+    check_counts,
+    check_fields,
+    from_profile,
+)
 
 __all__ = [
     "COUNTING_LOSSES",
@@ -129,20 +134,8 @@ class P2Settings:
 
 def _check_ranges(s: P2Settings) -> None:
     """The value ranges of :class:`P2Settings` (types are checked by :func:`check_fields`)."""
-    for name in ("size", "epochs", "batch_size"):
-        if getattr(s, name) < 1:
-            raise SettingsError(f"p2 setting {name}={getattr(s, name)!r}: expected an "
-                                "integer >= 1")
-    for name in ("figure_slices",):
-        if getattr(s, name) < 0:
-            raise SettingsError(f"p2 setting {name}={getattr(s, name)!r}: expected an "
-                                "integer >= 0")
-    for name in ("patience", "stand_in_seeds"):
-        value = getattr(s, name)
-        if value is not None and value < 1:
-            raise SettingsError(f"p2 setting {name}={value!r}: None or an integer >= 1")
-    if not (math.isfinite(s.lr) and s.lr > 0):
-        raise SettingsError(f"p2 setting lr={s.lr!r}: expected a finite number > 0")
+    check_counts(s, "p2", {"size": 1, "epochs": 1, "batch_size": 1, "figure_slices": 0},
+                 optional=("patience", "stand_in_seeds"))
     if not 0 < s.crop <= 1:
         raise SettingsError(f"p2 setting crop={s.crop!r}: expected a fraction in (0, 1]")
     if not (math.isfinite(s.lam) and s.lam >= 0):

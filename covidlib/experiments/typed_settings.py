@@ -11,6 +11,7 @@ type or range -> :class:`SettingsError` naming the setting and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -94,6 +95,24 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is float:  # an int is a float too (kept as given: cache keys see the same value)
         return isinstance(value, int | float) and not isinstance(value, bool), value
     return isinstance(value, hint), value
+
+
+def check_counts(obj: Any, paper: str, minimums: Mapping[str, int],
+                 optional: tuple[str, ...] = ()) -> None:
+    """The common value ranges of a paper's settings: each ``minimums`` field an integer >= its
+    minimum, each ``optional`` field None or an integer >= 1, and ``lr`` (when the settings
+    have one) a finite number > 0 -> :class:`SettingsError` naming the setting and value."""
+    for name, minimum in minimums.items():
+        if getattr(obj, name) < minimum:
+            raise SettingsError(f"{paper} setting {name}={getattr(obj, name)!r}: expected an "
+                                f"integer >= {minimum}")
+    for name in optional:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise SettingsError(f"{paper} setting {name}={value!r}: None or an integer >= 1")
+    lr = getattr(obj, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise SettingsError(f"{paper} setting lr={lr!r}: expected a finite number > 0")
 
 
 def check_fields(obj: Any, paper: str) -> None:
